@@ -1,0 +1,148 @@
+"""Child processes of the embedded stack: start on loopback, wait until healthy, always stop cleanly.
+
+Every child runs in its own process group so a stop reaches whatever it spawned too (no orphans), and a
+stop waits until the child's port is released, so the next start on that port cannot collide.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from xdm.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free now on host (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.1) -> None:
+    """Poll check() until it is true; raise ServiceError naming `what` after timeout_s.
+
+    A ServiceError raised by check() (a child died) ends the wait at once; other errors are retried.
+    """
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except ServiceError:
+            raise
+        except Exception as exc:  # a health probe may fail in many ways while a service starts
+            last_error = exc
+        time.sleep(interval_s)
+    detail = f" (last error: {last_error})" if last_error else ""
+    raise ServiceError(f"{what} not ready after {timeout_s:.0f} s{detail}")
+
+
+@dataclass
+class ManagedProcess:
+    """A started child process and where it listens."""
+
+    name: str
+    popen: subprocess.Popen
+    address: str
+    log_path: Path
+    ports: tuple[int, ...] = field(default_factory=tuple)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL the whole group at once (fault tests: a crash, not a shutdown)."""
+        _signal_group(self.popen, signal.SIGKILL)
+        self.popen.wait(timeout=10)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM the group, SIGKILL after timeout_s, then wait for its ports to close."""
+        if self.alive():
+            _signal_group(self.popen, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("process did not stop on SIGTERM; killing", extra={"proc": self.name})
+                _signal_group(self.popen, signal.SIGKILL)
+                self.popen.wait(timeout=10)
+        _signal_group(self.popen, signal.SIGKILL)  # children that outlived their parent
+        for port in self.ports:
+            wait_until(lambda p=port: not port_open("127.0.0.1", p), 15, f"port {port} of {self.name} released")
+
+
+def start_process(
+    name: str,
+    argv: Sequence[str],
+    log_dir: Path,
+    address: str = "",
+    ports: Sequence[int] = (),
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> ManagedProcess:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    handle = open(log_path, "ab")
+    popen = subprocess.Popen(
+        list(argv),
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+        env={**os.environ, **(env or {})},
+        cwd=str(cwd) if cwd else None,
+    )
+    handle.close()
+    log.info("started", extra={"proc": name, "pid": popen.pid, "address": address})
+    return ManagedProcess(name=name, popen=popen, address=address, log_path=log_path, ports=tuple(ports))
+
+
+def ensure_alive(proc: ManagedProcess) -> None:
+    if not proc.alive():
+        raise ServiceError(f"{proc.name} exited with code {proc.popen.returncode}; last log lines:\n{proc.log_tail()}")
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies, so a killed `xdm up` leaves no orphans (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except OSError:
+        pass
+
+
+def _signal_group(popen: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(popen.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

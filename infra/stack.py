@@ -1,0 +1,124 @@
+"""The whole system on one machine: embedded broker and Milvus Lite, workers, learners, server, traffic.
+
+Used by `xdm up` and by the integration-test fixtures, so what the tests exercise is what users run.
+Children get their configuration through `XDM_<SECTION>__<FIELD>` variables, the same mechanism a user
+has on a multi-machine deployment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infra.processes import ManagedProcess, ensure_alive, free_port, port_open, start_process, wait_until
+from infra.services import start_broker, start_milvus
+from infra.topics import ensure_topics
+from xdm.config import Config, apply_overrides
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stack:
+    """Started processes, in start order; stop() stops them in reverse."""
+
+    cfg: Config
+    root: Path
+    profile: str
+    processes: list[ManagedProcess] = field(default_factory=list)
+
+    def by_name(self, name: str) -> ManagedProcess:
+        for proc in self.processes:
+            if proc.name == name:
+                return proc
+        raise KeyError(name)
+
+    def stop(self) -> None:
+        errors = []
+        for proc in reversed(self.processes):
+            try:
+                proc.stop()
+            except Exception as exc:  # keep stopping the others; report at the end
+                errors.append(f"{proc.name}: {exc}")
+        self.processes.clear()
+        if errors:
+            raise RuntimeError("some processes did not stop cleanly: " + "; ".join(errors))
+
+    def child_env(self) -> dict[str, str]:
+        return config_env(self.cfg)
+
+    def start_worker(self, name: str = "worker") -> ManagedProcess:
+        data_dir = self.root / name
+        cfg = apply_overrides(self.cfg, {"stream.data_dir": str(data_dir)})
+        proc = start_process(name, _xdm(self.profile, "worker"), self.root / "logs", env=config_env(cfg))
+        self.processes.append(proc)
+        return proc
+
+    def start_learner(self, arm: str, variant: str) -> ManagedProcess:
+        proc = start_process(f"learner-{arm}", _xdm(self.profile, "learn", "--arm", arm, "--variant", variant),
+                             self.root / "logs", env=self.child_env())
+        self.processes.append(proc)
+        return proc
+
+    def start_server(self, timeout_s: float = 120.0) -> ManagedProcess:
+        port = self.cfg.serving.port
+        proc = start_process("server", _xdm(self.profile, "serve"), self.root / "logs",
+                             address=f"127.0.0.1:{port}", ports=(port,), env=self.child_env())
+        self.processes.append(proc)
+
+        def ready() -> bool:
+            ensure_alive(proc)
+            return port_open("127.0.0.1", port)
+
+        wait_until(ready, timeout_s, "recall server")
+        return proc
+
+
+def start_services(root: Path, base: Config, profile: str, arms: str = "xdm:100") -> Stack:
+    """Wipe root, start the broker and Milvus Lite on free ports, create topics; returns the Stack."""
+    if root.exists():
+        shutil.rmtree(root)  # the broker keeps topics in memory: local state from a previous run is stale
+    root.mkdir(parents=True)
+    stack = Stack(cfg=base, root=root, profile=profile)
+    try:
+        broker = start_broker(root / "logs")
+        stack.processes.append(broker)
+        milvus = start_milvus(root / "milvus", root / "logs")
+        stack.processes.append(milvus)
+        stack.cfg = apply_overrides(base, {
+            "kafka.bootstrap": broker.address,
+            "milvus.uri": milvus.address,
+            "serving.port": free_port(),
+            "serving.arms": arms,
+            "learner.checkpoint_dir": str(root / "checkpoints"),
+            "learner.model_store": str(root / "models"),
+        })
+        ensure_topics(stack.cfg)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def config_env(cfg: Config) -> dict[str, str]:
+    """The whole resolved config as XDM_<SECTION>__<FIELD> variables for a child process."""
+    env = {}
+    for section, values in dataclasses.asdict(cfg).items():
+        for name, value in values.items():
+            env[f"XDM_{section.upper()}__{name.upper()}"] = _env_value(value)
+    return env
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _xdm(profile: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "xdm", "--profile", profile, *args]

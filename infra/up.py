@@ -1,0 +1,92 @@
+"""`xdm up`: the whole stack on one machine, fed by the simulator (or a given log), ending in a Recall."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra.processes import ensure_alive, wait_until
+from infra.stack import Stack, start_services
+from learner.model_store import read_latest
+from replay.format import read_events
+from replay.producer import ProduceReport, produce_log
+from replay.simulate import simulate
+from serving.arms import Arms
+from serving.client import recall
+from xdm.config import Config
+from xdm.v1 import recall_pb2
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UpResult:
+    stack: Stack
+    produced: ProduceReport
+    user_id: str
+    answer: recall_pb2.RecallResponse
+
+
+def busiest_user(log_dir: Path) -> str:
+    """The user with the most clicks in the log: a user whose windows certainly hold history."""
+    clicks = Counter(e.user_id for e in read_events(log_dir) if e.kind == "click")
+    if not clicks:
+        raise ValueError(f"the log in {log_dir} has no clicks")
+    return clicks.most_common(1)[0][0]
+
+
+def bring_up(base: Config, profile: str, root: Path, log_dir: Path | None = None, arms: str = "xdm:100",
+             workers: int = 1, progress: bool = True, model_timeout_s: float = 600.0) -> UpResult:
+    """Start everything, replay the log, wait for a published model, ask Recall; the caller stops the stack."""
+    stack = start_services(root, base, profile, arms)
+    try:
+        return _run(stack, log_dir, workers, progress, model_timeout_s)
+    except BaseException:
+        stack.stop()
+        raise
+
+
+def _run(stack: Stack, log_dir: Path | None, workers: int, progress: bool, model_timeout_s: float) -> UpResult:
+    cfg = stack.cfg
+    if log_dir is None:
+        log_dir = stack.root / "log"
+        simulate(cfg.sim.users, cfg.sim.items, cfg.sim.days, cfg.sim.seed, log_dir, progress=progress)
+    for i in range(workers):
+        stack.start_worker(f"worker-{i}")
+    parsed = Arms.parse(cfg.serving.arms)
+    for arm in parsed.names:
+        stack.start_learner(arm, arm if arm in _variants() else cfg.learner.variant)
+    stack.start_server()
+    produced = produce_log(cfg.kafka, log_dir, speed=cfg.sim.speed, progress=progress)
+    for arm in parsed.names:
+        wait_until(lambda a=arm: _published(stack, a), model_timeout_s, f"first model version of arm {arm}",
+                   interval_s=1.0)
+    user = busiest_user(log_dir)
+    answer = _recall_with_history(stack, user)
+    return UpResult(stack=stack, produced=produced, user_id=user, answer=answer)
+
+
+def _published(stack: Stack, arm: str) -> bool:
+    for proc in stack.processes:
+        ensure_alive(proc)
+    return read_latest(stack.cfg.learner.model_store, arm) is not None
+
+
+def _recall_with_history(stack: Stack, user: str, timeout_s: float = 120.0) -> recall_pb2.RecallResponse:
+    """Ask until the server has both a model and the user's windows (it is reading the changelog)."""
+    address = f"127.0.0.1:{stack.cfg.serving.port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answer = recall(address, user, k=10)
+        if not answer.fallback or time.monotonic() > deadline:
+            return answer
+        time.sleep(1.0)
+
+
+def _variants() -> set[str]:
+    from learner.model import VARIANTS
+
+    return set(VARIANTS)

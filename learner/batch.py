@@ -1,0 +1,214 @@
+"""Samples -> padded id tensors: the vocabulary that maps string ids to embedding rows, and collate.
+
+Every behaviour (a clicked, unclicked or label item) becomes five ids, one per side-info kind of the
+papers' set F, in the column order of ITEM_KINDS. Row 0 of every kind is padding and "unknown": an
+empty string, or an id the vocabulary has not seen when it is not allowed to grow, maps to 0.
+
+Samples are duck-typed (stream/samples.py writes them): `s.windows.short / .long / .unclicked` and
+`s.labels` are sequences of objects with `.item` (an xdm.records.Item), `s.profile` is a tuple of
+(name, value) pairs. This module imports nothing from `stream`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from xdm.records import Item
+
+ITEM_KINDS: tuple[str, ...] = ("item", "leaf", "top", "brand", "shop")  # last axis of behaviour tensors
+PROFILE_PREFIX = "profile:"  # a profile field `gender` is the vocabulary kind `profile:gender`
+
+
+def profile_kind(name: str) -> str:
+    """Vocabulary kind (and embedding table name) of one user profile field."""
+    return PROFILE_PREFIX + name
+
+
+@dataclass
+class Batch:
+    """One mini-batch of samples as long-id tensors, right-padded with 0; every L and K is at least 1."""
+
+    short: Tensor  # [B, Ls, 5] short-term clicked session S+ (SDM's S^u), oldest first
+    short_len: Tensor  # [B] valid positions in `short`; 0 for an empty session
+    long: Tensor  # [B, Ll, 5] long-term clicked behaviours (SDM's L^u)
+    long_len: Tensor  # [B]
+    unclicked: Tensor  # [B, Lu, 5] impressed-but-unclicked items S- (eq. 3)
+    unclicked_len: Tensor  # [B]
+    labels: Tensor  # [B, K, 5] next k clicked items C_{u,t}; width 1 and length 0 when absent (serving)
+    label_len: Tensor  # [B]
+    profile: Tensor  # [B, P] one row id per profile field, in Vocabulary.profile_fields order
+
+    @property
+    def size(self) -> int:
+        return int(self.short.shape[0])
+
+    def to(self, device: torch.device | str) -> Batch:
+        return dataclasses.replace(
+            self, **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)}
+        )
+
+
+class Vocabulary:
+    """String id -> embedding row, one table per kind; grows on `add`, never on `lookup`.
+
+    Rows are handed out in first-seen order and never reused, so a model's embedding rows stay valid as
+    the vocabulary grows; the model only needs to grow its tables to `sizes()`.
+    """
+
+    def __init__(self, profile_fields: Sequence[str] = ()) -> None:
+        self.profile_fields: tuple[str, ...] = tuple(profile_fields)
+        self.kinds: tuple[str, ...] = ITEM_KINDS + tuple(profile_kind(f) for f in self.profile_fields)
+        self._rows: dict[str, dict[str, int]] = {kind: {} for kind in self.kinds}
+        self._keys: dict[str, list[str]] = {kind: [""] for kind in self.kinds}
+        self._counts: list[int] = [0]  # item occurrences as labels, indexed by item row
+
+    def add(self, kind: str, key: str) -> int:
+        """Row of `key`, adding it if new; the empty string is "unknown" and stays 0."""
+        rows = self._table(kind)
+        if not key:
+            return 0
+        row = rows.get(key)
+        if row is None:
+            row = len(self._keys[kind])
+            rows[key] = row
+            self._keys[kind].append(key)
+            if kind == "item":
+                self._counts.append(0)
+        return row
+
+    def lookup(self, kind: str, key: str) -> int:
+        """Row of `key`, or 0 when unknown; never grows."""
+        return self._table(kind).get(key, 0) if key else 0
+
+    def add_item(self, item: Item) -> tuple[int, ...]:
+        return tuple(self.add(kind, key) for kind, key in zip(ITEM_KINDS, _item_keys(item)))
+
+    def lookup_item(self, item: Item) -> tuple[int, ...]:
+        return tuple(self.lookup(kind, key) for kind, key in zip(ITEM_KINDS, _item_keys(item)))
+
+    def observe(self, item_row: int, times: int = 1) -> None:
+        """Count an occurrence of an item (collate counts labels: the classes the sampler draws)."""
+        if item_row > 0:
+            self._counts[item_row] += times
+
+    @property
+    def counts(self) -> list[int]:
+        """Occurrence count per item row (index 0 is padding and stays 0); feed to the sampler."""
+        return list(self._counts)
+
+    def key(self, kind: str, row: int) -> str:
+        """The string id of a row ("" for row 0): maps item output rows back to item ids when publishing."""
+        return self._keys[kind][row]
+
+    def size(self, kind: str) -> int:
+        """Rows an embedding table of this kind needs, padding row included."""
+        self._table(kind)
+        return len(self._keys[kind])
+
+    def sizes(self) -> dict[str, int]:
+        return {kind: len(self._keys[kind]) for kind in self.kinds}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "profile_fields": list(self.profile_fields),
+            "keys": {kind: list(keys) for kind, keys in self._keys.items()},
+            "counts": list(self._counts),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        fresh = Vocabulary(state["profile_fields"])
+        for kind, keys in state["keys"].items():
+            fresh._table(kind)
+            fresh._keys[kind] = list(keys)
+            fresh._rows[kind] = {key: row for row, key in enumerate(keys) if row > 0}
+        fresh._counts = list(state["counts"])
+        if len(fresh._counts) != len(fresh._keys["item"]):
+            raise ValueError("vocabulary state is inconsistent: counts and item keys differ in length")
+        self.__dict__.update(fresh.__dict__)
+
+    def _table(self, kind: str) -> dict[str, int]:
+        try:
+            return self._rows[kind]
+        except KeyError:
+            raise ValueError(f"unknown vocabulary kind {kind!r}; known: {', '.join(self.kinds)}") from None
+
+
+def collate(samples: Sequence[Any], vocab: Vocabulary, grow: bool) -> Batch:
+    """Pad a list of samples into a Batch.
+
+    grow=True (training) adds unseen ids to `vocab` and counts every label item in `vocab.counts`;
+    grow=False (evaluation, serving) maps unseen ids to 0. An unseen item keeps its known side-info ids
+    in the windows (its q_i still carries leaf, brand, ...), but is dropped from the labels: row 0 cannot
+    be a softmax target.
+    """
+    if not samples:
+        raise ValueError("collate needs at least one sample")
+    to_ids = vocab.add_item if grow else vocab.lookup_item
+    short, long_, unclicked, labels, profile = [], [], [], [], []
+    for s in samples:
+        w = s.windows
+        short.append([to_ids(b.item) for b in w.short])
+        long_.append([to_ids(b.item) for b in w.long])
+        unclicked.append([to_ids(b.item) for b in w.unclicked])
+        row_labels = [ids for ids in (to_ids(b.item) for b in s.labels) if ids[0] != 0]
+        if grow:
+            for ids in row_labels:
+                vocab.observe(ids[0])
+        labels.append(row_labels)
+        fields = dict(s.profile)  # fields not in vocab.profile_fields are ignored
+        add_or_lookup = vocab.add if grow else vocab.lookup
+        profile.append([add_or_lookup(profile_kind(f), fields.get(f, "")) for f in vocab.profile_fields])
+    short_t, short_len = _pad(short)
+    long_t, long_len = _pad(long_)
+    unclicked_t, unclicked_len = _pad(unclicked)
+    labels_t, label_len = _pad(labels)
+    return Batch(
+        short=short_t, short_len=short_len, long=long_t, long_len=long_len,
+        unclicked=unclicked_t, unclicked_len=unclicked_len, labels=labels_t, label_len=label_len,
+        profile=torch.tensor(profile, dtype=torch.long).reshape(len(samples), len(vocab.profile_fields)),
+    )
+
+
+def length_buckets(
+    samples: Sequence[Any], batch_size: int, rng: random.Random | None = None
+) -> Iterator[list[int]]:
+    """Index lists of batches whose sequences have similar lengths (papers §4.3), so little is padding.
+
+    Sorted by (short, unclicked, long) window length; with `rng`, equal lengths are shuffled and the
+    batch order too, so epochs differ while each batch stays length-homogeneous.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    order = list(range(len(samples)))
+    if rng is not None:
+        rng.shuffle(order)
+    order.sort(key=lambda i: _lengths(samples[i]))  # stable: the shuffle breaks ties
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if rng is not None:
+        rng.shuffle(batches)
+    yield from batches
+
+
+def _lengths(sample: Any) -> tuple[int, int, int]:
+    w = sample.windows
+    return len(w.short), len(w.unclicked), len(w.long)
+
+
+def _item_keys(item: Item) -> tuple[str, str, str, str, str]:
+    return item.item_id, item.leaf_cat, item.top_cat, item.brand, item.shop
+
+
+def _pad(rows: list[list[tuple[int, ...]]]) -> tuple[Tensor, Tensor]:
+    """[B][L_b][5] ragged ids -> ([B, max(1, max L_b), 5] zero-padded, [B] lengths)."""
+    width = max(1, max(len(r) for r in rows))
+    out = torch.zeros(len(rows), width, len(ITEM_KINDS), dtype=torch.long)
+    for b, r in enumerate(rows):
+        if r:
+            out[b, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out, torch.tensor([len(r) for r in rows], dtype=torch.long)

@@ -1,0 +1,128 @@
+"""One optimiser step at a time over lists of samples, shared by the online learner and offline training.
+
+AdaGrad with lr 0.1 and gradient clipping at norm 5 (papers §4.3). Progressive validation: each batch is
+scored (HR@50, MRR@50 against its own labels) BEFORE the model trains on it, so the running figures are
+honest out-of-sample estimates of a model that learns online.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from learner.batch import Vocabulary, collate
+from learner.metrics import mean_metrics, metrics_at
+from learner.model import XDM, ModelConfig, pick_device
+from learner.sampler import LogUniformSampler
+
+VALIDATION_N = 50
+
+
+@dataclass(frozen=True)
+class StepStats:
+    loss: float
+    ce: float
+    triplet: float
+    hr50: float  # progressive validation, before the update
+    mrr50: float
+    samples: int
+    skipped: bool  # non-finite loss: the update was not applied
+
+
+class Trainer:
+    def __init__(self, model_cfg: ModelConfig, lr: float = 0.1, clip_norm: float = 5.0, seed: int = 7,
+                 device: str = "auto", vocab: Vocabulary | None = None) -> None:
+        torch.manual_seed(seed)
+        self.device = pick_device(device)
+        self.vocab = vocab or Vocabulary(model_cfg.profile_field_names)
+        self.model = XDM(model_cfg, self.vocab.sizes()).to(self.device)
+        self.optimizer = torch.optim.Adagrad(self.model.parameters(), lr=lr)
+        self.clip_norm = clip_norm
+        self.sampler: LogUniformSampler | None = None  # made at the first step: it needs one item
+        self.generator = torch.Generator().manual_seed(seed)
+        self.steps = 0
+        self.samples_seen = 0
+        self.skipped_steps = 0
+
+    def step(self, samples: Sequence[Any]) -> StepStats:
+        batch = collate(samples, self.vocab, grow=True)
+        self._follow_vocabulary()
+        batch = batch.to(self.device)
+        hr, mrr = self._progressive_validation(batch)
+        self.model.train()
+        parts = self.model.calculate_loss(batch, self.sampler, self.generator)
+        self.samples_seen += len(samples)
+        if not torch.isfinite(parts.total):
+            self.skipped_steps += 1
+            return StepStats(math.nan, math.nan, math.nan, hr, mrr, len(samples), skipped=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        parts.total.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
+        self.optimizer.step()
+        self.steps += 1
+        return StepStats(float(parts.total), float(parts.ce), float(parts.triplet), hr, mrr, len(samples), False)
+
+    @torch.no_grad()
+    def _progressive_validation(self, batch) -> tuple[float, float]:
+        self.model.eval()
+        scores = self.model.full_sort_predict(batch)
+        top = torch.topk(scores, min(VALIDATION_N, scores.shape[1] - 1), dim=1).indices.cpu().tolist()
+        labels = batch.labels[..., 0].cpu().tolist()
+        lengths = batch.label_len.cpu().tolist()
+        rows = [metrics_at(t, lab[:n], VALIDATION_N) for t, lab, n in zip(top, labels, lengths) if n > 0]
+        m = mean_metrics(rows)
+        return m.hr, m.mrr
+
+    def _follow_vocabulary(self) -> None:
+        """New ids got rows in the vocabulary: grow the tables, AdaGrad's state and the sampler's ranks."""
+        if self.model.grow_to(self.vocab.sizes()):
+            for group in self.optimizer.param_groups:
+                for param in group["params"]:
+                    state = self.optimizer.state.get(param)
+                    if state and state["sum"].shape != param.shape:
+                        grown = torch.zeros_like(param)  # AdaGrad's initial accumulator is 0
+                        grown[: state["sum"].shape[0]] = state["sum"]
+                        state["sum"] = grown
+        if self.sampler is None:
+            self.sampler = LogUniformSampler(self.vocab.counts)
+        else:
+            self.sampler.update_counts(self.vocab.counts)
+
+    def item_vectors(self) -> tuple[list[str], "torch.Tensor"]:
+        """(item ids, output vectors) for every item row except padding."""
+        weight = self.model.item_vectors().detach().cpu()
+        ids = [self.vocab.key("item", row) for row in range(1, weight.shape[0])]
+        return ids, weight[1:]
+
+    def popular(self, n: int = 500) -> list[str]:
+        counts = self.vocab.counts
+        order = sorted(range(1, len(counts)), key=lambda r: (-counts[r], r))[:n]
+        return [self.vocab.key("item", r) for r in order if counts[r] > 0]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "vocab": self.vocab.state_dict(),
+            "sampler": self.sampler.state_dict() if self.sampler else None,
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "steps": self.steps,
+            "samples_seen": self.samples_seen,
+            "skipped_steps": self.skipped_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.vocab.load_state_dict(state["vocab"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer = torch.optim.Adagrad(self.model.parameters(), lr=self.optimizer.param_groups[0]["lr"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler = LogUniformSampler(state["sampler"]["counts"]) if state["sampler"] else None
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.steps = state["steps"]
+        self.samples_seen = state["samples_seen"]
+        self.skipped_steps = state["skipped_steps"]

@@ -1,0 +1,92 @@
+"""Which user tower serves each arm, with hot reload when a learner announces a new version.
+
+A request takes the arm's current Tower once and uses it to the end, so a swap mid-request cannot pair a
+user tower with another version's item vectors: the Tower names its own collection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaConsumer
+
+from learner.model_store import Tower, VersionInfo, load_tower, read_latest, tower_from_payload
+from xdm.config import Config
+from xdm.v1 import events_pb2
+
+log = logging.getLogger(__name__)
+STORE_POLL_MS = 5000  # with no announcement for this long, re-read the store
+
+
+class TowerRegistry:
+    def __init__(self, cfg: Config, arms: tuple[str, ...]) -> None:
+        self.cfg = cfg
+        self.arms = arms
+        self.current: dict[str, Tower] = {}
+        self.swaps = 0
+        self._task: asyncio.Task | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    def get(self, arm: str) -> Tower | None:
+        return self.current.get(arm)
+
+    async def start(self) -> None:
+        # Listen first, then read the store: a version announced in between is then seen either way.
+        self._consumer = AIOKafkaConsumer(self.cfg.kafka.versions_topic, bootstrap_servers=self.cfg.kafka.bootstrap,
+                                          auto_offset_reset="latest", enable_auto_commit=False)
+        await self._consumer.start()
+        await self.poll_store()
+        self._task = asyncio.create_task(self._watch(), name="tower-watch")
+
+    async def poll_store(self) -> None:
+        """Load each arm's LATEST version from the model store (start-up, and a safety net)."""
+        for arm in self.arms:
+            info = read_latest(self.cfg.learner.model_store, arm)
+            if info is not None:
+                await self.load(info)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._consumer:
+            await self._consumer.stop()
+
+    async def load(self, info: VersionInfo) -> bool:
+        """Load a version's tower off the event loop and swap it in if it is newer; True if swapped."""
+        if info.arm not in self.arms:
+            return False
+        current = self.current.get(info.arm)
+        if current is not None and current.info.version >= info.version:
+            return False
+        tower = await asyncio.to_thread(lambda: tower_from_payload(load_tower(info.tower_uri)))
+        self.current[info.arm] = tower  # one reference assignment: the swap is atomic for readers
+        self.swaps += 1
+        log.info("serving new version", extra={"arm": info.arm, "version": info.version,
+                                                "collection": info.collection})
+        return True
+
+    async def _watch(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=STORE_POLL_MS)
+            if not batches:
+                await self.poll_store()
+            for records in batches.values():
+                for record in records:
+                    await self._on_announcement(record.value)
+
+    async def _on_announcement(self, payload: bytes) -> None:
+        msg = events_pb2.ModelVersion()
+        try:
+            msg.ParseFromString(payload)
+            info = VersionInfo(arm=msg.arm, version=msg.version, collection=msg.collection,
+                               tower_uri=msg.tower_uri, published_ms=msg.published_ms,
+                               trained_samples=msg.trained_samples, items=msg.items)
+            await self.load(info)
+        except Exception:  # a bad announcement must not stop hot reload of later ones
+            log.exception("could not load announced version")

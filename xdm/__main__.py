@@ -1,0 +1,3 @@
+from xdm.cli import main
+
+main()

@@ -1,0 +1,318 @@
+"""The `xdm` command: thin subcommands that load the config, set up logging and call one function.
+
+Errors a user can fix (bad arguments, bad files, unreachable services) end as one readable line on
+stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from xdm.config import Config, as_dict, load_config, parse_set_options
+from xdm.errors import XdmError
+from xdm.log import setup_logging
+
+USER_ERRORS = (XdmError, ValueError, FileNotFoundError, ConnectionError, OSError)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def friendly(fn):
+    """Turn expected failures into one line; let KeyboardInterrupt end quietly."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            sys.exit(130)
+        except USER_ERRORS as exc:
+            _fail(str(exc) or exc.__class__.__name__)
+        except Exception as exc:
+            import grpc
+
+            if isinstance(exc, grpc.RpcError):
+                _fail(f"{exc.code().name}: {exc.details()}")
+            raise
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--profile", default="local", show_default=True, help="Config profile: local, test or cluster.")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.FIELD=VALUE", help="Override one config value.")
+@click.option("--log-level", default="INFO", show_default=True, help="Logging level.")
+@click.pass_context
+@friendly
+def cli(ctx: click.Context, profile: str, sets: tuple[str, ...], log_level: str) -> None:
+    """xdm-recall: streaming online-learning recall with XDM (SRU2B).
+
+    Config precedence: defaults < --profile < env XDM_<SECTION>__<FIELD> < --set.
+    """
+    setup_logging(log_level)
+    ctx.obj = load_config(profile, env=dict(os.environ), overrides=parse_set_options(sets))
+    ctx.meta["profile"] = profile
+
+
+def _cfg(ctx: click.Context) -> Config:
+    return ctx.obj
+
+
+# ---- config and code generation
+
+
+@cli.group()
+def config() -> None:
+    """Inspect the resolved configuration."""
+
+
+@config.command("show")
+@click.pass_context
+def config_show(ctx: click.Context) -> None:
+    """Print the resolved config as JSON."""
+    click.echo(json.dumps(as_dict(_cfg(ctx)), indent=2))
+
+
+@cli.command()
+@friendly
+def codegen() -> None:
+    """Regenerate xdm/v1/*_pb2*.py from proto/xdm/v1/*.proto."""
+    from xdm.codegen import REPO_ROOT, generate
+
+    for path in generate():
+        click.echo(str(path.relative_to(REPO_ROOT)))
+
+
+# ---- logs: simulate, stats, produce
+
+
+@cli.command()
+@click.option("--users", type=click.IntRange(min=1), default=2000, show_default=True, help="Number of users.")
+@click.option("--items", type=click.IntRange(min=10), default=5000, show_default=True, help="Catalogue size.")
+@click.option("--days", type=click.IntRange(min=1), default=14, show_default=True, help="Days of traffic.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Random seed.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output log directory.")
+@click.option("--gzip", "compress", is_flag=True, help="Write .csv.gz files.")
+@friendly
+def simulate(users: int, items: int, days: int, seed: int, out: Path, compress: bool) -> None:
+    """Simulate a recommender feed and write it in the plain log format."""
+    from replay.simulate import simulate as run
+
+    summary = run(users, items, days, seed, out, compress=compress)
+    click.echo(f"wrote {summary.events:,} events ({summary.clicks:,} clicks, {summary.impressions:,} impressions) "
+               f"for {users:,} users and {items:,} items to {out} in {summary.seconds:.1f} s")
+
+
+@cli.command()
+@click.argument("log_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.pass_context
+@friendly
+def stats(ctx: click.Context, log_dir: Path) -> None:
+    """Table-1 statistics of a log (computed from its files with the stream's window rules)."""
+    from replay.stats import format_stats, log_stats
+
+    cfg = _cfg(ctx)
+    click.echo(format_stats(log_stats(log_dir, cfg.windows, cfg.samples)))
+
+
+@cli.command()
+@click.argument("log_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--speed", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Multiple of real time; 0 = as fast as the broker accepts.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after this many events.")
+@click.pass_context
+@friendly
+def produce(ctx: click.Context, log_dir: Path, speed: float, limit: int | None) -> None:
+    """Replay a log (catalogue, profiles, then events in time order) into the broker."""
+    from infra.topics import ensure_topics
+    from replay.producer import produce_log
+
+    cfg = _cfg(ctx)
+    ensure_topics(cfg)
+    report = produce_log(cfg.kafka, log_dir, speed=speed, limit=limit)
+    click.echo(f"produced {report.items:,} items, {report.users:,} profiles, {report.events:,} events "
+               f"in {report.seconds:.1f} s ({report.events_per_s:,.0f} events/s)")
+
+
+# ---- services, each on its own
+
+
+@cli.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=9092, show_default=True, help="Listen port.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("var/broker"),
+              show_default=True, help="Folder for the broker's log file.")
+@friendly
+def broker(port: int, data_dir: Path) -> None:
+    """Run the embedded tansu broker (memory storage) until Ctrl-C."""
+    from infra.services import start_broker
+
+    _run_until_interrupted(start_broker(data_dir, port))
+
+
+@cli.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=19530, show_default=True, help="Listen port.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("var/milvus"),
+              show_default=True, help="Milvus Lite data folder.")
+@friendly
+def milvus(port: int, data_dir: Path) -> None:
+    """Run a Milvus Lite server process until Ctrl-C."""
+    from infra.services import start_milvus
+
+    _run_until_interrupted(start_milvus(data_dir, data_dir, port))
+
+
+@cli.command()
+@click.pass_context
+@friendly
+def topics(ctx: click.Context) -> None:
+    """Create every topic with its partition count (idempotent)."""
+    from infra.topics import ensure_topics
+
+    for name, parts in ensure_topics(_cfg(ctx)).items():
+        click.echo(f"{name}\t{parts} partitions")
+
+
+@cli.command()
+@click.pass_context
+@friendly
+def worker(ctx: click.Context) -> None:
+    """Run one stream worker (Faust): windows in RocksDB, training samples out."""
+    from stream.agents import run_worker
+
+    sys.argv = [sys.argv[0], "worker"]  # Faust's worker parses argv; keep our options away from it
+    run_worker(_cfg(ctx))
+
+
+@cli.command()
+@click.option("--arm", default=None, help="A/B arm name (default: learner.arm).")
+@click.option("--variant", default=None, help="Model variant (default: learner.variant).")
+@click.option("--warm-start", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Offline run directory to start from.")
+@click.pass_context
+@friendly
+def learn(ctx: click.Context, arm: str | None, variant: str | None, warm_start: str | None) -> None:
+    """Train one arm incrementally on the samples topic and publish versions."""
+    from learner.model import VARIANTS
+    from learner.online import run_learner
+
+    if variant is not None and variant not in VARIANTS:
+        raise click.BadParameter(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    run_learner(_cfg(ctx), arm, variant, warm_start)
+
+
+@cli.command()
+@click.pass_context
+@friendly
+def serve(ctx: click.Context) -> None:
+    """Run the gRPC Recall server until SIGTERM / Ctrl-C."""
+    from serving.server import serve as run
+
+    asyncio.run(run(_cfg(ctx)))
+
+
+@cli.command("recall")
+@click.argument("user_id")
+@click.option("-k", type=click.IntRange(min=1), default=10, show_default=True, help="Number of items.")
+@click.option("--arm", default="", help="Explicit arm (default: sticky assignment).")
+@click.option("--address", default=None, help="host:port (default: serving.host:serving.port).")
+@click.option("--exclude-clicked", is_flag=True, help="Drop items the user already clicked.")
+@click.pass_context
+@friendly
+def recall_cmd(ctx: click.Context, user_id: str, k: int, arm: str, address: str | None, exclude_clicked: bool) -> None:
+    """Ask the Recall server for USER_ID's top-k items."""
+    from serving.client import recall
+
+    cfg = _cfg(ctx)
+    answer = recall(address or f"{cfg.serving.host}:{cfg.serving.port}", user_id, k, arm,
+                    exclude_clicked=exclude_clicked)
+    _print_answer(user_id, answer)
+
+
+@cli.command()
+@click.option("--data", "log_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Replay this log instead of simulating one.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("var/stack"),
+              show_default=True, help="Working folder (wiped at start).")
+@click.option("--arms", default="xdm:100", show_default=True, help="Arms served, e.g. xdm:50,sdm:50.")
+@click.option("--workers", type=click.IntRange(1, 8), default=1, show_default=True, help="Stream workers.")
+@click.option("--exit-after-recall", is_flag=True, help="Stop everything after the first Recall answer.")
+@click.pass_context
+@friendly
+def up(ctx: click.Context, log_dir: Path | None, root: Path, arms: str, workers: int, exit_after_recall: bool) -> None:
+    """Start the whole stack on this machine with simulated traffic and answer a Recall."""
+    from infra.up import bring_up
+
+    signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM stops the stack like Ctrl-C does
+    result = bring_up(_cfg(ctx), ctx.meta["profile"], root.resolve(), log_dir, arms, workers)
+    try:
+        cfg = result.stack.cfg
+        click.echo("\nservices:")
+        for proc in result.stack.processes:
+            click.echo(f"  {proc.name:<14} pid {proc.pid:<8} {proc.address or '-'}  log {proc.log_path}")
+        click.echo(f"\nreplayed {result.produced.events:,} events ({result.produced.events_per_s:,.0f} events/s)")
+        _print_answer(result.user_id, result.answer)
+        if exit_after_recall:
+            return
+        click.echo(f"\nrunning; try: xdm recall {result.user_id} --address 127.0.0.1:{cfg.serving.port}"
+                   "   (Ctrl-C stops everything)")
+        _wait_forever()
+    finally:
+        result.stack.stop()
+        click.echo("stopped every process", err=True)
+
+
+def _print_answer(user_id: str, answer) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    title = (f"Recall({user_id}) arm={answer.arm} model_version={answer.model_version}"
+             f"{' FALLBACK' if answer.fallback else ''}")
+    table = Table(title=title)
+    table.add_column("#", justify="right")
+    table.add_column("item")
+    table.add_column("score", justify="right")
+    for rank, item in enumerate(answer.items, start=1):
+        table.add_row(str(rank), item.item_id, f"{item.score:.4f}")
+    Console().print(table)
+
+
+def _run_until_interrupted(proc) -> None:
+    click.echo(f"{proc.name} listening on {proc.address} (log {proc.log_path}); Ctrl-C stops it")
+    try:
+        proc.popen.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        proc.stop()
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _wait_forever() -> None:
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+
+
+def main() -> None:
+    cli(prog_name="xdm")
+
+
+if __name__ == "__main__":
+    main()

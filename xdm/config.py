@@ -1,0 +1,221 @@
+"""The one typed configuration of xdm-recall.
+
+Precedence, lowest first: dataclass defaults < named profile (`local`, `test`, `cluster`) < environment
+`XDM_<SECTION>__<FIELD>` < explicit `section.field=value` overrides (the CLI's `--set`). `load_config` is
+pure: the environment is passed in, nothing is read at import time. Unknown keys and bad values raise
+ConfigError naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from learner.model import ModelConfig
+from stream.samples import SampleRules
+from stream.windows import WindowRules
+from xdm.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    bootstrap: str = "127.0.0.1:9092"  # broker list host:port[,host:port]; a real Kafka cluster by URL alone
+    clicks_topic: str = "xdm.clicks"  # click events, keyed by user id
+    impressions_topic: str = "xdm.impressions"  # impression events, keyed by user id (co-partitioned)
+    items_topic: str = "xdm.items"  # item catalogue records, keyed by item id
+    users_topic: str = "xdm.users"  # optional user profile records, keyed by user id
+    samples_topic: str = "xdm.samples"  # training samples, keyed by user id
+    dlq_topic: str = "xdm.dead-letters"  # malformed inputs with their reason
+    versions_topic: str = "xdm.model-versions"  # learners announce published model versions here
+    partitions: int = 4  # partitions of every keyed topic (events and samples must match)
+    replication: int = 1  # replication factor of created topics
+    session_timeout_ms: int = 6000  # consumer group session timeout; short joins on the embedded broker
+    heartbeat_ms: int = 2000  # consumer heartbeat interval
+    rebalance_timeout_ms: int = 10000  # max time a member may take to rejoin during a rebalance
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    app_id: str = "xdm-stream"  # Faust app id: consumer group and changelog topic prefix
+    store: str = "rocksdb://"  # Faust table store URL
+    data_dir: str = "var/stream"  # folder of the worker's RocksDB tables
+    web_port: int = 0  # Faust web port (0 = pick a free one)
+    max_event_bytes: int = 65536  # larger payloads go to the dead-letter topic
+    max_future_ms: int = 86_400_000  # events stamped further than this past wall clock are rejected
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    arm: str = "xdm"  # A/B arm this learner trains; names its consumer group, collections and versions
+    variant: str = "xdm"  # model variant (learner.model.VARIANTS)
+    batch_size: int = 256  # samples per optimiser step (papers §4.3)
+    max_wait_ms: int = 2000  # train on a partial batch after waiting this long
+    lr: float = 0.1  # AdaGrad learning rate (papers §4.3)
+    clip_norm: float = 5.0  # gradient clipping norm (papers §4.3)
+    device: str = "auto"  # "auto" picks CUDA when present, else CPU
+    seed: int = 7  # random seed (deterministic on CPU)
+    checkpoint_dir: str = "var/checkpoints"  # one sub-folder per arm
+    checkpoint_every_steps: int = 50  # checkpoint after this many optimiser steps
+    publish_every_steps: int = 20  # publish a model version after this many steps
+    publish_every_s: float = 30.0  # ... or after this many seconds with new steps
+    model_store: str = "var/models"  # folder that holds one user tower per published version
+    keep_versions: int = 3  # published versions kept before older ones are dropped
+
+
+@dataclass(frozen=True)
+class MilvusConfig:
+    uri: str = "http://127.0.0.1:19530"  # Milvus (or Milvus Lite server) URI
+    collection_prefix: str = "xdm"  # collections are <prefix>_<arm>_v<version>
+    index_type: str = "FLAT"  # FLAT is exact; HNSW / IVF_FLAT for large catalogues
+    lite_data: str = "var/milvus.db"  # Milvus Lite data file when the stack starts one
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    host: str = "127.0.0.1"  # bind address; loopback unless deliberately exposed
+    port: int = 50051  # gRPC port
+    max_k: int = 500  # largest k a request may ask for
+    arms: str = "xdm:100"  # arm:share,... sticky assignment by user hash
+    search_timeout_s: float = 2.0  # vector search deadline before UNAVAILABLE
+    metrics_port: int = 0  # Prometheus metrics port (0 = disabled)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    users: int = 300  # simulated users for `xdm up`
+    items: int = 2000  # simulated catalogue size for `xdm up`
+    days: int = 10  # simulated days for `xdm up`
+    seed: int = 1  # simulator seed
+    speed: float = 0.0  # replay speed vs real time; 0 = as fast as the system accepts
+
+
+@dataclass(frozen=True)
+class Config:
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    windows: WindowRules = field(default_factory=WindowRules)
+    samples: SampleRules = field(default_factory=SampleRules)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    milvus: MilvusConfig = field(default_factory=MilvusConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
+
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # One machine: embedded tansu broker and Milvus Lite; ports are filled in by infra.stack.
+    "local": {},
+    # Tests: small batches, frequent checkpoints and publishes so loops close in seconds.
+    "test": {
+        "kafka.partitions": 2,
+        "learner.batch_size": 32,
+        "learner.max_wait_ms": 500,
+        "learner.checkpoint_every_steps": 5,
+        "learner.publish_every_steps": 5,
+        "learner.publish_every_s": 2.0,
+        "model.embed_dim": 16,
+        "model.n_negatives": 100,
+        "sim.users": 60,
+        "sim.items": 300,
+        "sim.days": 6,
+    },
+    # A real Kafka cluster and Milvus: set the URLs through env or --set.
+    "cluster": {
+        "kafka.partitions": 24,
+        "kafka.replication": 3,
+        "kafka.session_timeout_ms": 45000,
+        "kafka.heartbeat_ms": 3000,
+        "kafka.rebalance_timeout_ms": 60000,
+        "milvus.index_type": "HNSW",
+    },
+}
+
+ENV_PREFIX = "XDM_"
+
+
+def load_config(
+    profile: str = "local",
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Resolve the configuration; see the module docstring for precedence."""
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    cfg = apply_overrides(Config(), PROFILES[profile])
+    cfg = apply_overrides(cfg, _env_overrides(env or {}))
+    return apply_overrides(cfg, overrides or {})
+
+
+def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
+    """Return cfg with `section.field` keys replaced; values may be strings (parsed to the field's type)."""
+    by_section: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        by_section.setdefault(section, {})[name] = value
+    for section, values in by_section.items():
+        current = _section(cfg, section)
+        fields = {f.name: f for f in dataclasses.fields(current)}
+        parsed = {}
+        for name, value in values.items():
+            if name not in fields:
+                raise ConfigError(f"unknown config key {section}.{name}; known: {', '.join(sorted(fields))}")
+            parsed[name] = _coerce(f"{section}.{name}", value, type(getattr(current, name)))
+        cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(current, **parsed)})
+    return cfg
+
+
+def parse_set_options(items: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """Turn `section.field=value` strings into an overrides mapping."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"--set expects section.field=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def as_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(cfg)
+
+
+def _section(cfg: Config, section: str) -> Any:
+    names = [f.name for f in dataclasses.fields(cfg)]
+    if section not in names:
+        raise ConfigError(f"unknown config section {section!r}; known: {', '.join(names)}")
+    return getattr(cfg, section)
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, str]:
+    out = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        section, _, name = key[len(ENV_PREFIX):].partition("__")
+        out[f"{section.lower()}.{name.lower()}"] = value
+    return out
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    if not isinstance(value, str):
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, kind):
+            return value
+        raise ConfigError(f"{key} expects {kind.__name__}, got {value!r}")
+    try:
+        if kind is bool:
+            return _parse_bool(value)
+        return kind(value)
+    except ValueError:
+        raise ConfigError(f"{key} expects {kind.__name__}, got {value!r}") from None
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(text)

@@ -1,0 +1,1 @@
+"""GENERATED protobuf and gRPC modules: do not edit. Regenerate with `python -m xdm.codegen`."""
