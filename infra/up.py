@@ -20,6 +20,7 @@ from xdm.config import Config
 from xdm.v1 import recall_pb2
 
 log = logging.getLogger(__name__)
+DEMO_K = 10  # items in the Recall answer `xdm up` shows
 
 
 @dataclass
@@ -70,9 +71,11 @@ def _run(stack: Stack, log_dir: Path | None, workers: int, progress: bool, model
 
 
 def _published(stack: Stack, arm: str) -> bool:
+    """A version exists that can fill a DEMO_K answer (the very first publish may know few items)."""
     for proc in stack.processes:
         ensure_alive(proc)
-    return read_latest(stack.cfg.learner.model_store, arm) is not None
+    info = read_latest(stack.cfg.learner.model_store, arm)
+    return info is not None and info.items >= DEMO_K
 
 
 def _recall_with_history(stack: Stack, user: str, timeout_s: float = 120.0) -> recall_pb2.RecallResponse:
@@ -80,7 +83,7 @@ def _recall_with_history(stack: Stack, user: str, timeout_s: float = 120.0) -> r
     address = f"127.0.0.1:{stack.cfg.serving.port}"
     deadline = time.monotonic() + timeout_s
     while True:
-        answer = recall(address, user, k=10)
+        answer = recall(address, user, k=DEMO_K)
         if not answer.fallback or time.monotonic() > deadline:
             return answer
         time.sleep(1.0)

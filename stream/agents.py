@@ -10,6 +10,7 @@ import logging
 import time
 
 import faust
+import mode
 
 from stream.app import StreamApp, make_app
 from stream.dlq import DeadLetterSink
@@ -27,11 +28,6 @@ def build_worker_app(cfg: Config) -> StreamApp:
     """The Faust app with its agents, timers and start-up tasks attached."""
     sa = make_app(cfg)
     dlq = DeadLetterSink(sa.dead_letters, sa.counters)
-
-    @sa.app.task
-    async def load_catalogue() -> None:
-        await sa.catalogue.start()
-        await sa.profiles.start()
 
     @sa.app.agent(sa.events, name="windows-updater")
     async def update_windows(stream: faust.StreamT) -> None:
@@ -88,10 +84,26 @@ def _check_topic_kind(topic: str, kind: str, cfg: Config) -> None:
         raise MalformedEvent(f"{kind} event on the {expected}s topic {topic}")
 
 
+class JoinSources(mode.Service):
+    """Starts and stops the catalogue and profile mirrors with the worker (agents wait for them)."""
+
+    def __init__(self, sa: StreamApp, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.sa = sa
+
+    async def on_start(self) -> None:
+        await self.sa.catalogue.start()
+        await self.sa.profiles.start()
+
+    async def on_stop(self) -> None:
+        await self.sa.catalogue.stop()
+        await self.sa.profiles.stop()
+
+
 def run_worker(cfg: Config, loglevel: str = "INFO") -> None:
     """Run one worker process until SIGTERM / Ctrl-C."""
     sa = build_worker_app(cfg)
-    worker = faust.Worker(sa.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker = faust.Worker(sa.app, JoinSources(sa), loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
 
 

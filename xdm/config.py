@@ -161,7 +161,11 @@ def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
             if name not in fields:
                 raise ConfigError(f"unknown config key {section}.{name}; known: {', '.join(sorted(fields))}")
             parsed[name] = _coerce(f"{section}.{name}", value, type(getattr(current, name)))
-        cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(current, **parsed)})
+        try:
+            updated = dataclasses.replace(current, **parsed)
+        except ValueError as exc:  # a section's own consistency check
+            raise ConfigError(f"config section {section}: {exc}") from None
+        cfg = dataclasses.replace(cfg, **{section: updated})
     return cfg
 
 

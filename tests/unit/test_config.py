@@ -1,0 +1,49 @@
+import pytest
+
+from xdm.config import Config, load_config, parse_set_options
+from xdm.errors import ConfigError
+
+
+def test_defaults_then_profile_then_env_then_overrides():
+    env = {"XDM_KAFKA__PARTITIONS": "6", "XDM_LEARNER__LR": "0.05"}
+    cfg = load_config("test", env=env, overrides={"kafka.partitions": "8"})
+    assert cfg.learner.batch_size == 32  # from the test profile
+    assert cfg.learner.lr == 0.05  # env beats profile and default
+    assert cfg.kafka.partitions == 8  # --set beats env
+
+
+def test_unknown_key_names_the_key():
+    with pytest.raises(ConfigError, match="kafka.nope"):
+        load_config(overrides={"kafka.nope": "1"})
+    with pytest.raises(ConfigError, match="unknown config section 'nope'"):
+        load_config(env={"XDM_NOPE__X": "1"})
+
+
+def test_bad_type_names_the_key():
+    with pytest.raises(ConfigError, match="learner.batch_size expects int"):
+        load_config(overrides={"learner.batch_size": "many"})
+    with pytest.raises(ConfigError, match="model.use_unclicked expects bool"):
+        load_config(overrides={"model.use_unclicked": "perhaps"})
+
+
+def test_bools_and_floats_parse():
+    cfg = load_config(overrides={"model.remove_accidental_hits": "no", "learner.lr": "1"})
+    assert cfg.model.remove_accidental_hits is False and cfg.learner.lr == 1.0
+
+
+def test_inconsistent_section_is_a_config_error():
+    with pytest.raises(ConfigError, match="config section model: .*use_unclicked"):
+        load_config(overrides={"model.use_unclicked": "false"})
+
+
+def test_unknown_profile_and_bad_set_option():
+    with pytest.raises(ConfigError, match="unknown profile"):
+        load_config("prod")
+    with pytest.raises(ConfigError, match="section.field=value"):
+        parse_set_options(["partitions=3"])
+
+
+def test_config_is_frozen():
+    cfg = Config()
+    with pytest.raises(AttributeError):
+        cfg.kafka.partitions = 3  # type: ignore[misc]
