@@ -57,8 +57,11 @@ class Batch:
 class Vocabulary:
     """String id -> embedding row, one table per kind; grows on `add`, never on `lookup`.
 
-    Rows are handed out in first-seen order and never reused, so a model's embedding rows stay valid as
-    the vocabulary grows; the model only needs to grow its tables to `sizes()`.
+    Rows are handed out in first-seen order, so a model's embedding rows stay valid as the vocabulary
+    grows; the model only needs to grow its tables to `sizes()`. Item rows unseen for a while can be
+    evicted (`evict_items`): their ids are forgotten and their rows are handed to the next new items,
+    whose embedding rows the trainer re-initialises, so a long-running learner's tables stop growing
+    once the live catalogue stops growing.
     """
 
     def __init__(self, profile_fields: Sequence[str] = ()) -> None:
@@ -67,6 +70,9 @@ class Vocabulary:
         self._rows: dict[str, dict[str, int]] = {kind: {} for kind in self.kinds}
         self._keys: dict[str, list[str]] = {kind: [""] for kind in self.kinds}
         self._counts: list[int] = [0]  # item occurrences as labels, indexed by item row
+        self._last_seen: list[int] = [0]  # latest sample time (ms) an item row appeared in
+        self._free_items: list[int] = []  # evicted item rows, reused by the next new items
+        self.recycled: list[int] = []  # reused rows the model has not re-initialised yet (trainer drains it)
 
     def add(self, kind: str, key: str) -> int:
         """Row of `key`, adding it if new; the empty string is "unknown" and stays 0."""
@@ -74,12 +80,19 @@ class Vocabulary:
         if not key:
             return 0
         row = rows.get(key)
-        if row is None:
+        if row is not None:
+            return row
+        if kind == "item" and self._free_items:
+            row = self._free_items.pop()
+            self._keys[kind][row] = key
+            self.recycled.append(row)
+        else:
             row = len(self._keys[kind])
-            rows[key] = row
             self._keys[kind].append(key)
             if kind == "item":
                 self._counts.append(0)
+                self._last_seen.append(0)
+        rows[key] = row
         return row
 
     def lookup(self, kind: str, key: str) -> int:
@@ -96,6 +109,35 @@ class Vocabulary:
         """Count an occurrence of an item (collate counts labels: the classes the sampler draws)."""
         if item_row > 0:
             self._counts[item_row] += times
+
+    def touch_items(self, rows: Sequence[int], ts_ms: int) -> None:
+        """Mark item rows as seen at sample time ts_ms (eviction is by event time, not wall clock)."""
+        last = self._last_seen
+        for row in rows:
+            if row > 0 and last[row] < ts_ms:
+                last[row] = ts_ms
+
+    def evict_items(self, before_ms: int) -> list[int]:
+        """Forget items last seen before `before_ms`; returns their rows, now free for new items."""
+        evicted = []
+        table, keys = self._rows["item"], self._keys["item"]
+        for row in range(1, len(keys)):
+            if keys[row] and self._last_seen[row] < before_ms:
+                del table[keys[row]]
+                keys[row] = ""
+                self._counts[row] = 0
+                self._last_seen[row] = 0
+                evicted.append(row)
+        self._free_items.extend(sorted(evicted, reverse=True))  # pop() hands out the lowest row first
+        return evicted
+
+    def newest_item_time(self) -> int:
+        """Latest sample time (ms) any item was seen at; 0 before the first batch."""
+        return max(self._last_seen)
+
+    def live_items(self) -> list[int]:
+        """Item rows that currently hold an item (not padding, not evicted)."""
+        return [row for row, key in enumerate(self._keys["item"]) if row > 0 and key]
 
     @property
     def counts(self) -> list[int]:
@@ -119,6 +161,8 @@ class Vocabulary:
             "profile_fields": list(self.profile_fields),
             "keys": {kind: list(keys) for kind, keys in self._keys.items()},
             "counts": list(self._counts),
+            "last_seen": list(self._last_seen),
+            "free_items": list(self._free_items),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -126,9 +170,11 @@ class Vocabulary:
         for kind, keys in state["keys"].items():
             fresh._table(kind)
             fresh._keys[kind] = list(keys)
-            fresh._rows[kind] = {key: row for row, key in enumerate(keys) if row > 0}
+            fresh._rows[kind] = {key: row for row, key in enumerate(keys) if row > 0 and key}
         fresh._counts = list(state["counts"])
-        if len(fresh._counts) != len(fresh._keys["item"]):
+        fresh._last_seen = list(state.get("last_seen", [0] * len(fresh._counts)))
+        fresh._free_items = list(state.get("free_items", []))
+        if not len(fresh._counts) == len(fresh._last_seen) == len(fresh._keys["item"]):
             raise ValueError("vocabulary state is inconsistent: counts and item keys differ in length")
         self.__dict__.update(fresh.__dict__)
 

@@ -14,7 +14,7 @@ from the input embeddings.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -352,6 +352,20 @@ class XDM(nn.Module):
             _grow_embedding(self.item_out, extra, self.cfg.init_std)
             grew = True
         return grew
+
+    @torch.no_grad()
+    def reset_item_rows(self, rows: Sequence[int]) -> list[nn.Parameter]:
+        """Re-initialise the input and output rows of recycled item rows (a new item took them over).
+
+        Returns the parameters touched, so the trainer can reset their optimiser state at those rows.
+        """
+        if not rows:
+            return []
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.item_out.weight.device)
+        touched = [self.embed.tables["item"].weight, self.item_out.weight]
+        for weight in touched:
+            weight[index] = torch.empty(len(rows), weight.shape[1], device=weight.device).normal_(0.0, self.cfg.init_std)
+        return touched
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """Like nn.Module's, but first grows the tables to the checkpoint's sizes (the vocabulary grew)."""

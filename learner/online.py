@@ -1,8 +1,11 @@
 """`xdm learn`: train one arm incrementally on the samples topic, checkpoint, and publish versions.
 
 The learner assigns itself every partition of the samples topic under its arm's group id and starts from
-the offsets stored in its last checkpoint (else the group's committed offsets, else the beginning). It
-commits offsets only for samples a checkpoint covers, so a crash replays exactly the uncovered samples.
+the offsets stored in its last checkpoint (else the beginning). Offsets are committed only for samples a
+checkpoint covers, and a checkpoint is only taken between batches, so after a crash the learner replays
+exactly the samples its checkpoint does not cover: with the same samples it ends with the same
+parameters as a run that never stopped (CPU, same seed; one samples partition makes batch boundaries
+independent of poll timing when batches fill up).
 """
 
 from __future__ import annotations
@@ -11,22 +14,26 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import asdict, dataclass, field
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
+from prometheus_client import start_http_server
 
+from learner import instruments as m
 from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.model import config_for
 from learner.publish import Publisher
 from learner.trainer import Trainer
 from stream.samples import Sample
-from stream.wire import MalformedEvent, decode_sample
+from stream.wire import MalformedEvent, SampleTimes, decode_sample
 from xdm.config import Config
 from xdm.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 MAX_WINDOW = 1000  # a window longer than this is not one the stream can produce: reject the sample
+RUNNING_STEPS = 50  # progressive-validation figures are means over this many recent steps
 
 
 @dataclass
@@ -36,12 +43,13 @@ class LearnerStatus:
     versions: list[int] = field(default_factory=list)
     dead_letters: int = 0
     skipped_steps: int = 0
-    last_hr50: float = 0.0
-    last_mrr50: float = 0.0
-    sample_to_trained_ms: float = 0.0
+    evicted_items: int = 0
+    hr50: float = 0.0  # running mean over RUNNING_STEPS
+    mrr50: float = 0.0
 
 
 def validate_sample(sample: Sample) -> None:
+    """Reject what the stream cannot produce; the learner must not train on it."""
     if not sample.labels:
         raise MalformedEvent("sample without labels")
     w = sample.windows
@@ -57,13 +65,15 @@ class OnlineLearner:
         self.cfg = cfg
         self.arm = arm or cfg.learner.arm
         self.variant = variant or cfg.learner.variant
-        model_cfg = config_for(self.variant, **_model_overrides(cfg))
         lc = cfg.learner
-        self.trainer = Trainer(model_cfg, lr=lc.lr, clip_norm=lc.clip_norm, seed=lc.seed, device=lc.device)
+        self.trainer = Trainer(config_for(self.variant, **_model_overrides(cfg)), lr=lc.lr, clip_norm=lc.clip_norm,
+                               seed=lc.seed, device=lc.device, threads=lc.torch_threads)
         self.publisher = Publisher(cfg, self.arm, self.variant)
         self.status = LearnerStatus()
         self.version = 0
         self.covered: dict[int, int] = {}  # partition -> next offset covered by trained samples
+        self._recent: deque[tuple[float, float]] = deque(maxlen=RUNNING_STEPS)
+        self._unpublished_since: float | None = None  # wall time of the oldest step not yet published
         self._stop = threading.Event()
         self._producer: KafkaProducer | None = None
 
@@ -71,21 +81,21 @@ class OnlineLearner:
         self._stop.set()
 
     def restore(self, warm_start: str | None = None) -> None:
-        """Resume from this arm's checkpoint; else warm-start weights from an offline run's checkpoint."""
+        """Resume from this arm's checkpoint; else warm-start weights from an offline run."""
         state = load_checkpoint(self.cfg.learner.checkpoint_dir, self.arm)
         if state is not None:
             self.trainer.load_state_dict(state["trainer"])
             self.covered = {int(p): int(o) for p, o in state["offsets"].items()}
             self.version = state["version"]
-            log.info("resumed from checkpoint", extra={"arm": self.arm, "steps": self.trainer.steps})
-        elif warm_start:
-            from learner.checkpoint import load_checkpoint as load
-
-            offline = load(warm_start, "offline")
+            log.info("resumed from checkpoint", extra={"arm": self.arm, "steps": self.trainer.steps,
+                                                        "version": self.version})
+            return
+        if warm_start:
+            offline = load_checkpoint(warm_start, "offline")
             if offline is None:
-                raise FileNotFoundError(f"no offline run checkpoint under {warm_start}")
+                raise FileNotFoundError(f"no offline checkpoint under {warm_start}/offline; run `xdm train` first")
             self.trainer.load_state_dict(offline["trainer"])
-            log.info("warm start", extra={"arm": self.arm, "from": warm_start})
+            log.info("warm start", extra={"arm": self.arm, "run": warm_start, "steps": self.trainer.steps})
 
     def run(self, max_steps: int | None = None, idle_exit_s: float | None = None) -> LearnerStatus:
         consumer = self._consumer()
@@ -98,123 +108,161 @@ class OnlineLearner:
                 self._producer.close(timeout=5)
         return self.status
 
+    # --- the loop
+
     def _consumer(self) -> KafkaConsumer:
         k = self.cfg.kafka
         consumer = KafkaConsumer(bootstrap_servers=k.bootstrap, group_id=f"xdm-learner-{self.arm}",
                                  enable_auto_commit=False, auto_offset_reset="earliest",
-                                 session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_ms)
+                                 session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_ms,
+                                 reconnect_backoff_max_ms=5000)
         partitions = _wait_partitions(consumer, k.samples_topic)
         consumer.assign(partitions)
         for tp in partitions:
             if tp.partition in self.covered:
                 consumer.seek(tp, self.covered[tp.partition])
+            else:
+                consumer.seek_to_beginning(tp)
         return consumer
 
     def _loop(self, consumer: KafkaConsumer, max_steps: int | None, idle_exit_s: float | None) -> None:
         lc = self.cfg.learner
-        buffer: list[tuple[Sample, int]] = []
+        buffer: list[tuple[Sample, SampleTimes]] = []
         pending: dict[int, int] = {}
-        batch_started = time.monotonic()
-        last_publish = time.monotonic()
-        last_data = time.monotonic()
-        steps_at_publish = self.trainer.steps
-        steps_at_checkpoint = self.trainer.steps
-        while not self._stop.is_set():
-            if max_steps is not None and self.trainer.steps >= max_steps:
-                break
+        batch_started = last_data = last_publish = time.monotonic()
+        at_publish = at_checkpoint = at_evict = self.trainer.steps
+        while not self._stop.is_set() and (max_steps is None or self.trainer.steps < max_steps):
             polled = consumer.poll(timeout_ms=200, max_records=lc.batch_size - len(buffer))
             for tp, records in sorted(polled.items(), key=lambda kv: kv[0].partition):
                 for record in records:
                     pending[tp.partition] = record.offset + 1
-                    sample = self._decode(record)
-                    if sample is not None:
-                        buffer.append(sample)
+                    decoded = self._decode(record)
+                    if decoded is not None:
+                        buffer.append(decoded)
+            now = time.monotonic()
             if polled:
-                last_data = time.monotonic()
-            elif idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
+                last_data = now
+            elif idle_exit_s is not None and now - last_data > idle_exit_s and not buffer:
                 break
-            full = len(buffer) >= lc.batch_size
-            waited = (time.monotonic() - batch_started) * 1000 >= lc.max_wait_ms
-            if buffer and (full or waited):
+            if not buffer:
+                batch_started = now
+            elif len(buffer) >= lc.batch_size or (now - batch_started) * 1000 >= lc.max_wait_ms:
                 self._train(buffer)
                 buffer = []
-                batch_started = time.monotonic()
-            if not buffer:
-                self.covered.update(pending)  # dead letters included: they are handled for good
-            if self.trainer.steps - steps_at_checkpoint >= lc.checkpoint_every_steps and not buffer:
+                batch_started = now
+            if buffer:
+                continue  # offsets, checkpoints and publishes only between batches
+            self.covered.update(pending)  # dead letters included: they are handled for good
+            if self.trainer.steps - at_evict >= lc.evict_every_steps:
+                self._evict()
+                at_evict = self.trainer.steps
+            if self.trainer.steps - at_checkpoint >= lc.checkpoint_every_steps:
                 self._checkpoint(consumer)
-                steps_at_checkpoint = self.trainer.steps
-            due = (self.trainer.steps - steps_at_publish >= lc.publish_every_steps
-                   or (time.monotonic() - last_publish >= lc.publish_every_s and self.trainer.steps > steps_at_publish))
-            if due and self._publish():
-                steps_at_publish = self.trainer.steps
-                last_publish = time.monotonic()
-            if not buffer and not polled:
-                batch_started = time.monotonic()
-        if not buffer and self.trainer.steps > steps_at_checkpoint:
-            self._checkpoint(consumer)
+                at_checkpoint = self.trainer.steps
+            steps_since = self.trainer.steps - at_publish
+            if steps_since and (steps_since >= lc.publish_every_steps or now - last_publish >= lc.publish_every_s):
+                if self._publish():
+                    at_publish, last_publish = self.trainer.steps, time.monotonic()
+        if not buffer:
+            self.covered.update(pending)
+            if self.trainer.steps > at_checkpoint or pending:
+                self._checkpoint(consumer)
 
-    def _decode(self, record) -> tuple[Sample, int] | None:
+    def _decode(self, record) -> tuple[Sample, SampleTimes] | None:
         try:
-            sample, emitted_ms = decode_sample(record.value)
+            sample, times = decode_sample(record.value)
             validate_sample(sample)
-            return sample, emitted_ms
+            return sample, times
         except MalformedEvent as exc:
             self._dead_letter(record, str(exc))
             return None
 
-    def _train(self, buffer: list[tuple[Sample, int]]) -> None:
+    def _train(self, buffer: list[tuple[Sample, SampleTimes]]) -> None:
         stats = self.trainer.step([s for s, _ in buffer])
-        now_ms = time.time() * 1000
-        emitted = [e for _, e in buffer if e]
-        self.status.steps = self.trainer.steps
-        self.status.samples = self.trainer.samples_seen
-        self.status.skipped_steps = self.trainer.skipped_steps
-        self.status.last_hr50, self.status.last_mrr50 = stats.hr50, stats.mrr50
-        if emitted:
-            self.status.sample_to_trained_ms = now_ms - sum(emitted) / len(emitted)
-        log.info("step", extra={"arm": self.arm, "step": self.trainer.steps, "loss": round(stats.loss, 4),
-                                "hr50": round(stats.hr50, 4), "mrr50": round(stats.mrr50, 4),
+        now_s = time.time()
+        for _, times in buffer:
+            if times.source_ms and times.emitted_ms:
+                m.EVENT_TO_SAMPLE.labels(self.arm).observe(max(0.0, (times.emitted_ms - times.source_ms) / 1000))
+            if times.emitted_ms:
+                m.SAMPLE_TO_TRAINED.labels(self.arm).observe(max(0.0, now_s - times.emitted_ms / 1000))
+        if self._unpublished_since is None:
+            self._unpublished_since = now_s
+        self._recent.append((stats.hr50, stats.mrr50))
+        st = self.status
+        st.steps, st.samples, st.skipped_steps = self.trainer.steps, self.trainer.samples_seen, self.trainer.skipped_steps
+        st.hr50 = sum(h for h, _ in self._recent) / len(self._recent)
+        st.mrr50 = sum(r for _, r in self._recent) / len(self._recent)
+        m.STEPS.labels(self.arm).inc(0 if stats.skipped else 1)
+        m.SKIPPED.labels(self.arm).inc(1 if stats.skipped else 0)
+        m.SAMPLES.labels(self.arm).inc(stats.samples)
+        m.HR50.labels(self.arm).set(st.hr50)
+        m.MRR50.labels(self.arm).set(st.mrr50)
+        if not stats.skipped:
+            m.LOSS.labels(self.arm).set(stats.loss)
+        log.info("step", extra={"arm": self.arm, "step": st.steps, "loss": round(stats.loss, 4),
+                                "hr50_running": round(st.hr50, 4), "mrr50_running": round(st.mrr50, 4),
                                 "samples": stats.samples, "skipped": stats.skipped})
+
+    def _evict(self) -> None:
+        after = self.cfg.learner.evict_after_ms
+        newest = self.trainer.vocab.newest_item_time()
+        if after <= 0 or newest <= 0:
+            return
+        evicted = self.trainer.evict_items(newest - after)
+        self.status.evicted_items += evicted
+        m.ITEMS.labels(self.arm).set(len(self.trainer.vocab.live_items()))
+        if evicted:
+            log.info("evicted items", extra={"arm": self.arm, "evicted": evicted})
 
     def _checkpoint(self, consumer: KafkaConsumer) -> None:
         save_checkpoint(self.cfg.learner.checkpoint_dir, self.arm, {
             "trainer": self.trainer.state_dict(), "offsets": dict(self.covered), "version": self.version,
-            "variant": self.variant,
+            "variant": self.variant, "model_config": asdict(self.trainer.model.cfg),
         })
         topic = self.cfg.kafka.samples_topic
         try:
             consumer.commit({TopicPartition(topic, p): OffsetAndMetadata(o, "", -1) for p, o in self.covered.items()})
-        except Exception:  # the checkpoint holds the offsets; the group commit is for monitoring tools
+        except Exception:  # the checkpoint holds the offsets; the group commit only informs monitoring tools
             log.warning("offset commit failed; the checkpoint still holds the offsets", exc_info=True)
 
     def _publish(self) -> bool:
+        started = time.time()
         try:
             self.publisher.publish(self.trainer, self.version + 1)
-        except Exception:
+        except Exception:  # broker or Milvus down: nothing was announced; retry at the next publish point
             log.exception("publish failed; will retry at the next publish point", extra={"arm": self.arm})
             return False
         self.version += 1
         self.status.versions.append(self.version)
+        done = time.time()
+        m.PUBLISH_SECONDS.labels(self.arm).observe(done - started)
+        if self._unpublished_since is not None:
+            m.TRAINED_TO_PUBLISHED.labels(self.arm).observe(done - self._unpublished_since)
+            self._unpublished_since = None
+        m.VERSION.labels(self.arm).set(self.version)
         return True
 
     def _dead_letter(self, record, reason: str) -> None:
         self.status.dead_letters += 1
+        m.DEAD_LETTERS.labels(self.arm).inc()
         if self._producer is None:
-            self._producer = KafkaProducer(bootstrap_servers=self.cfg.kafka.bootstrap)
+            self._producer = KafkaProducer(bootstrap_servers=self.cfg.kafka.bootstrap, acks="all")
         letter = events_pb2.DeadLetter(source_topic=record.topic, partition=record.partition, offset=record.offset,
                                        reason=reason, payload=record.value or b"", at_ms=int(time.time() * 1000))
-        self._producer.send(self.cfg.kafka.dlq_topic, value=letter.SerializeToString())
+        self._producer.send(self.cfg.kafka.dlq_topic, key=record.key, value=letter.SerializeToString()).get(timeout=30)
         log.warning("sample sent to dead letters", extra={"offset": record.offset, "reason": reason})
 
 
-def run_learner(cfg: Config, arm: str | None = None, variant: str | None = None, warm_start: str | None = None) -> None:
-    """Run until SIGTERM / Ctrl-C; checkpoints before exiting."""
+def run_learner(cfg: Config, arm: str | None = None, variant: str | None = None, warm_start: str | None = None,
+                max_steps: int | None = None, idle_exit_s: float | None = None) -> LearnerStatus:
+    """Run until SIGTERM / Ctrl-C (or max_steps / idle_exit_s); checkpoints before exiting."""
+    if cfg.learner.metrics_port:
+        start_http_server(cfg.learner.metrics_port, addr="127.0.0.1")
     learner = OnlineLearner(cfg, arm, variant)
     learner.restore(warm_start)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: learner.stop())
-    learner.run()
+    return learner.run(max_steps, idle_exit_s)
 
 
 def _wait_partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 60.0) -> list[TopicPartition]:
@@ -229,7 +277,5 @@ def _wait_partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 60.
 
 def _model_overrides(cfg: Config) -> dict:
     """Model settings from config except the ablation switches, which the variant decides."""
-    from dataclasses import asdict
-
     switches = {"use_unclicked", "fusion", "triplet"}
     return {k: v for k, v in asdict(cfg.model).items() if k not in switches}

@@ -34,7 +34,10 @@ class StepStats:
 
 class Trainer:
     def __init__(self, model_cfg: ModelConfig, lr: float = 0.1, clip_norm: float = 5.0, seed: int = 7,
-                 device: str = "auto", vocab: Vocabulary | None = None) -> None:
+                 device: str = "auto", vocab: Vocabulary | None = None, threads: int = 1) -> None:
+        # Measured here: a tiny model stepped 70x slower with 2 threads than with 1 while another process
+        # used the second core (OpenMP workers spin-wait), so the thread count is explicit.
+        torch.set_num_threads(max(1, threads))
         torch.manual_seed(seed)
         self.device = pick_device(device)
         self.vocab = vocab or Vocabulary(model_cfg.profile_field_names)
@@ -50,6 +53,7 @@ class Trainer:
     def step(self, samples: Sequence[Any]) -> StepStats:
         batch = collate(samples, self.vocab, grow=True)
         self._follow_vocabulary()
+        self._touch(batch, max(s.ts_ms for s in samples))
         batch = batch.to(self.device)
         hr, mrr = self._progressive_validation(batch)
         self.model.train()
@@ -63,7 +67,7 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
         self.optimizer.step()
         self.steps += 1
-        return StepStats(float(parts.total), float(parts.ce), float(parts.triplet), hr, mrr, len(samples), False)
+        return StepStats(parts.total.item(), parts.ce.item(), float(parts.triplet.detach()), hr, mrr, len(samples), False)
 
     @torch.no_grad()
     def _progressive_validation(self, batch) -> tuple[float, float]:
@@ -76,8 +80,28 @@ class Trainer:
         m = mean_metrics(rows)
         return m.hr, m.mrr
 
+    def evict_items(self, before_ms: int) -> int:
+        """Free the rows of items not seen in any sample since before_ms (event time); returns how many."""
+        return len(self.vocab.evict_items(before_ms))
+
+    def _touch(self, batch, ts_ms: int) -> None:
+        ids = torch.cat([batch.short[..., 0].flatten(), batch.long[..., 0].flatten(),
+                         batch.unclicked[..., 0].flatten(), batch.labels[..., 0].flatten()])
+        self.vocab.touch_items(torch.unique(ids).tolist(), ts_ms)
+
     def _follow_vocabulary(self) -> None:
-        """New ids got rows in the vocabulary: grow the tables, AdaGrad's state and the sampler's ranks."""
+        """New ids got rows in the vocabulary: grow the tables, AdaGrad's state and the sampler's ranks.
+
+        Rows recycled from evicted items are re-initialised, with their AdaGrad accumulators zeroed, so
+        the new item learns from scratch and not from its predecessor's history.
+        """
+        if self.vocab.recycled:
+            rows = sorted(set(self.vocab.recycled))
+            self.vocab.recycled.clear()
+            for param in self.model.reset_item_rows(rows):
+                state = self.optimizer.state.get(param)
+                if state and state["sum"].shape[0] > max(rows):
+                    state["sum"][rows] = 0.0
         if self.model.grow_to(self.vocab.sizes()):
             for group in self.optimizer.param_groups:
                 for param in group["params"]:
@@ -94,12 +118,12 @@ class Trainer:
     def item_vectors(self) -> tuple[list[str], "torch.Tensor"]:
         """(item ids, output vectors) for every item row except padding."""
         weight = self.model.item_vectors().detach().cpu()
-        ids = [self.vocab.key("item", row) for row in range(1, weight.shape[0])]
-        return ids, weight[1:]
+        rows = [row for row in self.vocab.live_items() if row < weight.shape[0]]
+        return [self.vocab.key("item", row) for row in rows], weight[rows]
 
     def popular(self, n: int = 500) -> list[str]:
         counts = self.vocab.counts
-        order = sorted(range(1, len(counts)), key=lambda r: (-counts[r], r))[:n]
+        order = sorted(self.vocab.live_items(), key=lambda r: (-counts[r], r))[:n]
         return [self.vocab.key("item", r) for r in order if counts[r] > 0]
 
     def state_dict(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import signal
 from dataclasses import dataclass
 
 import grpc
+import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
@@ -49,6 +50,7 @@ class RunningServer:
 
 
 async def start_deps(cfg: Config) -> Deps:
+    torch.set_num_threads(1)  # one request's tower is tiny; more threads only contend with the event loop
     arms = Arms.parse(cfg.serving.arms)
     reader = WindowsReader(cfg)
     await reader.start()

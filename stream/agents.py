@@ -17,7 +17,7 @@ from stream.dlq import DeadLetterSink
 from stream.samples import step
 from stream.state_codec import decode_state, encode_state
 from stream.windows import Outcome, UserState
-from stream.wire import MalformedEvent, decode_event, encode_sample
+from stream.wire import MalformedEvent, SampleTimes, decode_event, encode_sample
 from xdm.config import Config
 from xdm.records import Item
 
@@ -69,12 +69,12 @@ async def handle_event(sa: StreamApp, dlq: DeadLetterSink, event: faust.EventT) 
         return
     sa.counters.applied += 1
     sa.windows[key] = encode_state(state)
-    now_ms = int(time.time() * 1000)
+    times = SampleTimes(source_ms=int(event.message.timestamp or 0), emitted_ms=int(time.time() * 1000))
     profile = sa.profiles.get(record.user_id)
     for sample in result.samples:
         if profile is not None and not sample.profile:
             sample = sample.with_profile(profile.fields)
-        await sa.samples.send(key=key, value=encode_sample(sample, emitted_ms=now_ms))
+        await sa.samples.send(key=key, value=encode_sample(sample, times))
         sa.counters.samples += 1
 
 

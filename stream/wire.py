@@ -6,6 +6,8 @@ reason, and the agent sends it to the dead-letter topic instead of stopping.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from google.protobuf.message import DecodeError
 
 from stream.samples import Sample
@@ -90,18 +92,26 @@ def decode_profile(payload: bytes) -> UserProfile:
     return UserProfile(msg.user_id, tuple(sorted(msg.fields.items())))
 
 
-def encode_sample(sample: Sample, emitted_ms: int = 0) -> bytes:
+@dataclass(frozen=True)
+class SampleTimes:
+    """Wall-clock stamps carried with a sample for the freshness metrics (0 = unknown)."""
+
+    source_ms: int = 0  # broker timestamp of the event that completed the sample
+    emitted_ms: int = 0  # when the worker sent the sample
+
+
+def encode_sample(sample: Sample, times: SampleTimes = SampleTimes()) -> bytes:
     w = sample.windows
     return events_pb2.Sample(
         sample_id=sample.sample_id, user_id=sample.user_id, ts_ms=sample.ts_ms,
         windows=events_pb2.Windows(short_term=_behaviors_pb(w.short), long_term=_behaviors_pb(w.long),
                                    unclicked=_behaviors_pb(w.unclicked)),
-        labels=_behaviors_pb(sample.labels), profile=dict(sample.profile), emitted_ms=emitted_ms,
+        labels=_behaviors_pb(sample.labels), profile=dict(sample.profile), emitted_ms=times.emitted_ms,
+        source_ms=times.source_ms,
     ).SerializeToString()
 
 
-def decode_sample(payload: bytes) -> tuple[Sample, int]:
-    """Return the sample and its emission wall-clock time (ms)."""
+def decode_sample(payload: bytes) -> tuple[Sample, SampleTimes]:
     msg = events_pb2.Sample()
     try:
         msg.ParseFromString(payload)
@@ -111,7 +121,7 @@ def decode_sample(payload: bytes) -> tuple[Sample, int]:
                       unclicked=_behaviors(msg.windows.unclicked))
     sample = Sample(sample_id=msg.sample_id, user_id=msg.user_id, ts_ms=msg.ts_ms, windows=windows,
                     labels=_behaviors(msg.labels), profile=tuple(sorted(msg.profile.items())))
-    return sample, msg.emitted_ms
+    return sample, SampleTimes(source_ms=msg.source_ms, emitted_ms=msg.emitted_ms)
 
 
 def _behaviors_pb(behaviors) -> list[events_pb2.Behavior]:

@@ -6,9 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from infra.stack import Stack, start_services
 from xdm.config import load_config
+
+torch.set_num_threads(1)  # small test models: extra threads only contend for the 2 cores
 
 
 @pytest.fixture

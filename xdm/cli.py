@@ -200,16 +200,22 @@ def worker(ctx: click.Context) -> None:
 @click.option("--variant", default=None, help="Model variant (default: learner.variant).")
 @click.option("--warm-start", type=click.Path(exists=True, file_okay=False), default=None,
               help="Offline run directory to start from.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
+@click.option("--idle-exit-s", type=click.FloatRange(min=0), default=None,
+              help="Stop when no sample arrived for this many seconds.")
 @click.pass_context
 @friendly
-def learn(ctx: click.Context, arm: str | None, variant: str | None, warm_start: str | None) -> None:
+def learn(ctx: click.Context, arm: str | None, variant: str | None, warm_start: str | None,
+          max_steps: int | None, idle_exit_s: float | None) -> None:
     """Train one arm incrementally on the samples topic and publish versions."""
     from learner.model import VARIANTS
     from learner.online import run_learner
 
     if variant is not None and variant not in VARIANTS:
         raise click.BadParameter(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    run_learner(_cfg(ctx), arm, variant, warm_start)
+    status = run_learner(_cfg(ctx), arm, variant, warm_start, max_steps, idle_exit_s)
+    click.echo(f"stopped after {status.steps} steps, {status.samples} samples, versions {status.versions}, "
+               f"{status.dead_letters} dead letters", err=True)
 
 
 @cli.command()

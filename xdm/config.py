@@ -54,6 +54,7 @@ class LearnerConfig:
     lr: float = 0.1  # AdaGrad learning rate (papers §4.3)
     clip_norm: float = 5.0  # gradient clipping norm (papers §4.3)
     device: str = "auto"  # "auto" picks CUDA when present, else CPU
+    torch_threads: int = 1  # CPU threads for torch; more than the free cores makes small models far slower
     seed: int = 7  # random seed (deterministic on CPU)
     checkpoint_dir: str = "var/checkpoints"  # one sub-folder per arm
     checkpoint_every_steps: int = 50  # checkpoint after this many optimiser steps
@@ -61,6 +62,9 @@ class LearnerConfig:
     publish_every_s: float = 30.0  # ... or after this many seconds with new steps
     model_store: str = "var/models"  # folder that holds one user tower per published version
     keep_versions: int = 3  # published versions kept before older ones are dropped
+    evict_after_ms: int = 14 * 86_400_000  # free item rows unseen in samples for this long (event time, ms); 0 = never
+    evict_every_steps: int = 100  # look for items to evict after this many steps
+    metrics_port: int = 0  # Prometheus metrics port (0 = disabled)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from stream.samples import Sample
 from stream.windows import Behavior, Windows
-from stream.wire import MalformedEvent, decode_event, decode_sample, encode_event, encode_sample
+from stream.wire import MalformedEvent, SampleTimes, decode_event, decode_sample, encode_event, encode_sample
 from xdm.records import Event, Item
 from xdm.v1 import events_pb2
 
@@ -79,5 +79,5 @@ def test_sample_round_trip():
     item = Item("i1", "leaf", "top", "brand", "shop")
     w = Windows(short=(Behavior(1, item),), long=(), unclicked=(Behavior(2, Item("i2")),))
     sample = Sample("s1", "u1", 5, w, (Behavior(6, item),), (("age", "3"),))
-    decoded, emitted = decode_sample(encode_sample(sample, emitted_ms=77))
-    assert decoded == sample and emitted == 77
+    decoded, times = decode_sample(encode_sample(sample, SampleTimes(source_ms=70, emitted_ms=77)))
+    assert decoded == sample and times == SampleTimes(source_ms=70, emitted_ms=77)

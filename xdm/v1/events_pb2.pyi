@@ -82,7 +82,7 @@ class Windows(_message.Message):
     def __init__(self, short_term: _Optional[_Iterable[_Union[Behavior, _Mapping]]] = ..., long_term: _Optional[_Iterable[_Union[Behavior, _Mapping]]] = ..., unclicked: _Optional[_Iterable[_Union[Behavior, _Mapping]]] = ...) -> None: ...
 
 class Sample(_message.Message):
-    __slots__ = ("sample_id", "user_id", "ts_ms", "windows", "labels", "profile", "emitted_ms")
+    __slots__ = ("sample_id", "user_id", "ts_ms", "windows", "labels", "profile", "emitted_ms", "source_ms")
     class ProfileEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,7 @@ class Sample(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     EMITTED_MS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_MS_FIELD_NUMBER: _ClassVar[int]
     sample_id: str
     user_id: str
     ts_ms: int
@@ -104,7 +105,8 @@ class Sample(_message.Message):
     labels: _containers.RepeatedCompositeFieldContainer[Behavior]
     profile: _containers.ScalarMap[str, str]
     emitted_ms: int
-    def __init__(self, sample_id: _Optional[str] = ..., user_id: _Optional[str] = ..., ts_ms: _Optional[int] = ..., windows: _Optional[_Union[Windows, _Mapping]] = ..., labels: _Optional[_Iterable[_Union[Behavior, _Mapping]]] = ..., profile: _Optional[_Mapping[str, str]] = ..., emitted_ms: _Optional[int] = ...) -> None: ...
+    source_ms: int
+    def __init__(self, sample_id: _Optional[str] = ..., user_id: _Optional[str] = ..., ts_ms: _Optional[int] = ..., windows: _Optional[_Union[Windows, _Mapping]] = ..., labels: _Optional[_Iterable[_Union[Behavior, _Mapping]]] = ..., profile: _Optional[_Mapping[str, str]] = ..., emitted_ms: _Optional[int] = ..., source_ms: _Optional[int] = ...) -> None: ...
 
 class DeadLetter(_message.Message):
     __slots__ = ("source_topic", "partition", "offset", "reason", "payload", "at_ms")

@@ -1,0 +1,103 @@
+"""The trainer: determinism and exact resume, item eviction with row reuse, non-finite losses."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from learner.model import config_for
+from learner.trainer import Trainer
+from stream.samples import Sample
+from stream.windows import Behavior, Windows
+from xdm.records import Item
+
+MODEL = dict(embed_dim=8, n_heads=2, n_negatives=20, dropout=0.1)
+
+
+def _item(i: int) -> Item:
+    return Item(f"i{i}", f"leaf{i % 7}", f"top{i % 3}", f"brand{i % 5}", f"shop{i % 4}")
+
+
+def _sample(n: int, ts: int, items: range) -> Sample:
+    ids = list(items)
+    short = tuple(Behavior(ts - 10 + k, _item(i)) for k, i in enumerate(ids[:3]))
+    unclicked = tuple(Behavior(ts - 5, _item(i + 100)) for i in ids[:2])
+    labels = tuple(Behavior(ts + 1 + k, _item(i)) for k, i in enumerate(ids[3:5]))
+    return Sample(f"s{n}", f"u{n % 4}", ts, Windows(short, (), unclicked), labels)
+
+
+def _stream(n: int, offset: int = 0) -> list[Sample]:
+    return [_sample(k, 1_000_000 + 1000 * k, range(offset + k % 9, offset + k % 9 + 5)) for k in range(n)]
+
+
+def _trainer() -> Trainer:
+    return Trainer(config_for("xdm", **MODEL), seed=3, device="cpu")
+
+
+def _batches(samples, size=8):
+    return [samples[i:i + size] for i in range(0, len(samples), size)]
+
+
+def test_resumed_training_equals_uninterrupted_training():
+    batches = _batches(_stream(48))
+    straight = _trainer()
+    for batch in batches:
+        straight.step(batch)
+
+    first = _trainer()
+    for batch in batches[:3]:
+        first.step(batch)
+    state = first.state_dict()
+    resumed = _trainer()
+    resumed.load_state_dict(state)
+    for batch in batches[3:]:
+        resumed.step(batch)
+
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_training_lowers_the_loss():
+    trainer = _trainer()
+    batch = _stream(16)
+    first = trainer.step(batch).loss
+    for _ in range(15):
+        last = trainer.step(batch).loss
+    assert last < first
+
+
+def test_evicted_item_rows_are_reused_and_reinitialised():
+    trainer = _trainer()
+    for batch in _batches(_stream(16)):
+        trainer.step(batch)
+    rows_before = trainer.vocab.size("item")
+    # every item so far was last seen before this time: all are evicted
+    evicted = trainer.evict_items(before_ms=10**12)
+    assert evicted == rows_before - 1
+    assert trainer.item_vectors()[0] == []
+    old_weight = trainer.model.item_out.weight.detach().clone()
+    trainer.step(_stream(8, offset=500))  # brand-new items take the freed rows
+    assert trainer.vocab.size("item") <= rows_before  # no growth: rows were recycled
+    reused = [r for r in trainer.vocab.live_items()]
+    assert reused and all(r < rows_before for r in reused)
+    ids, vectors = trainer.item_vectors()
+    assert all(i.startswith("i5") or i.startswith("i6") for i in ids)
+    assert not torch.equal(trainer.model.item_out.weight[reused], old_weight[reused])
+
+
+def test_non_finite_loss_never_reaches_the_parameters():
+    trainer = _trainer()
+    batch = _stream(8)
+    trainer.step(batch)
+    with torch.no_grad():
+        trainer.model.item_out.weight[1:] = float("nan")
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    stats = trainer.step(batch)
+    assert stats.skipped and math.isnan(stats.loss)
+    assert trainer.skipped_steps == 1
+    after = trainer.model.state_dict()
+    for key in before:
+        assert torch.equal(torch.nan_to_num(before[key]), torch.nan_to_num(after[key])), key
