@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from infra.stack import Stack, start_services
-from xdm.config import load_config
+from replay.format import read_events, read_items
+from replay.simulate import simulate
+from stream.samples import Sample, flush, step
+from stream.windows import UserState
+from xdm.config import Config, load_config
+from xdm.records import Item
 
 torch.set_num_threads(1)  # small test models: extra threads only contend for the 2 cores
 
@@ -34,3 +39,24 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/integration" in str(item.fspath).replace(os.sep, "/"):
             item.add_marker(pytest.mark.integration)
+
+
+def samples_from_log(log_dir: Path, cfg: Config) -> list[Sample]:
+    """Training samples of a log, made by the stream's own rules (what a worker would emit)."""
+    items = read_items(log_dir)
+    states: dict[str, UserState] = {}
+    out: list[Sample] = []
+    for event in read_events(log_dir):
+        state = states.setdefault(event.user_id, UserState())
+        out.extend(step(state, event, items.get(event.item_id) or Item(event.item_id), cfg.windows, cfg.samples).samples)
+    for state in states.values():
+        out.extend(flush(state, cfg.windows, cfg.samples))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_log(tmp_path_factory) -> Path:
+    """A small simulated world shared by the tests that only read it."""
+    out = tmp_path_factory.mktemp("tiny-log")
+    simulate(100, 300, 6, 11, out, progress=False)
+    return out

@@ -1,0 +1,111 @@
+"""Training samples: the windows at a click and the next clicks after it as labels (§3.1, §4.3).
+
+A click anchors a sample when a stable hash of its event id falls in 1 of `every_m_clicks` buckets,
+so the choice does not depend on arrival order. The anchor waits in `UserState.pending` (persisted
+with the rest of the state) until its labels are final: the next `n_labels` clicks after it exist and
+the watermark has passed the last of them, so no click still allowed in by the lateness can land
+among them. The windows are then taken at the anchor time, which makes a sample the same whatever
+order its events arrived in. An anchor whose labels are not all within `expire_ms` of it is dropped
+once the watermark passes that span.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import zlib
+from bisect import bisect_left, insort
+from dataclasses import dataclass, replace
+
+from stream.windows import (
+    Behavior,
+    Outcome,
+    UserState,
+    WindowRules,
+    Windows,
+    apply_event,
+    behaviors,
+    snapshot,
+)
+from xdm.records import Event, Item
+
+
+@dataclass(frozen=True)
+class SampleRules:
+    every_m_clicks: int = 1  # one click in m (by event-id hash) anchors a sample
+    n_labels: int = 5  # next k clicked items taken as labels, k = 5 (§4.3)
+    expire_ms: int = 86_400_000  # labels must all fall within this span (ms) after the anchor
+
+    def __post_init__(self) -> None:
+        if self.every_m_clicks < 1 or self.n_labels < 1 or self.expire_ms < 0:
+            raise ValueError("samples.every_m_clicks and samples.n_labels must be at least 1, "
+                             "samples.expire_ms not negative")
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    sample_id: str  # stable: derived from the user and the anchor click's event id
+    user_id: str
+    ts_ms: int  # anchor time t
+    windows: Windows  # snapshot at t, the anchor click ending the short-term session
+    labels: tuple[Behavior, ...]  # the next n_labels clicks after t, in time order (C_{u,t})
+    profile: tuple[tuple[str, str], ...] = ()  # sorted (name, value) user features for e_u, joined by the caller
+
+    def with_profile(self, fields: tuple[tuple[str, str], ...]) -> Sample:
+        return replace(self, profile=tuple(sorted(fields)))
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    outcome: Outcome
+    samples: list[Sample]  # samples this event completed, oldest anchor first
+
+
+def is_anchor(event_id: str, rules: SampleRules) -> bool:
+    """Whether a click anchors a sample; a pure function of its id, so arrival order cannot matter."""
+    m = rules.every_m_clicks
+    return m == 1 or zlib.crc32(event_id.encode("utf-8", "surrogatepass")) % m == 0
+
+
+def sample_id(user_id: str, event_id: str) -> str:
+    key = f"{len(user_id)}:{user_id}{event_id}".encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(key, digest_size=8).hexdigest()
+
+
+def step(state: UserState, event: Event, item: Item, wrules: WindowRules, srules: SampleRules) -> StepResult:
+    """Apply one event and return the samples it completed."""
+    outcome = apply_event(state, event, item, wrules)
+    if outcome is not Outcome.APPLIED:
+        return StepResult(outcome, [])
+    if event.kind == "click" and is_anchor(event.event_id, srules):
+        insort(state.pending, (event.ts_ms, event.event_id))
+    if not state.pending:
+        return StepResult(outcome, [])
+    return StepResult(outcome, _settle(state, state.max_ts - wrules.lateness_ms, wrules, srules))
+
+
+def flush(state: UserState, wrules: WindowRules, srules: SampleRules) -> list[Sample]:
+    """At the end of the input: finalise every complete sample and drop the rest."""
+    return _settle(state, math.inf, wrules, srules)
+
+
+def _settle(state: UserState, mark: float, wrules: WindowRules, srules: SampleRules) -> list[Sample]:
+    """Finalise or drop the pending anchors whose fate is known at watermark `mark`."""
+    done: list[Sample] = []
+    kept: list[tuple[int, str]] = []
+    clicks = state.clicks
+    n = srules.n_labels
+    for anchor in state.pending:
+        ts, event_id = anchor
+        first = bisect_left(clicks, (ts + 1,))
+        last = first + n - 1
+        deadline = ts + srules.expire_ms
+        if last < len(clicks) and clicks[last][0] < mark and clicks[last][0] <= deadline:
+            labels = behaviors(clicks[first:last + 1])
+            done.append(Sample(sample_id(state.user_id, event_id), state.user_id, ts,
+                               snapshot(state, ts, wrules), labels))
+        elif mark <= deadline:
+            kept.append(anchor)
+        # else: every click up to the deadline is known and fewer than n_labels fell in it: expired.
+    state.pending[:] = kept
+    return done
