@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,12 @@ from typing import Callable, Sequence
 from xdm.errors import ServiceError
 
 log = logging.getLogger(__name__)
+
+# A child gets SIGTERM when its parent dies, so a killed `xdm up` or test run leaves no orphans (Linux,
+# util-linux's setpriv). Not a preexec_fn: that forces fork() instead of vfork(), and gRPC's at-fork
+# handlers abort a forked child of a process with live gRPC channels (seen here: epoll_wait EBADF, -6).
+_SETPRIV = shutil.which("setpriv")
+_DIE_WITH_PARENT: tuple[str, ...] = (_SETPRIV, "--pdeathsig", "TERM", "--") if _SETPRIV else ()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -112,12 +119,11 @@ def start_process(
     log_path = log_dir / f"{name}.log"
     handle = open(log_path, "ab")
     popen = subprocess.Popen(
-        list(argv),
+        [*_DIE_WITH_PARENT, *argv],
         stdout=handle,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
-        preexec_fn=_die_with_parent,
         env={**os.environ, **(env or {})},
         cwd=str(cwd) if cwd else None,
     )
@@ -129,16 +135,6 @@ def start_process(
 def ensure_alive(proc: ManagedProcess) -> None:
     if not proc.alive():
         raise ServiceError(f"{proc.name} exited with code {proc.popen.returncode}; last log lines:\n{proc.log_tail()}")
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the parent dies, so a killed `xdm up` leaves no orphans (Linux)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-    except OSError:
-        pass
 
 
 def _signal_group(popen: subprocess.Popen, sig: int) -> None:

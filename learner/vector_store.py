@@ -8,6 +8,7 @@ and only that version. The same code runs against Milvus Lite (a server process)
 from __future__ import annotations
 
 import logging
+import time
 from typing import Sequence
 
 import numpy as np
@@ -52,6 +53,7 @@ def write_version(client: MilvusClient, cfg: MilvusConfig, arm: str, version: in
                 for i in range(start, min(start + INSERT_CHUNK, len(item_ids)))]
         client.insert(name, rows)
     client.flush(name)
+    _compact(client, name)
     client.load_collection(name)
     count = _count(client, name)
     if count != len(item_ids):
@@ -61,9 +63,9 @@ def write_version(client: MilvusClient, cfg: MilvusConfig, arm: str, version: in
 
 def point_alias(client: MilvusClient, cfg: MilvusConfig, arm: str, collection: str) -> None:
     alias = alias_name(cfg, arm)
-    try:
+    if alias in client.list_aliases().get("aliases", []):
         client.alter_alias(collection, alias)
-    except Exception:  # the first publish of an arm: no alias yet
+    else:
         client.create_alias(collection, alias)
 
 
@@ -96,6 +98,18 @@ def _index(client: MilvusClient, cfg: MilvusConfig):
     extra = {"M": 16, "efConstruction": 200} if cfg.index_type == "HNSW" else {}
     params.add_index(field_name=VECTOR_FIELD, index_type=cfg.index_type, metric_type="IP", params=extra)
     return params
+
+
+def _compact(client: MilvusClient, name: str, timeout_s: float = 60.0) -> None:
+    """Merge the inserted segments: searches over many small segments cost far more (STACK.md)."""
+    job = client.compact(name)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = str(client.get_compaction_state(job)).lower()
+        if "completed" in state or "undefined" in state:
+            return
+        time.sleep(0.05)
+    log.warning("compaction still running; the version is published uncompacted", extra={"collection": name})
 
 
 def _count(client: MilvusClient, name: str) -> int:

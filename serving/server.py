@@ -1,4 +1,8 @@
-"""The grpc.aio Recall server: build it, add services, start, wait; stop gracefully on SIGTERM."""
+"""The grpc.aio Recall server: build it, add services, start, wait; stop gracefully on SIGTERM.
+
+Besides Recall it serves the standard gRPC health service (NOT_SERVING while it drains) and reflection,
+so grpcurl and load balancers work without the .proto files.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import torch
@@ -14,11 +19,14 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from serving.arms import Arms
+from serving.batcher import MicroBatcher
+from serving.popular import PopularItems
 from serving.registry import TowerRegistry
 from serving.search import VectorSearch
 from serving.servicer import RecallServicer
 from stream.reader import WindowsReader
 from xdm.config import Config
+from xdm.errors import ConfigError
 from xdm.v1 import recall_pb2, recall_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -27,11 +35,20 @@ SERVICE_NAME = recall_pb2.DESCRIPTOR.services_by_name["Recall"].full_name
 
 @dataclass
 class Deps:
-    """What the servicer reads from; tests may pass their own started instances."""
+    """What the servicer reads from, started; `start_deps` builds the real ones."""
 
     reader: WindowsReader
     registry: TowerRegistry
     search: VectorSearch
+    popular: PopularItems
+    batcher: MicroBatcher
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        await self.popular.stop()
+        await self.registry.stop()
+        await self.reader.stop()
+        self.search.close()
 
 
 @dataclass
@@ -42,39 +59,45 @@ class RunningServer:
     health: health.HealthServicer
 
     async def stop(self, grace_s: float = 5.0) -> None:
+        """Report NOT_SERVING, let in-flight requests finish within grace_s, then stop everything."""
         self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
-        await self.deps.registry.stop()
-        await self.deps.reader.stop()
-        self.deps.search.close()
+        await self.deps.stop()
 
 
 async def start_deps(cfg: Config) -> Deps:
-    torch.set_num_threads(1)  # one request's tower is tiny; more threads only contend with the event loop
+    torch.set_num_threads(1)  # one batch of user towers is small; more threads only contend with the event loop
     arms = Arms.parse(cfg.serving.arms)
     reader = WindowsReader(cfg)
     await reader.start()
     registry = TowerRegistry(cfg, arms.names)
     await registry.start()
-    return Deps(reader=reader, registry=registry, search=VectorSearch(cfg.milvus, cfg.serving.search_timeout_s))
+    popular = PopularItems(cfg)
+    await popular.start()
+    search = VectorSearch(cfg.milvus, cfg.serving.search_timeout_s)
+    batcher = MicroBatcher(search, cfg.serving.batch_max, cfg.serving.batch_runners)
+    batcher.start()
+    return Deps(reader=reader, registry=registry, search=search, popular=popular, batcher=batcher)
 
 
 async def create_server(cfg: Config, deps: Deps) -> RunningServer:
-    """Build and start the server on cfg.serving.host:port (port 0 picks a free one)."""
+    """Build and start the server on serving.host:port (port 0 picks a free one)."""
     server = grpc.aio.server()
-    arms = Arms.parse(cfg.serving.arms)
-    recall_pb2_grpc.add_RecallServicer_to_server(
-        RecallServicer(arms, deps.registry, deps.reader, deps.search, cfg.serving.max_k), server)
+    sc = cfg.serving
+    servicer = RecallServicer(Arms.parse(sc.arms), deps.registry, deps.reader, deps.batcher, deps.popular,
+                              sc.max_k, sc.search_timeout_s)
+    recall_pb2_grpc.add_RecallServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{cfg.serving.host}:{cfg.serving.port}")
+    address = f"{sc.host}:{sc.port}"
+    port = server.add_secure_port(address, _tls(sc.tls_cert, sc.tls_key)) if sc.tls_cert else server.add_insecure_port(address)
     if port == 0:
-        raise OSError(f"cannot bind {cfg.serving.host}:{cfg.serving.port}")
+        raise OSError(f"cannot bind {address}")
     await server.start()
     for name in (SERVICE_NAME, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("recall server listening", extra={"address": f"{cfg.serving.host}:{port}"})
+    log.info("recall server listening", extra={"address": f"{sc.host}:{port}", "tls": bool(sc.tls_cert)})
     return RunningServer(server=server, port=port, deps=deps, health=health_servicer)
 
 
@@ -89,5 +112,11 @@ async def serve(cfg: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down")
-    await running.stop()
+    log.info("shutting down", extra={"grace_s": cfg.serving.grace_s})
+    await running.stop(cfg.serving.grace_s)
+
+
+def _tls(cert: str, key: str) -> grpc.ServerCredentials:
+    if not key:
+        raise ConfigError("serving.tls_cert is set but serving.tls_key is not; set both or neither")
+    return grpc.ssl_server_credentials([(Path(key).read_bytes(), Path(cert).read_bytes())])

@@ -1,4 +1,9 @@
-"""The Recall servicer: one method per RPC; bad requests end with INVALID_ARGUMENT and a message."""
+"""The Recall servicer: one method per RPC; each failure ends with the status code a client can act on.
+
+INVALID_ARGUMENT for a bad request (with the reason), DEADLINE_EXCEEDED when the caller's deadline runs
+out first, UNAVAILABLE when the vector store does not answer in time. A request takes the arm's current
+tower once, so a hot reload during the request cannot mix versions.
+"""
 
 from __future__ import annotations
 
@@ -6,41 +11,46 @@ import asyncio
 import logging
 
 import grpc
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from serving.arms import Arms
+from serving.batcher import MicroBatcher
+from serving.popular import PopularItems
 from serving.registry import TowerRegistry
-from serving.search import SearchUnavailable, VectorSearch
-from serving.user_vectors import clicked_items, user_vectors
+from serving.search import SearchUnavailable
+from serving.user_vectors import clicked_items
 from stream.reader import WindowsReader
 from xdm.v1 import recall_pb2, recall_pb2_grpc
 
 log = logging.getLogger(__name__)
 LATENCY = Histogram("xdm_recall_latency_seconds", "Recall latency", ["arm"],
                     buckets=(0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0))
-ANSWERS = Counter("xdm_recall_answers_total", "Recall answers", ["arm", "fallback"])
+ANSWERS = Counter("xdm_recall_answers_total", "Recall answers (QPS is its rate)", ["arm", "fallback"])
 ERRORS = Counter("xdm_recall_errors_total", "Recall errors by status code", ["code"])
+VERSION = Gauge("xdm_recall_model_version", "Model version in use", ["arm"])
 MAX_USER_ID = 256
 
 
 class RecallServicer(recall_pb2_grpc.RecallServicer):
-    def __init__(self, arms: Arms, registry: TowerRegistry, reader: WindowsReader, search: VectorSearch,
-                 max_k: int) -> None:
+    def __init__(self, arms: Arms, registry: TowerRegistry, reader: WindowsReader, batcher: MicroBatcher,
+                 popular: PopularItems, max_k: int, search_timeout_s: float) -> None:
         self.arms = arms
         self.registry = registry
         self.reader = reader
-        self.search = search
+        self.batcher = batcher
+        self.popular = popular
         self.max_k = max_k
+        self.search_timeout_s = search_timeout_s
 
     async def Recall(self, request: recall_pb2.RecallRequest, context: grpc.aio.ServicerContext) -> recall_pb2.RecallResponse:
         problem = self._invalid(request)
         if problem:
-            ERRORS.labels("INVALID_ARGUMENT").inc()
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         arm = request.arm or self.arms.assign(request.user_id)
         with LATENCY.labels(arm).time():
             response = await self._answer(request, arm, context)
         ANSWERS.labels(arm, str(response.fallback).lower()).inc()
+        VERSION.labels(arm).set(response.model_version)
         return response
 
     def _invalid(self, request: recall_pb2.RecallRequest) -> str:
@@ -57,20 +67,35 @@ class RecallServicer(recall_pb2_grpc.RecallServicer):
     async def _answer(self, request: recall_pb2.RecallRequest, arm: str, context) -> recall_pb2.RecallResponse:
         tower = self.registry.get(arm)  # taken once: this request stays on this version
         windows = self.reader.windows(request.user_id)
-        if tower is None:
-            return _response(request, arm, [], version=0, fallback=True)
         exclude = clicked_items(windows) if (windows and request.exclude_clicked) else set()
-        if windows is None or not (windows.short or windows.long):
-            popular = [(item, 0.0) for item in tower.popular if item not in exclude][: request.k]
-            return _response(request, arm, popular, tower.info.version, fallback=True)
-        z = await asyncio.to_thread(user_vectors, tower, [windows])
+        version = tower.info.version if tower else 0
+        if tower is None or windows is None or not (windows.short or windows.long):
+            return _response(request, arm, self._popular(request.k, exclude, tower), version, fallback=True)
+        timeout = self.search_timeout_s
+        remaining = context.time_remaining()
+        deadline_first = remaining is not None and remaining < timeout
         try:
-            hits = (await self.search.top_k(tower.info.collection, z, request.k + len(exclude)))[0]
+            hits = await asyncio.wait_for(self.batcher.recall(tower, windows, request.k + len(exclude)),
+                                          min(timeout, remaining) if deadline_first else timeout)
+        except asyncio.TimeoutError:
+            if deadline_first:
+                await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the request deadline ran out during search")
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"vector search took longer than {timeout} s")
         except SearchUnavailable as exc:
-            ERRORS.labels("UNAVAILABLE").inc()
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
         items = [(item, score) for item, score in hits if item not in exclude][: request.k]
-        return _response(request, arm, items, tower.info.version, fallback=False)
+        return _response(request, arm, items, version, fallback=False)
+
+    def _popular(self, k: int, exclude: set[str], tower) -> list[tuple[str, float]]:
+        live = self.popular.top(k, exclude)
+        if live or tower is None:
+            return live
+        return [(item, 0.0) for item in tower.popular if item not in exclude][:k]  # before the stream is read
+
+
+async def _abort(context, code: grpc.StatusCode, message: str) -> None:
+    ERRORS.labels(code.name).inc()
+    await context.abort(code, message)
 
 
 def _response(request, arm: str, items: list[tuple[str, float]], version: int, fallback: bool) -> recall_pb2.RecallResponse:

@@ -60,3 +60,26 @@ def tiny_log(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-log")
     simulate(100, 300, 6, 11, out, progress=False)
     return out
+
+
+def wait_for_quiet_topics(cfg: Config, topics: list[str], quiet_s: float = 3.0, timeout_s: float = 180.0) -> None:
+    """Wait until nothing new was written to `topics` for quiet_s: the workers have caught up."""
+    import time
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap)
+    try:
+        parts = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
+        deadline = time.monotonic() + timeout_s
+        last, since = None, time.monotonic()
+        while time.monotonic() < deadline:
+            ends = consumer.end_offsets(parts)
+            if ends != last:
+                last, since = ends, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"topics {topics} still growing after {timeout_s} s")
+    finally:
+        consumer.close()

@@ -43,6 +43,14 @@ class StreamConfig:
     web_port: int = 0  # Faust web port (0 = pick a free one)
     max_event_bytes: int = 65536  # larger payloads go to the dead-letter topic
     max_future_ms: int = 86_400_000  # events stamped further than this past wall clock are rejected
+    metrics_port: int = 0  # Prometheus metrics port of the worker (0 = disabled)
+    batch_max: int = 2000  # most records taken from the event topics into one batch
+    batch_within_ms: int = 20  # longest wait (ms) to fill a batch before processing what came
+    align_idle_ms: int = 200  # a caught-up topic silent this long (ms) stops holding the other one back
+    align_max_hold_ms: int = 30_000  # a held record leaves after this long (ms) unless the other topic lags
+    align_max_held: int = 200_000  # most records held for event-time alignment; past it the oldest leave
+    state_cache_users: int = 20_000  # decoded user states kept in memory between batches
+    counters_log_s: float = 10.0  # log the worker counters this often (s)
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,12 @@ class ServingConfig:
     arms: str = "xdm:100"  # arm:share,... sticky assignment by user hash
     search_timeout_s: float = 2.0  # vector search deadline before UNAVAILABLE
     metrics_port: int = 0  # Prometheus metrics port (0 = disabled)
+    batch_max: int = 32  # most concurrent requests answered by one tower call and one search
+    batch_runners: int = 2  # batches in flight at once
+    popular_half_life_ms: int = 86_400_000  # decay of click counts behind cold-start answers (event time)
+    tls_cert: str = ""  # PEM certificate file; with tls_key, the server speaks TLS only
+    tls_key: str = ""  # PEM private key file
+    grace_s: float = 5.0  # on SIGTERM, in-flight requests get this long to finish
 
 
 @dataclass(frozen=True)
