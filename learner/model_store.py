@@ -75,6 +75,7 @@ class Tower:
     vocab: Any  # learner.batch.Vocabulary
     info: VersionInfo
     popular: list[str]  # most frequent label items at publish time (cold-start fallback)
+    index: Any = None  # serving's exact in-memory copy of this version's item vectors, when it keeps one
 
 
 def tower_payload(model, vocab, info: VersionInfo, variant: str, popular: list[str]) -> dict[str, Any]:

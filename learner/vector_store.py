@@ -86,6 +86,20 @@ def search(client: MilvusClient, collection: str, vectors: np.ndarray, limit: in
     return [[(h["entity"][ID_FIELD] if "entity" in h else h["id"], float(h["distance"])) for h in row] for row in hits]
 
 
+def read_all(client: MilvusClient, collection: str, batch: int = 10_000) -> tuple[list[str], np.ndarray]:
+    """Every (item id, vector) of a collection, in pages."""
+    iterator = client.query_iterator(collection, batch_size=batch, filter="", output_fields=[ID_FIELD, VECTOR_FIELD])
+    ids: list[str] = []
+    rows: list[list[float]] = []
+    try:
+        while page := iterator.next():
+            ids.extend(r[ID_FIELD] for r in page)
+            rows.extend(r[VECTOR_FIELD] for r in page)
+    finally:
+        iterator.close()
+    return ids, np.asarray(rows, dtype=np.float32)
+
+
 def _schema(dim: int):
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
     schema.add_field(ID_FIELD, DataType.VARCHAR, is_primary=True, max_length=256)

@@ -66,7 +66,11 @@ class MicroBatcher:
         tower = jobs[0].tower
         try:
             z = await asyncio.to_thread(user_vectors, tower, [j.windows for j in jobs])
-            hits = await self.search.top_k(tower.info.collection, z, max(j.k for j in jobs))
+            k = max(j.k for j in jobs)
+            if tower.index is not None:
+                hits = await asyncio.to_thread(tower.index.top_k, z, k)
+            else:
+                hits = await self.search.top_k(tower.info.collection, z, k)
         except Exception as exc:  # every waiting request gets the failure, the runner goes on
             for job in jobs:
                 if not job.future.done():

@@ -11,6 +11,7 @@ import logging
 
 from aiokafka import AIOKafkaConsumer
 
+from serving.search import load_local_index
 from learner.model_store import Tower, VersionInfo, load_tower, read_latest, tower_from_payload
 from xdm.config import Config
 from xdm.v1 import events_pb2
@@ -64,6 +65,10 @@ class TowerRegistry:
         if current is not None and current.info.version >= info.version:
             return False
         tower = await asyncio.to_thread(lambda: tower_from_payload(load_tower(info.tower_uri)))
+        if info.items <= self.cfg.serving.local_index_max_items:
+            tower.index = await asyncio.to_thread(load_local_index, self.cfg.milvus, info.collection)
+            if len(tower.index) != info.items:
+                raise RuntimeError(f"collection {info.collection} holds {len(tower.index)} items, version says {info.items}")
         self.current[info.arm] = tower  # one reference assignment: the swap is atomic for readers
         self.swaps += 1
         log.info("serving new version", extra={"arm": info.arm, "version": info.version,

@@ -92,6 +92,7 @@ class ServingConfig:
     search_timeout_s: float = 2.0  # vector search deadline before UNAVAILABLE
     metrics_port: int = 0  # Prometheus metrics port (0 = disabled)
     batch_max: int = 32  # most concurrent requests answered by one tower call and one search
+    local_index_max_items: int = 2_000_000  # up to this many items a version's vectors are searched in memory
     batch_runners: int = 2  # batches in flight at once
     popular_half_life_ms: int = 86_400_000  # decay of click counts behind cold-start answers (event time)
     tls_cert: str = ""  # PEM certificate file; with tls_key, the server speaks TLS only

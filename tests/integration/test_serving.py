@@ -33,7 +33,8 @@ ARMS = ("xdm", "sdm")
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_log):
-    cfg = load_config("test", env={}, overrides={"serving.search_timeout_s": "1.0"})
+    # The Milvus path (what large catalogues use); the closed-loop test covers the in-memory index.
+    cfg = load_config("test", env={}, overrides={"serving.search_timeout_s": "1.0", "serving.local_index_max_items": "0"})
     stack = start_services(tmp_path_factory.mktemp("serving") / "stack", cfg, "test", arms="xdm:50,sdm:50")
     try:
         stack.start_worker()
