@@ -22,6 +22,7 @@ from torch import Tensor
 from xdm.records import Item
 
 ITEM_KINDS: tuple[str, ...] = ("item", "leaf", "top", "brand", "shop")  # last axis of behaviour tensors
+LOOKUP_CACHE_MAX = 500_000  # memoised item lookups kept by a vocabulary
 PROFILE_PREFIX = "profile:"  # a profile field `gender` is the vocabulary kind `profile:gender`
 
 
@@ -73,6 +74,8 @@ class Vocabulary:
         self._last_seen: list[int] = [0]  # latest sample time (ms) an item row appeared in
         self._free_items: list[int] = []  # evicted item rows, reused by the next new items
         self.recycled: list[int] = []  # reused rows the model has not re-initialised yet (trainer drains it)
+        self._mutations = 0  # ids added or evicted so far; invalidates the lookup memo
+        self._lookup_cache: dict = {}
 
     def add(self, kind: str, key: str) -> int:
         """Row of `key`, adding it if new; the empty string is "unknown" and stays 0."""
@@ -93,6 +96,7 @@ class Vocabulary:
                 self._counts.append(0)
                 self._last_seen.append(0)
         rows[key] = row
+        self._mutations += 1
         return row
 
     def lookup(self, kind: str, key: str) -> int:
@@ -103,7 +107,24 @@ class Vocabulary:
         return tuple(self.add(kind, key) for kind, key in zip(ITEM_KINDS, _item_keys(item)))
 
     def lookup_item(self, item: Item) -> tuple[int, ...]:
-        return tuple(self.lookup(kind, key) for kind, key in zip(ITEM_KINDS, _item_keys(item)))
+        """Rows of an item's five ids, without growing; memoised, since serving looks up the same items
+        for every request (the memo is dropped whenever the vocabulary changes)."""
+        cache = self._lookup_cache
+        if cache.get("_size") != self._version():
+            cache.clear()
+            cache["_size"] = self._version()
+        ids = cache.get(item)
+        if ids is None:
+            r = self._rows
+            ids = (r["item"].get(item.item_id, 0), r["leaf"].get(item.leaf_cat, 0), r["top"].get(item.top_cat, 0),
+                   r["brand"].get(item.brand, 0), r["shop"].get(item.shop, 0))
+            if len(cache) < LOOKUP_CACHE_MAX:
+                cache[item] = ids
+        return ids
+
+    def _version(self) -> int:
+        """Changes whenever a lookup could change: an id was added, or items were evicted."""
+        return self._mutations
 
     def observe(self, item_row: int, times: int = 1) -> None:
         """Count an occurrence of an item (collate counts labels: the classes the sampler draws)."""
@@ -129,6 +150,7 @@ class Vocabulary:
                 self._last_seen[row] = 0
                 evicted.append(row)
         self._free_items.extend(sorted(evicted, reverse=True))  # pop() hands out the lowest row first
+        self._mutations += len(evicted)
         return evicted
 
     def newest_item_time(self) -> int:

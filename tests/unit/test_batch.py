@@ -139,3 +139,14 @@ def test_length_buckets_shuffle_is_seeded_and_keeps_batches_homogeneous():
         assert len({len(samples[i].windows.short) for i in batch}) == 1
     with pytest.raises(ValueError):
         list(length_buckets(samples, 0))
+
+
+def test_lookup_memo_follows_additions_and_evictions():
+    vocab = Vocabulary()
+    item = Item("i9", "leaf", "top", "brand", "shop")
+    assert vocab.lookup_item(item) == (0, 0, 0, 0, 0)
+    rows = vocab.add_item(item)
+    assert vocab.lookup_item(item) == rows != (0, 0, 0, 0, 0)
+    vocab.touch_items([rows[0]], 5)
+    vocab.evict_items(before_ms=10)
+    assert vocab.lookup_item(item)[0] == 0
