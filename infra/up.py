@@ -50,17 +50,22 @@ def bring_up(base: Config, profile: str, root: Path, log_dir: Path | None = None
         raise
 
 
+def start_system(stack: Stack, workers: int = 1) -> None:
+    """Workers, one learner per arm (the arm's name is its variant when it names one) and the server."""
+    for i in range(workers):
+        stack.start_worker(f"worker-{i}")
+    for arm in Arms.parse(stack.cfg.serving.arms).names:
+        stack.start_learner(arm, arm if arm in _variants() else stack.cfg.learner.variant)
+    stack.start_server()
+
+
 def _run(stack: Stack, log_dir: Path | None, workers: int, progress: bool, model_timeout_s: float) -> UpResult:
     cfg = stack.cfg
     if log_dir is None:
         log_dir = stack.root / "log"
         simulate(cfg.sim.users, cfg.sim.items, cfg.sim.days, cfg.sim.seed, log_dir, progress=progress)
-    for i in range(workers):
-        stack.start_worker(f"worker-{i}")
+    start_system(stack, workers)
     parsed = Arms.parse(cfg.serving.arms)
-    for arm in parsed.names:
-        stack.start_learner(arm, arm if arm in _variants() else cfg.learner.variant)
-    stack.start_server()
     produced = produce_log(cfg.kafka, log_dir, speed=cfg.sim.speed, progress=progress)
     for arm in parsed.names:
         wait_until(lambda a=arm: _published(stack, a), model_timeout_s, f"first model version of arm {arm}",

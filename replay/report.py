@@ -1,0 +1,142 @@
+"""The A/B report of a replay: per-arm metrics with intervals, lifts with p-values, plots over time.
+
+Reads the replay's `scores.jsonl` (one scored request per line) and writes into the same folder:
+`report.json` (every figure), `summary.md` (the table a person reads) and `<metric>.png` (the metric per
+arm over event time, daily means with their 95 % intervals). Estimators: replay.abstats.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from replay.abstats import arm_estimate, compare_means
+
+METRICS = ("hr50", "mrr50", "r50", "f150", "hr80", "mrr80", "r80", "f180")
+LABELS = {"hr50": "HR@50", "mrr50": "MRR@50", "r50": "R@50", "f150": "F1@50",
+          "hr80": "HR@80", "mrr80": "MRR@80", "r80": "R@80", "f180": "F1@80"}
+DAY_MS = 86_400_000
+PLOTTED = ("hr50", "mrr50", "r50", "f150")
+
+
+class ReportError(ValueError):
+    """The replay folder has nothing to report on."""
+
+
+def load_scores(out_dir: Path) -> list[dict]:
+    path = Path(out_dir) / "scores.jsonl"
+    if not path.exists():
+        raise ReportError(f"{path} does not exist: run `xdm replay` into {out_dir} first")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise ReportError(f"{path} holds no scored request")
+    return rows
+
+
+def per_user(rows: list[dict], metric: str) -> dict[str, np.ndarray]:
+    """Arm -> per-user means of `metric` (users are the unit of randomisation)."""
+    sums: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for r in rows:
+        sums[(r["arm"], r["user_id"])].append(r[metric])
+    by_arm: dict[str, list[float]] = defaultdict(list)
+    for (arm, _), values in sorted(sums.items()):
+        by_arm[arm].append(float(np.mean(values)))
+    return {arm: np.array(v) for arm, v in by_arm.items()}
+
+
+def build_report(out_dir: Path, baseline: str | None = None, seed: int = 0, alpha: float = 0.05) -> dict:
+    rows = load_scores(out_dir)
+    arms = sorted({r["arm"] for r in rows})
+    base = baseline if baseline in arms else (arms[-1] if "sdm" not in arms else "sdm")
+    report: dict = {"requests": len(rows), "arms": {}, "comparisons": [], "baseline": base, "alpha": alpha,
+                    "fallback_share": {a: float(np.mean([r["fallback"] for r in rows if r["arm"] == a])) for a in arms}}
+    for metric in METRICS:
+        values = per_user(rows, metric)
+        for arm in arms:
+            est = arm_estimate(values[arm], seed=seed)
+            report["arms"].setdefault(arm, {"users": est.users, "requests": sum(r["arm"] == arm for r in rows)})
+            report["arms"][arm][metric] = {"mean": est.mean, "low": est.low, "high": est.high}
+        for arm in arms:
+            if arm != base:
+                c = compare_means(values[base], values[arm], (base, arm), alpha=alpha, seed=seed)
+                report["comparisons"].append({"metric": metric, **c.as_dict()})
+    report["over_time"] = _over_time(rows, arms)
+    (Path(out_dir) / "report.json").write_text(json.dumps(report, indent=2))
+    (Path(out_dir) / "summary.md").write_text(summary_markdown(report))
+    _plots(report, Path(out_dir))
+    return report
+
+
+def summary_markdown(report: dict) -> str:
+    arms, base = sorted(report["arms"]), report["baseline"]
+    lines = [f"# Replay A/B report", "",
+             f"{report['requests']:,} scored requests; users per arm: "
+             + ", ".join(f"{a} {report['arms'][a]['users']}" for a in arms)
+             + f"; baseline {base}; intervals 95 % (bootstrap over users), p-values two-sided Welch.", "",
+             "| metric | " + " | ".join(arms) + " | " + " | ".join(f"lift {a} vs {base}" for a in arms if a != base) + " |",
+             "|---" * (1 + len(arms) + len(arms) - 1) + "|"]
+    for metric in METRICS:
+        cells = [f"{_pct(report['arms'][a][metric]['mean'])} [{_pct(report['arms'][a][metric]['low'])}, "
+                 f"{_pct(report['arms'][a][metric]['high'])}]" for a in arms]
+        lifts = []
+        for c in report["comparisons"]:
+            if c["metric"] == metric:
+                mark = " *" if c["significant"] else ""
+                lifts.append(f"{c['lift']:+.1%} [{c['low']:+.1%}, {c['high']:+.1%}] p={c['p_value']:.3f}{mark}")
+        lines.append(f"| {LABELS[metric]} | " + " | ".join(cells + lifts) + " |")
+    lines += ["", f"`*` significant at alpha = {report['alpha']}. Fallback answers (cold start): "
+              + ", ".join(f"{a} {report['fallback_share'][a]:.1%}" for a in arms) + ".", ""]
+    lines += [f"![{LABELS[m]} over time]({m}.png)" for m in PLOTTED]
+    return "\n".join(lines) + "\n"
+
+
+def _over_time(rows: list[dict], arms: list[str]) -> dict:
+    """Per metric and arm: day index -> (mean, low, high) over that day's users."""
+    first_day = min(r["ts_ms"] for r in rows) // DAY_MS
+    out: dict = {}
+    for metric in PLOTTED:
+        out[metric] = {}
+        for arm in arms:
+            days: dict[int, list[dict]] = defaultdict(list)
+            for r in rows:
+                if r["arm"] == arm:
+                    days[r["ts_ms"] // DAY_MS - first_day].append(r)
+            series = []
+            for day in sorted(days):
+                values = per_user(days[day], metric).get(arm)
+                if values is not None and len(values) >= 2:
+                    est = arm_estimate(values, n_boot=300)
+                    series.append([day, est.mean, est.low, est.high])
+            out[metric][arm] = series
+    return out
+
+
+def _plots(report: dict, out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for metric, arms in report["over_time"].items():
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        for arm, series in sorted(arms.items()):
+            if not series:
+                continue
+            s = np.array(series)
+            ax.plot(s[:, 0], s[:, 1], marker="o", label=arm)
+            ax.fill_between(s[:, 0], s[:, 2], s[:, 3], alpha=0.2)
+        ax.set_xlabel("event-time day of the log")
+        ax.set_ylabel(LABELS[metric])
+        ax.set_title(f"{LABELS[metric]} per arm over time (daily mean, 95 % CI over users)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / f"{metric}.png", dpi=110)
+        plt.close(fig)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"

@@ -1,0 +1,36 @@
+"""A replay experiment end to end on the embedded stack: start the system with one learner per arm,
+replay the log with scoring, write the report, stop everything."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from replay.replayer import ReplayOptions, ReplayProgress, Replayer, check_log
+from replay.report import build_report
+from xdm.config import Config
+
+
+@dataclass
+class ReplayRun:
+    progress: ReplayProgress
+    report: dict
+    out_dir: Path
+
+
+def replay_embedded(cfg: Config, profile: str, log_dir: Path, out_dir: Path, arms: str, opts: ReplayOptions,
+                    workers: int = 1, progress_bar: bool = True, limit_events: int | None = None) -> ReplayRun:
+    from infra.stack import start_services
+    from infra.up import start_system
+    from serving.arms import Arms
+
+    check_log(log_dir)
+    Arms.parse(arms)
+    stack = start_services(out_dir / "stack", cfg, profile, arms)
+    try:
+        start_system(stack, workers)
+        replayer = Replayer(stack.cfg, log_dir, out_dir, f"127.0.0.1:{stack.cfg.serving.port}", opts)
+        done = replayer.run(progress_bar, limit_events)
+    finally:
+        stack.stop()
+    return ReplayRun(progress=done, report=build_report(out_dir), out_dir=out_dir)
