@@ -34,3 +34,18 @@ def replay_embedded(cfg: Config, profile: str, log_dir: Path, out_dir: Path, arm
     finally:
         stack.stop()
     return ReplayRun(progress=done, report=build_report(out_dir), out_dir=out_dir)
+
+
+def closed_loop_embedded(cfg: Config, profile: str, out_dir: Path, arms: str, opts, workers: int = 1,
+                         progress_bar: bool = True) -> dict:
+    """The closed-loop A/B on a fresh embedded stack (one learner per arm); returns its report."""
+    from infra.stack import start_services
+    from infra.up import start_system
+    from replay.closed_loop import run_closed_loop
+
+    stack = start_services(out_dir / "stack", cfg, profile, arms)
+    try:
+        start_system(stack, workers)
+        return run_closed_loop(stack.cfg, out_dir, opts, f"127.0.0.1:{stack.cfg.serving.port}", progress_bar)
+    finally:
+        stack.stop()

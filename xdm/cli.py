@@ -279,6 +279,207 @@ def up(ctx: click.Context, log_dir: Path | None, root: Path, arms: str, workers:
         click.echo("stopped every process", err=True)
 
 
+# ---- replay and A/B
+
+
+@cli.command()
+@click.argument("log_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--arms", default="xdm:50,sdm:50", show_default=True, help="Arms and their shares (sticky by user).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Report folder (scores.jsonl, report.json, summary.md, plots).")
+@click.option("--slice-min", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Event-time minutes between two synchronisations with the workers.")
+@click.option("--eval-fraction", type=click.FloatRange(0, 1, min_open=True), default=0.2, show_default=True,
+              help="Share of impression requests that query Recall and are scored.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Request sampling seed.")
+@click.option("--workers", type=click.IntRange(1, 8), default=1, show_default=True, help="Stream workers.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after this many events.")
+@click.option("--resume", is_flag=True, help="Continue a stopped replay in the same --out folder.")
+@click.pass_context
+@friendly
+def replay(ctx: click.Context, log_dir: Path, arms: str, out_dir: Path, slice_min: float, eval_fraction: float,
+           seed: int, workers: int, limit: int | None, resume: bool) -> None:
+    """Replay a log through the live system as an A/B experiment and write its report."""
+    from replay.replayer import ReplayOptions
+    from replay.run import replay_embedded
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    opts = ReplayOptions(slice_ms=int(slice_min * 60_000), eval_fraction=eval_fraction, seed=seed, resume=resume)
+    run = replay_embedded(_cfg(ctx), ctx.meta["profile"], log_dir, out_dir.resolve(), arms, opts, workers,
+                          limit_events=limit)
+    click.echo((run.out_dir / "summary.md").read_text())
+    click.echo(f"report: {run.out_dir / 'summary.md'} ({run.progress.scored:,} scored requests, "
+               f"{run.progress.events_sent:,} events)")
+
+
+@cli.command()
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--baseline", default=None, help="Arm the others are compared with (default: sdm).")
+@friendly
+def report(out_dir: Path, baseline: str | None) -> None:
+    """Rebuild the report of a replay folder from its scores."""
+    from replay.report import build_report
+
+    build_report(out_dir, baseline)
+    click.echo((out_dir / "summary.md").read_text())
+
+
+@cli.command("closed-loop")
+@click.option("--arms", default="xdm:50,sdm:50", show_default=True, help="Arms and their shares (sticky by user).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Report folder (closed_loop.md, closed_loop.json, ctr.png).")
+@click.option("--users", type=click.IntRange(min=10), default=600, show_default=True, help="Simulated users.")
+@click.option("--items", type=click.IntRange(min=50), default=3000, show_default=True, help="Catalogue size.")
+@click.option("--warm-days", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Days of the simulator's own feed replayed first, so every arm starts trained.")
+@click.option("--ab-days", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Days in which each arm's recall decides what its users see.")
+@click.option("--seed", type=int, default=1, show_default=True, help="World and audience seed.")
+@click.pass_context
+@friendly
+def closed_loop(ctx: click.Context, arms: str, out_dir: Path, users: int, items: int, warm_days: int, ab_days: int,
+                seed: int) -> None:
+    """Closed-loop A/B: simulated users click on what each arm recalls; report CTR per arm."""
+    from replay.closed_loop import ClosedLoopOptions
+    from replay.run import closed_loop_embedded
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    opts = ClosedLoopOptions(users=users, items=items, warm_days=warm_days, ab_days=ab_days, seed=seed)
+    closed_loop_embedded(_cfg(ctx), ctx.meta["profile"], out_dir.resolve(), arms, opts)
+    click.echo((out_dir / "closed_loop.md").read_text())
+
+
+# ---- offline: train, evaluate, compare, ablate (learner/offline.py, learner/ablation.py)
+
+_DATA_OPTION = click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+                            required=True, help="Log directory in the plain format.")
+_TEST_DAYS_OPTION = click.option("--test-days", type=click.FloatRange(min=0, min_open=True), default=1.0,
+                                 show_default=True, help="Last days of the log used as the test period.")
+_CACHE_OPTION = click.option("--cache", "cache_dir", default="var/offline-cache", show_default=True,
+                             help="Folder that keeps built splits for reuse ('' = no cache).")
+_EPOCHS_OPTION = click.option("--epochs", type=click.IntRange(min=1), default=None,
+                              help="Passes over the training samples (default 3; ablate: 1).")
+_BATCH_OPTION = click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                             help="Samples per step (default: learner.batch_size).")
+
+
+def _train_settings(cfg: Config, epochs: int | None, batch_size: int | None, default_epochs: int):
+    from learner.offline import TrainSettings
+
+    lc = cfg.learner
+    return TrainSettings(epochs=epochs or default_epochs, batch_size=batch_size or lc.batch_size, seed=lc.seed,
+                         lr=lc.lr, clip_norm=lc.clip_norm, device=lc.device)
+
+
+def _model_overrides(cfg: Config) -> dict:
+    """Model settings from config (--set model.x=...) except the switches the variant decides."""
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(cfg.model).items() if k not in {"use_unclicked", "fusion", "triplet"}}
+
+
+def _check_variant(name: str) -> str:
+    from learner.model import VARIANTS
+
+    if name not in VARIANTS:
+        raise click.BadParameter(f"unknown model {name!r}; choose one of {', '.join(VARIANTS)}")
+    return name
+
+
+@cli.command()
+@_DATA_OPTION
+@click.option("--model", "variant", default="xdm", show_default=True, help="xdm, sdm or another variant.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run directory.")
+@_EPOCHS_OPTION
+@_BATCH_OPTION
+@_TEST_DAYS_OPTION
+@_CACHE_OPTION
+@click.pass_context
+@friendly
+def train(ctx: click.Context, data_dir: Path, variant: str, out: Path, epochs: int | None, batch_size: int | None,
+          test_days: float, cache_dir: str) -> None:
+    """Train a model offline on the log's samples before its test period; writes a run directory."""
+    from learner.offline import train_offline
+
+    cfg = _cfg(ctx)
+    run = train_offline(data_dir, _check_variant(variant), out, _train_settings(cfg, epochs, batch_size, 3),
+                        _model_overrides(cfg), cfg.windows, cfg.samples, test_days, cache_dir or None)
+    info = json.loads((run / "run.json").read_text())
+    click.echo(f"trained {variant} on {info['data']['train_samples']:,} samples x {info['train_settings']['epochs']} "
+               f"epoch(s) in {info['timings']['train_s']:.0f} s; final loss "
+               f"{info['loss_curve']['epochs'][-1]['loss']:.4f}; run in {run} (warm-start with "
+               f"`xdm learn --warm-start {run}`)")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Log directory (default: the one the run was trained on).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the evaluation (with per-user values) here (default: RUN_DIR/eval.json).")
+@click.option("--boot", type=click.IntRange(min=100), default=2000, show_default=True, help="Bootstrap resamples.")
+@_CACHE_OPTION
+@friendly
+def evaluate(run_dir: Path, data_dir: Path | None, json_out: Path | None, boot: int, cache_dir: str) -> None:
+    """Full-sort HR/MRR/R/F1 at 50 and 80 on the test users, with 95% bootstrap intervals."""
+    from learner.offline import evaluate as run_evaluation
+    from learner.offline import metric_keys
+
+    result = run_evaluation(run_dir, data_dir, n_boot=boot, cache_dir=cache_dir or None)
+    target = json_out or run_dir / "eval.json"
+    target.write_text(json.dumps(result))
+    click.echo(f"{result['variant']} on {len(result['users']):,} test users, {result['n_items_ranked']:,} items ranked")
+    for key in metric_keys():
+        s = result["summary"][key]
+        click.echo(f"  {key:<10} {s['mean']:.4f}  [{s['low']:.4f}, {s['high']:.4f}]")
+    click.echo(f"random recall hr@50 {result['random_recall']['hr@50']:.4f}; written to {target}")
+
+
+@cli.command("compare")
+@click.argument("run_a", type=click.Path(exists=True, path_type=Path))
+@click.argument("run_b", type=click.Path(exists=True, path_type=Path))
+@click.option("--boot", type=click.IntRange(min=100), default=2000, show_default=True, help="Bootstrap resamples.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the comparison here.")
+@friendly
+def compare_cmd(run_a: Path, run_b: Path, boot: int, json_out: Path | None) -> None:
+    """Relative lift of B over A (paired bootstrap); each is a run directory with eval.json or an eval JSON."""
+    from learner.offline import compare, format_comparison, load_evaluation
+
+    result = compare(load_evaluation(run_a), load_evaluation(run_b), n_boot=boot)
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=2))
+    click.echo(format_comparison(result))
+
+
+@cli.command()
+@_DATA_OPTION
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("var/ablation"),
+              show_default=True, help="Folder for the runs, ablation.md/.json/.png.")
+@click.option("--variants", default=None, help="Comma-separated variants (default: every Table 2 row).")
+@click.option("--peers", is_flag=True, help="Add torch-rechub GRU4Rec, NARM and SASRec rows (bench extra).")
+@_EPOCHS_OPTION
+@_BATCH_OPTION
+@_TEST_DAYS_OPTION
+@_CACHE_OPTION
+@click.option("--boot", type=click.IntRange(min=100), default=2000, show_default=True, help="Bootstrap resamples.")
+@click.pass_context
+@friendly
+def ablate(ctx: click.Context, data_dir: Path, out: Path, variants: str | None, peers: bool, epochs: int | None,
+           batch_size: int | None, test_days: float, cache_dir: str, boot: int) -> None:
+    """Train every Table 2 row on one split and write the table with lifts vs SDM and their intervals."""
+    from learner.ablation import TABLE2
+    from learner.ablation import ablate as run_ablation
+
+    cfg = _cfg(ctx)
+    names = tuple(_check_variant(v.strip()) for v in variants.split(",") if v.strip()) if variants else TABLE2
+    report = run_ablation(data_dir, out, names, _train_settings(cfg, epochs, batch_size, 1), _model_overrides(cfg),
+                          cfg.windows, cfg.samples, test_days, cache_dir or None, peers, n_boot=boot)
+    click.echo((out / "ablation.md").read_text())
+    click.echo(f"written: {out / 'ablation.md'}, {out / 'ablation.json'}, {out / 'ablation.png'} "
+               f"in {report['timings']['total_s']:.0f} s")
+
+
 def _print_answer(user_id: str, answer) -> None:
     from rich.console import Console
     from rich.table import Table
