@@ -178,3 +178,49 @@ def test_versions_replace_each_other_atomically(stack, tiny_log):
     names = sorted(n for n in client.list_collections() if n.startswith("xdm_pub_v"))
     assert names == ["xdm_pub_v3", "xdm_pub_v4", "xdm_pub_v5"]  # older versions dropped after the grace
     client.close()
+
+
+@pytest.mark.timeout(180)
+def test_publish_with_milvus_down_announces_nothing_and_recovers(stack, tiny_log):
+    cfg = apply_overrides(_learner_cfg(stack, "down"), {"learner.max_wait_ms": 200, "learner.publish_every_steps": 2,
+                                                         "learner.publish_every_s": 0.5})
+    samples = samples_from_log(tiny_log, cfg)
+    learner = OnlineLearner(cfg, "down", "xdm")
+    learner.trainer.step(samples[:32])
+    assert learner._publish() and read_latest(cfg.learner.model_store, "down").version == 1
+
+    milvus = stack.by_name("milvus")
+    port = int(milvus.address.rsplit(":", 1)[1])
+    milvus.stop()
+    learner.trainer.step(samples[32:64])
+    assert not learner._publish()  # fails, is logged, and announces nothing
+    assert read_latest(cfg.learner.model_store, "down").version == 1 and learner.version == 1
+
+    from infra.services import start_milvus
+
+    stack.processes.append(start_milvus(stack.root / "milvus", stack.root / "logs", port=port))
+    assert learner._publish()
+    latest = read_latest(cfg.learner.model_store, "down")
+    assert latest.version == 2 and latest.items == len(learner.trainer.item_vectors()[0])
+    learner.publisher.close()
+
+
+@pytest.mark.timeout(180)
+def test_warm_start_from_an_offline_run(stack, tiny_log, tmp_path):
+    from learner.checkpoint import save_checkpoint
+
+    cfg = _learner_cfg(stack, "warm")
+    samples = samples_from_log(tiny_log, cfg)
+    offline = OnlineLearner(cfg, "offline-source", "xdm")
+    for i in range(0, 96, 32):
+        offline.trainer.step(samples[i:i + 32])
+    run_dir = tmp_path / "run"
+    save_checkpoint(str(run_dir), "offline", {"trainer": offline.trainer.state_dict()})
+
+    warm = OnlineLearner(cfg, "warm", "xdm")
+    warm.restore(str(run_dir))
+    assert warm.trainer.steps == 3
+    for key, value in offline.trainer.model.state_dict().items():
+        assert torch.equal(value, warm.trainer.model.state_dict()[key]), key
+    with pytest.raises(FileNotFoundError, match="xdm train"):
+        OnlineLearner(_learner_cfg(stack, "cold"), "cold", "xdm").restore(str(tmp_path / "nothing-here"))
