@@ -21,11 +21,12 @@ from xdm.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
-# A child gets SIGTERM when its parent dies, so a killed `xdm up` or test run leaves no orphans (Linux,
-# util-linux's setpriv). Not a preexec_fn: that forces fork() instead of vfork(), and gRPC's at-fork
+# A child gets SIGKILL when its parent dies, so a killed `xdm up` or test run leaves no orphans (Linux,
+# util-linux's setpriv). KILL, not TERM: a Faust worker whose broker vanished with the parent can hang in
+# its graceful shutdown. Not a preexec_fn: that forces fork() instead of vfork(), and gRPC's at-fork
 # handlers abort a forked child of a process with live gRPC channels (seen here: epoll_wait EBADF, -6).
 _SETPRIV = shutil.which("setpriv")
-_DIE_WITH_PARENT: tuple[str, ...] = (_SETPRIV, "--pdeathsig", "TERM", "--") if _SETPRIV else ()
+_DIE_WITH_PARENT: tuple[str, ...] = (_SETPRIV, "--pdeathsig", "KILL", "--") if _SETPRIV else ()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
