@@ -1,0 +1,186 @@
+"""Statistics of a plain-format log, measured from its files alone through the stream's window rules.
+
+Every event goes through `stream.samples.step` with one `UserState` per user, exactly as the stream
+worker would apply it, so the window lengths reported here are those the learner will see. Nothing
+comes from a simulator's hidden state: a real exported log gets the same report.
+
+Besides the papers' Table 1 quantities, two measures tell whether the unclicked window says something
+about the next clicks (the labels) that the clicks do not:
+- `label_overlap_long` / `label_overlap_unclicked`: the share of long-term clicks (resp. unclicked
+  items) whose leaf category is among the labels' leaf categories. Unclicked items that mostly come
+  from interests the user has lost (SRU2B §5.5) overlap far less than the long-term clicks.
+- `next_click_rate_stale` / `next_click_rate_other`: take the leaf categories of the click history
+  (short + long term) and call one stale when it makes up a larger share of the unclicked window than
+  of the click history; the rate is the share of those leaves that reappear among the labels. A click
+  history leaf that the feed keeps showing without clicks being much less likely to be clicked next
+  is exactly what a model subtracting the unclicked representation (XDM) can use and SDM cannot.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from replay.format import read_events, read_items
+from stream.samples import Sample, SampleRules, flush, step
+from stream.windows import Behavior, Outcome, UserState, WindowRules
+from xdm.records import Item
+
+# SRU2B Table 1 (Taobao, Tmall): the averages a calibrated log should come near.
+PAPER_TABLE1: dict[str, tuple[float, float]] = {
+    "avg_short": (13.49, 12.30),
+    "avg_long": (20.87, 18.74),
+    "avg_unclicked": (71.32, 64.26),
+}
+
+
+@dataclass(frozen=True)
+class LogStats:
+    users: int  # distinct users with at least one event
+    items: int  # items in the catalogue
+    items_seen: int  # distinct items in the events
+    unknown_items: int  # distinct event items missing from the catalogue
+    events: int
+    impressions: int
+    clicks: int
+    duplicates: int  # events dropped as redeliveries of an event id
+    too_late: int  # events dropped as older than the user's watermark
+    samples: int  # training samples (a click with its next clicks as labels)
+    avg_short: float  # mean short-term (session) clicks at sample time
+    avg_long: float  # mean long-term clicks at sample time
+    avg_unclicked: float  # mean unclicked items at sample time
+    label_overlap_long: float  # share of long-term clicks whose leaf is among the labels' leaves
+    label_overlap_unclicked: float  # the same for unclicked items
+    next_click_rate_stale: float  # share of stale click-history leaves among the labels' leaves (see above)
+    next_click_rate_other: float  # the same for the other click-history leaves
+
+    @property
+    def ctr(self) -> float:
+        return self.clicks / self.impressions if self.impressions else 0.0
+
+
+@dataclass
+class _Totals:
+    samples: int = 0
+    short: int = 0
+    long: int = 0
+    unclicked: int = 0
+    long_hits: int = 0
+    unclicked_hits: int = 0
+    stale_leaves: int = 0
+    stale_hits: int = 0
+    other_leaves: int = 0
+    other_hits: int = 0
+
+    def add(self, sample: Sample) -> None:
+        w = sample.windows
+        labels = {b.item.leaf_cat for b in sample.labels if b.item.leaf_cat}
+        self.samples += 1
+        self.short += len(w.short)
+        self.long += len(w.long)
+        self.unclicked += len(w.unclicked)
+        self.long_hits += _in_leaves(w.long, labels)
+        self.unclicked_hits += _in_leaves(w.unclicked, labels)
+        stale, other = _split_history_leaves(w.short + w.long, w.unclicked)
+        self.stale_leaves += len(stale)
+        self.stale_hits += len(stale & labels)
+        self.other_leaves += len(other)
+        self.other_hits += len(other & labels)
+
+
+def _in_leaves(window: tuple[Behavior, ...], leaves: set[str]) -> int:
+    return sum(1 for b in window if b.item.leaf_cat in leaves)
+
+
+def _split_history_leaves(
+    history: tuple[Behavior, ...], unclicked: tuple[Behavior, ...]
+) -> tuple[set[str], set[str]]:
+    """Click-history leaves over-represented in the unclicked window (stale) and the rest."""
+    clicked = Counter(b.item.leaf_cat for b in history if b.item.leaf_cat)
+    shown = Counter(b.item.leaf_cat for b in unclicked if b.item.leaf_cat)
+    n_clicked, n_shown = sum(clicked.values()), sum(shown.values())
+    if not n_clicked or not n_shown:
+        return set(), set(clicked)
+    stale = {leaf for leaf, count in clicked.items() if shown[leaf] * n_clicked > count * n_shown}
+    return stale, set(clicked) - stale
+
+
+def log_stats(
+    log_dir: str | Path, wrules: WindowRules | None = None, srules: SampleRules | None = None
+) -> LogStats:
+    """Replay the log in `log_dir` through the window and sample rules and summarise it."""
+    wrules, srules = wrules or WindowRules(), srules or SampleRules()
+    catalogue = read_items(log_dir)
+    states: dict[str, UserState] = {}
+    totals = _Totals()
+    seen: set[str] = set()
+    events = clicks = duplicates = too_late = 0
+    for event in read_events(log_dir):
+        events += 1
+        clicks += event.kind == "click"
+        seen.add(event.item_id)
+        item = catalogue.get(event.item_id) or Item(event.item_id)
+        state = states.get(event.user_id)
+        if state is None:
+            state = states[event.user_id] = UserState()
+        result = step(state, event, item, wrules, srules)
+        duplicates += result.outcome is Outcome.DUPLICATE
+        too_late += result.outcome is Outcome.TOO_LATE
+        for sample in result.samples:
+            totals.add(sample)
+    for state in states.values():
+        for sample in flush(state, wrules, srules):
+            totals.add(sample)
+    return LogStats(
+        users=len(states),
+        items=len(catalogue),
+        items_seen=len(seen),
+        unknown_items=len(seen - catalogue.keys()),
+        events=events,
+        impressions=events - clicks,
+        clicks=clicks,
+        duplicates=duplicates,
+        too_late=too_late,
+        samples=totals.samples,
+        avg_short=_mean(totals.short, totals.samples),
+        avg_long=_mean(totals.long, totals.samples),
+        avg_unclicked=_mean(totals.unclicked, totals.samples),
+        label_overlap_long=_mean(totals.long_hits, totals.long),
+        label_overlap_unclicked=_mean(totals.unclicked_hits, totals.unclicked),
+        next_click_rate_stale=_mean(totals.stale_hits, totals.stale_leaves),
+        next_click_rate_other=_mean(totals.other_hits, totals.other_leaves),
+    )
+
+
+def _mean(total: int, count: int) -> float:
+    return total / count if count else 0.0
+
+
+def format_stats(stats: LogStats) -> str:
+    """A plain-text table of the stats, with the papers' Table 1 values beside the window averages."""
+    rows: list[tuple[str, str, str, str]] = [
+        ("users", f"{stats.users:,}", "358,978", "446,464"),
+        ("items (catalogue / seen)", f"{stats.items:,} / {stats.items_seen:,}", "1,078,723", "908,214"),
+        ("events", f"{stats.events:,}", "", ""),
+        ("impressions / clicks", f"{stats.impressions:,} / {stats.clicks:,}", "", ""),
+        ("CTR", f"{stats.ctr:.2%}", "", ""),
+        ("training samples", f"{stats.samples:,}", "1,041,094", "1,229,271"),
+    ]
+    for key, label in (("avg_short", "avg short-term clicked len"), ("avg_long", "avg long-term clicked len"),
+                       ("avg_unclicked", "avg unclicked len")):
+        taobao, tmall = PAPER_TABLE1[key]
+        rows.append((label, f"{getattr(stats, key):.2f}", f"{taobao:.2f}", f"{tmall:.2f}"))
+    rows.append(("label-leaf overlap: long / unclicked",
+                 f"{stats.label_overlap_long:.2f} / {stats.label_overlap_unclicked:.2f}", "", ""))
+    rows.append(("next-click rate: stale / other history leaves",
+                 f"{stats.next_click_rate_stale:.2f} / {stats.next_click_rate_other:.2f}", "", ""))
+    if stats.unknown_items or stats.duplicates or stats.too_late:
+        rows.append(("unknown items / duplicates / too late",
+                     f"{stats.unknown_items:,} / {stats.duplicates:,} / {stats.too_late:,}", "", ""))
+    header = ("", "this log", "Taobao", "Tmall")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+             for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
