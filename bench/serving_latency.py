@@ -88,12 +88,12 @@ def _publish(cfg, n: int) -> float:
     import torch
 
     from learner.model import config_for
-    from learner.online import _model_overrides
+    from learner.online import model_overrides
     from learner.publish import Publisher
     from learner.trainer import Trainer
     from xdm.records import Item
 
-    trainer = Trainer(config_for("xdm", **_model_overrides(cfg)), device="cpu")
+    trainer = Trainer(config_for("xdm", **model_overrides(cfg)), device="cpu")
     for i in range(n):
         trainer.vocab.add_item(_item(i))
     trainer.model.grow_to(trainer.vocab.sizes())

@@ -66,7 +66,7 @@ class OnlineLearner:
         self.arm = arm or cfg.learner.arm
         self.variant = variant or cfg.learner.variant
         lc = cfg.learner
-        self.trainer = Trainer(config_for(self.variant, **_model_overrides(cfg)), lr=lc.lr, clip_norm=lc.clip_norm,
+        self.trainer = Trainer(config_for(self.variant, **model_overrides(cfg)), lr=lc.lr, clip_norm=lc.clip_norm,
                                seed=lc.seed, device=lc.device, threads=lc.torch_threads)
         self.publisher = Publisher(cfg, self.arm, self.variant)
         self.status = LearnerStatus()
@@ -116,7 +116,7 @@ class OnlineLearner:
                                  enable_auto_commit=False, auto_offset_reset="earliest",
                                  session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_ms,
                                  reconnect_backoff_max_ms=5000)
-        partitions = _wait_partitions(consumer, k.samples_topic)
+        partitions = wait_partitions(consumer, k.samples_topic)
         consumer.assign(partitions)
         for tp in partitions:
             if tp.partition in self.covered:
@@ -265,7 +265,7 @@ def run_learner(cfg: Config, arm: str | None = None, variant: str | None = None,
     return learner.run(max_steps, idle_exit_s)
 
 
-def _wait_partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 60.0) -> list[TopicPartition]:
+def wait_partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 60.0) -> list[TopicPartition]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         parts = consumer.partitions_for_topic(topic)
@@ -275,7 +275,7 @@ def _wait_partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 60.
     raise RuntimeError(f"samples topic {topic} does not exist; create topics first (xdm topics)")
 
 
-def _model_overrides(cfg: Config) -> dict:
+def model_overrides(cfg: Config) -> dict:
     """Model settings from config except the ablation switches, which the variant decides."""
     switches = {"use_unclicked", "fusion", "triplet"}
     return {k: v for k, v in asdict(cfg.model).items() if k not in switches}

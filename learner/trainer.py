@@ -52,10 +52,10 @@ class Trainer:
 
     def step(self, samples: Sequence[Any]) -> StepStats:
         batch = collate(samples, self.vocab, grow=True)
-        self._follow_vocabulary()
+        self.follow_vocabulary()
         self._touch(batch, max(s.ts_ms for s in samples))
         batch = batch.to(self.device)
-        hr, mrr = self._progressive_validation(batch)
+        hr, mrr = self.progressive_validation(batch)
         self.model.train()
         parts = self.model.calculate_loss(batch, self.sampler, self.generator)
         self.samples_seen += len(samples)
@@ -70,7 +70,7 @@ class Trainer:
         return StepStats(parts.total.item(), parts.ce.item(), float(parts.triplet.detach()), hr, mrr, len(samples), False)
 
     @torch.no_grad()
-    def _progressive_validation(self, batch) -> tuple[float, float]:
+    def progressive_validation(self, batch) -> tuple[float, float]:
         self.model.eval()
         scores = self.model.full_sort_predict(batch)
         top = torch.topk(scores, min(VALIDATION_N, scores.shape[1] - 1), dim=1).indices.cpu().tolist()
@@ -89,7 +89,7 @@ class Trainer:
                          batch.unclicked[..., 0].flatten(), batch.labels[..., 0].flatten()])
         self.vocab.touch_items(torch.unique(ids).tolist(), ts_ms)
 
-    def _follow_vocabulary(self) -> None:
+    def follow_vocabulary(self) -> None:
         """New ids got rows in the vocabulary: grow the tables, AdaGrad's state and the sampler's ranks.
 
         Rows recycled from evicted items are re-initialised, with their AdaGrad accumulators zeroed, so

@@ -203,17 +203,34 @@ def worker(ctx: click.Context) -> None:
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
 @click.option("--idle-exit-s", type=click.FloatRange(min=0), default=None,
               help="Stop when no sample arrived for this many seconds.")
+@click.option("--world-size", type=click.IntRange(min=1), default=1, envvar="WORLD_SIZE", show_default=True,
+              help="Data-parallel processes training this arm (torch.distributed).")
+@click.option("--rank", type=click.IntRange(min=0), default=0, envvar="RANK", show_default=True,
+              help="This process's rank in the data-parallel group.")
+@click.option("--master-addr", default="127.0.0.1", envvar="MASTER_ADDR", show_default=True,
+              help="Host of rank 0 (rendezvous).")
+@click.option("--master-port", type=click.IntRange(1, 65535), default=29500, envvar="MASTER_PORT",
+              show_default=True, help="Rendezvous port on rank 0.")
+@click.option("--dist-backend", type=click.Choice(["auto", "gloo", "nccl"]), default="auto", show_default=True,
+              help="Collective backend; auto = nccl on CUDA, else gloo.")
 @click.pass_context
 @friendly
 def learn(ctx: click.Context, arm: str | None, variant: str | None, warm_start: str | None,
-          max_steps: int | None, idle_exit_s: float | None) -> None:
+          max_steps: int | None, idle_exit_s: float | None, world_size: int, rank: int, master_addr: str,
+          master_port: int, dist_backend: str) -> None:
     """Train one arm incrementally on the samples topic and publish versions."""
     from learner.model import VARIANTS
     from learner.online import run_learner
 
     if variant is not None and variant not in VARIANTS:
         raise click.BadParameter(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    status = run_learner(_cfg(ctx), arm, variant, warm_start, max_steps, idle_exit_s)
+    if world_size > 1:
+        from learner.distributed import DistributedSettings, run_distributed_learner
+
+        settings = DistributedSettings(world_size, rank, master_addr, master_port, dist_backend)
+        status = run_distributed_learner(_cfg(ctx), settings, arm, variant, warm_start, max_steps, idle_exit_s)
+    else:
+        status = run_learner(_cfg(ctx), arm, variant, warm_start, max_steps, idle_exit_s)
     click.echo(f"stopped after {status.steps} steps, {status.samples} samples, versions {status.versions}, "
                f"{status.dead_letters} dead letters", err=True)
 
@@ -368,10 +385,10 @@ def _train_settings(cfg: Config, epochs: int | None, batch_size: int | None, def
 
     lc = cfg.learner
     return TrainSettings(epochs=epochs or default_epochs, batch_size=batch_size or lc.batch_size, seed=lc.seed,
-                         lr=lc.lr, clip_norm=lc.clip_norm, device=lc.device)
+                         lr=lc.lr, clip_norm=lc.clip_norm, device=lc.device, threads=lc.torch_threads)
 
 
-def _model_overrides(cfg: Config) -> dict:
+def model_overrides(cfg: Config) -> dict:
     """Model settings from config (--set model.x=...) except the switches the variant decides."""
     from dataclasses import asdict
 
@@ -403,7 +420,7 @@ def train(ctx: click.Context, data_dir: Path, variant: str, out: Path, epochs: i
 
     cfg = _cfg(ctx)
     run = train_offline(data_dir, _check_variant(variant), out, _train_settings(cfg, epochs, batch_size, 3),
-                        _model_overrides(cfg), cfg.windows, cfg.samples, test_days, cache_dir or None)
+                        model_overrides(cfg), cfg.windows, cfg.samples, test_days, cache_dir or None)
     info = json.loads((run / "run.json").read_text())
     click.echo(f"trained {variant} on {info['data']['train_samples']:,} samples x {info['train_settings']['epochs']} "
                f"epoch(s) in {info['timings']['train_s']:.0f} s; final loss "
@@ -473,7 +490,7 @@ def ablate(ctx: click.Context, data_dir: Path, out: Path, variants: str | None, 
 
     cfg = _cfg(ctx)
     names = tuple(_check_variant(v.strip()) for v in variants.split(",") if v.strip()) if variants else TABLE2
-    report = run_ablation(data_dir, out, names, _train_settings(cfg, epochs, batch_size, 1), _model_overrides(cfg),
+    report = run_ablation(data_dir, out, names, _train_settings(cfg, epochs, batch_size, 1), model_overrides(cfg),
                           cfg.windows, cfg.samples, test_days, cache_dir or None, peers, n_boot=boot)
     click.echo((out / "ablation.md").read_text())
     click.echo(f"written: {out / 'ablation.md'}, {out / 'ablation.json'}, {out / 'ablation.png'} "

@@ -33,6 +33,16 @@ class KafkaConfig:
     session_timeout_ms: int = 6000  # consumer group session timeout; short joins on the embedded broker
     heartbeat_ms: int = 2000  # consumer heartbeat interval
     rebalance_timeout_ms: int = 10000  # max time a member may take to rejoin during a rebalance
+    exactly_once: bool = False  # Faust processing_guarantee "exactly_once" (transactions; real Kafka only, not tansu)
+    compaction: bool = False  # create changelog, catalogue, profile and versions topics with cleanup.policy=compact
+    min_insync_replicas: int = 0  # min.insync.replicas of created topics; 0 = replication - 1 (at least 1)
+
+    def __post_init__(self) -> None:
+        if self.partitions < 1 or self.replication < 1:
+            raise ValueError(f"kafka.partitions ({self.partitions}) and kafka.replication ({self.replication}) must be >= 1")
+        if not 0 <= self.min_insync_replicas <= self.replication:
+            raise ValueError(f"kafka.min_insync_replicas ({self.min_insync_replicas}) must be between 0 (auto) "
+                             f"and kafka.replication ({self.replication})")
 
 
 @dataclass(frozen=True)
@@ -44,8 +54,8 @@ class StreamConfig:
     max_event_bytes: int = 65536  # larger payloads go to the dead-letter topic
     max_future_ms: int = 86_400_000  # events stamped further than this past wall clock are rejected
     metrics_port: int = 0  # Prometheus metrics port of the worker (0 = disabled)
-    batch_max: int = 2000  # most records taken from the event topics into one batch
-    batch_within_ms: int = 20  # longest wait (ms) to fill a batch before processing what came
+    batch_max: int = 5000  # records that start a processing round at once (a round takes what is ready)
+    batch_within_ms: int = 100  # longest wait (ms) for a round to fill before it starts
     align_idle_ms: int = 200  # a caught-up topic silent this long (ms) stops holding the other one back
     align_max_hold_ms: int = 30_000  # a held record leaves after this long (ms) unless the other topic lags
     align_max_held: int = 200_000  # most records held for event-time alignment; past it the oldest leave
@@ -146,6 +156,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "kafka.session_timeout_ms": 45000,
         "kafka.heartbeat_ms": 3000,
         "kafka.rebalance_timeout_ms": 60000,
+        "kafka.compaction": True,
         "milvus.index_type": "HNSW",
     },
 }

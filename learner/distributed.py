@@ -1,0 +1,517 @@
+"""Data-parallel online learning: N processes train one arm together (torch.distributed: gloo on CPU,
+NCCL between GPUs), each reading a disjoint share of the samples topic's partitions.
+
+Every step, in the same order on every rank:
+
+1. Vocabulary agreement. Embedding tables grow online, so ranks must hand out the same row to the same
+   id. Each rank sends the ids of its local batch that the vocabulary does not know yet (items with
+   their side-info, profile values) and its label items; every rank then adds all ranks' new ids in
+   rank order and counts all labels. The vocabularies stay identical because they start identical and
+   see the same additions in the same order (no hashing, no owner round trip: one all_gather).
+2. New rows. Growing tables and recycling evicted item rows draw random initial rows from each rank's
+   own RNG; rank 0 broadcasts exactly those rows, so the parameters stay identical.
+3. Forward and backward on the local batch (an empty batch contributes nothing), then one all-reduce
+   of the gradients weighted by local batch size: dense parameters whole, embedding tables only at the
+   union of rows some rank touched (the rows of a batch, not of a 30 M-item table). Skip decisions for
+   a non-finite loss are taken together. Clipping and AdaGrad then run on identical gradients, so the
+   replicas never drift; a checksum at every checkpoint verifies it.
+
+Rank 0 restores and broadcasts the checkpoint, writes checkpoints (with every rank's offsets) and
+publishes versions exactly as a single learner does. Step, checkpoint, eviction and exit decisions are
+taken collectively (one small all-reduce per poll), so all ranks call the same collectives in the same
+order. `learner.batch_size` is per rank: a step trains on up to world_size x batch_size samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+from kafka import KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+from torch import Tensor, nn
+
+from learner.batch import ITEM_KINDS, Vocabulary, collate, profile_kind
+from learner.checkpoint import load_checkpoint, save_checkpoint
+from learner.model import ModelConfig, config_for, pick_device
+from learner.online import LearnerStatus, OnlineLearner, model_overrides, wait_partitions
+from learner.trainer import StepStats, Trainer
+from stream.samples import Sample
+from stream.wire import SampleTimes
+from xdm.config import Config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistributedSettings:
+    """Where a rank stands in the group and how to reach rank 0 (the `xdm learn --world-size ...` options)."""
+
+    world_size: int
+    rank: int
+    master_addr: str = "127.0.0.1"  # rank 0's host: the rendezvous (TCPStore) listens there
+    master_port: int = 29500
+    backend: str = "auto"  # "auto": nccl when the device is CUDA, else gloo
+    timeout_s: float = 1800.0  # longest wait in one collective (rank 0 publishing a large catalogue)
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is not in a world of {self.world_size} processes")
+
+
+def partitions_for(rank: int, world_size: int, partitions: Sequence[int]) -> list[int]:
+    """This rank's share of the samples partitions (round robin: disjoint, together all of them)."""
+    return [p for p in sorted(partitions) if p % world_size == rank]
+
+
+def rank_device(prefer: str, rank: int) -> str:
+    """The device of one rank: with CUDA, one GPU per rank on a host (rank modulo the visible GPUs)."""
+    device = pick_device(prefer)
+    if device.type == "cuda" and device.index is None:
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        return f"cuda:{local % torch.cuda.device_count()}"
+    return str(device)
+
+
+class Comm:
+    """The collectives the trainer needs, over the default group, plus a gloo group for Python objects."""
+
+    def __init__(self, settings: DistributedSettings, device: str) -> None:
+        self.settings = settings
+        self.rank = settings.rank
+        self.world_size = settings.world_size
+        self.device = torch.device(device)
+        backend = settings.backend
+        if backend == "auto":
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        timeout = timedelta(seconds=settings.timeout_s)
+        dist.init_process_group(backend, init_method=f"tcp://{settings.master_addr}:{settings.master_port}",
+                                rank=settings.rank, world_size=settings.world_size, timeout=timeout)
+        self.backend = backend
+        self.objects = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj, group=self.objects)
+        return out
+
+    def broadcast_object(self, obj: Any) -> Any:
+        box = [obj if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0, group=self.objects)
+        return box[0]
+
+    def all_reduce(self, tensor: Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM) -> Tensor:
+        dist.all_reduce(tensor, op=op)
+        return tensor
+
+    def broadcast(self, tensor: Tensor) -> Tensor:
+        dist.broadcast(tensor, src=0)
+        return tensor
+
+    def max_flags(self, *flags: bool) -> list[bool]:
+        """Each flag OR-ed over every rank (one small all-reduce)."""
+        t = torch.tensor([float(f) for f in flags], device=self.device)
+        return [bool(v) for v in self.all_reduce(t, dist.ReduceOp.MAX).tolist()]
+
+    def gather_rows(self, rows: Tensor) -> Tensor:
+        """The sorted union of every rank's 1-D index tensor (variable lengths)."""
+        size = torch.tensor([rows.numel()], device=self.device)
+        sizes = [torch.zeros_like(size) for _ in range(self.world_size)]
+        dist.all_gather(sizes, size)
+        longest = int(max(s.item() for s in sizes))
+        if longest == 0:
+            return rows.new_zeros(0)
+        padded = torch.full((longest,), -1, dtype=torch.long, device=self.device)
+        padded[: rows.numel()] = rows
+        everyone = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(everyone, padded)
+        union = torch.unique(torch.cat(everyone))
+        return union[union >= 0]
+
+
+@contextlib.contextmanager
+def process_group(settings: DistributedSettings, device: str) -> Iterator[Comm]:
+    comm = Comm(settings, device)
+    try:
+        yield comm
+    finally:
+        comm.close()
+
+
+# ---- the vocabulary protocol (pure: plain data in, plain data out)
+
+@dataclass
+class Footprint:
+    """What one rank's batch adds to the vocabulary, in first-seen order, and its label items."""
+
+    items: list[tuple[str, ...]] = field(default_factory=list)  # (item, leaf, top, brand, shop) with a new id
+    profile: list[tuple[str, str]] = field(default_factory=list)  # (kind, value) not yet known
+    labels: list[str] = field(default_factory=list)  # label item ids, with repeats (sampler counts)
+    samples: int = 0
+
+
+def footprint(samples: Sequence[Any], vocab: Vocabulary) -> Footprint:
+    """The ids of `samples` that `vocab` does not know, in the order collate would meet them."""
+    out = Footprint(samples=len(samples))
+    seen_items: set[tuple[str, ...]] = set()
+    seen_profile: set[tuple[str, str]] = set()
+    for s in samples:
+        w = s.windows
+        for behaviour in (*w.short, *w.long, *w.unclicked, *s.labels):
+            item = behaviour.item
+            keys = (item.item_id, item.leaf_cat, item.top_cat, item.brand, item.shop)
+            if keys in seen_items:
+                continue
+            seen_items.add(keys)
+            if any(key and vocab.lookup(kind, key) == 0 for kind, key in zip(ITEM_KINDS, keys)):
+                out.items.append(keys)
+        out.labels.extend(b.item.item_id for b in s.labels if b.item.item_id)
+        fields = dict(s.profile)
+        for name in vocab.profile_fields:
+            pair = (profile_kind(name), fields.get(name, ""))
+            if pair[1] and pair not in seen_profile and vocab.lookup(*pair) == 0:
+                seen_profile.add(pair)
+                out.profile.append(pair)
+    return out
+
+
+def apply_footprints(vocab: Vocabulary, footprints: Sequence[Footprint]) -> None:
+    """Add every rank's new ids in rank order, then count every label: the same result on every rank."""
+    for fp in footprints:
+        for keys in fp.items:
+            for kind, key in zip(ITEM_KINDS, keys):
+                vocab.add(kind, key)
+        for kind, key in fp.profile:
+            vocab.add(kind, key)
+    for fp in footprints:
+        for item_id in fp.labels:
+            vocab.observe(vocab.lookup("item", item_id))
+
+
+# ---- the trainer
+
+def embedding_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Tables whose rows follow the vocabulary (grown, recycled, sparsely updated)."""
+    return {name: p for name, p in model.named_parameters()
+            if name.startswith("embed.tables.") or name == "item_out.weight"}
+
+
+class DistributedTrainer(Trainer):
+    """A Trainer whose step is one synchronous data-parallel step of the whole group."""
+
+    def __init__(self, model_cfg: ModelConfig, comm: Comm, lr: float = 0.1, clip_norm: float = 5.0, seed: int = 7,
+                 device: str = "auto", threads: int = 1) -> None:
+        super().__init__(model_cfg, lr=lr, clip_norm=clip_norm, seed=seed, device=device, threads=threads)
+        self.comm = comm
+        self.seed = seed
+        self.sync_from_rank0()
+
+    def sync_from_rank0(self) -> None:
+        """Every parameter from rank 0 (start, restore), then a per-rank RNG for dropout and negatives."""
+        with torch.no_grad():
+            for p in self.model.parameters():
+                self.comm.broadcast(p.data)
+        self._decorrelate()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._decorrelate()
+
+    def _decorrelate(self) -> None:
+        # Identical dropout masks and negatives on every rank would waste the extra data; the parameters
+        # stay identical regardless, since only all-reduced gradients touch them.
+        seed = (self.seed * 1_000_003 + self.comm.rank * 7_919 + self.steps) % (2**63)
+        torch.manual_seed(seed)
+        self.generator.manual_seed(seed)
+
+    def step(self, samples: Sequence[Any]) -> StepStats:
+        comm = self.comm
+        emb = embedding_parameters(self.model)
+        rows_before = {name: p.shape[0] for name, p in emb.items()}
+        footprints = comm.all_gather_object(footprint(samples, self.vocab))
+        apply_footprints(self.vocab, footprints)
+        recycled = sorted(set(self.vocab.recycled))
+        self.follow_vocabulary()
+        self._sync_new_rows(rows_before, recycled)
+        n_local, n_total = len(samples), sum(fp.samples for fp in footprints)
+        batch = collate(samples, self.vocab, grow=False) if samples else None
+        self._touch_everywhere(batch, max((s.ts_ms for s in samples), default=0))
+
+        stats = torch.zeros(6, dtype=torch.float64, device=comm.device)  # non-finite, loss, ce, triplet, hr, mrr
+        parts = None
+        if batch is not None:
+            batch = batch.to(self.device)
+            hr, mrr = self.progressive_validation(batch)
+            self.model.train()
+            parts = self.model.calculate_loss(batch, self.sampler, self.generator)
+            finite = bool(torch.isfinite(parts.total))
+            stats += torch.tensor([0.0 if finite else 1.0, parts.total.item() * n_local if finite else 0.0,
+                                   parts.ce.item() * n_local if finite else 0.0,
+                                   float(parts.triplet.detach()) * n_local if finite else 0.0,
+                                   hr * n_local, mrr * n_local], dtype=torch.float64, device=comm.device)
+        comm.all_reduce(stats)
+        self.samples_seen += n_total
+        self.optimizer.zero_grad(set_to_none=True)
+        weight = n_total or 1
+        if stats[0] > 0:  # some rank's loss is not finite: every rank skips this update
+            self.skipped_steps += 1
+            return StepStats(float("nan"), float("nan"), float("nan"), float(stats[4] / weight),
+                             float(stats[5] / weight), n_local, skipped=True)
+        if parts is not None:
+            (parts.total * (n_local / n_total)).backward()  # the all-reduced sum is the mean over the group
+        self._all_reduce_gradients(emb)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
+        self.optimizer.step()
+        self.steps += 1
+        s = (stats[1:] / weight).tolist()
+        return StepStats(s[0], s[1], s[2], s[3], s[4], n_local, skipped=False)
+
+    def parameter_checksum(self) -> list[float]:
+        """Sum and sum of squares of every parameter (float64): equal on every rank, or the replicas drifted."""
+        with torch.no_grad():
+            flat = torch.cat([p.detach().double().flatten() for p in self.model.parameters()])
+        return [float(flat.sum()), float((flat * flat).sum())]
+
+    # --- internals
+
+    def _touch_everywhere(self, batch, ts_ms: int) -> None:
+        """Mark the items of every rank's batch as seen (eviction is by event time, identical everywhere)."""
+        local: list[int] = []
+        if batch is not None:
+            ids = torch.cat([batch.short[..., 0].flatten(), batch.long[..., 0].flatten(),
+                             batch.unclicked[..., 0].flatten(), batch.labels[..., 0].flatten()])
+            local = torch.unique(ids).tolist()
+        for rows, when in self.comm.all_gather_object((local, ts_ms)):
+            if rows:
+                self.vocab.touch_items(rows, when)
+
+    def _sync_new_rows(self, rows_before: dict[str, int], recycled: list[int]) -> None:
+        """Rank 0's values for the rows that were just grown or re-initialised."""
+        chunks, places = [], []
+        for name, p in embedding_parameters(self.model).items():
+            rows = list(range(rows_before[name], p.shape[0]))
+            if recycled and (name == "item_out.weight" or name == "embed.tables.item.weight"):
+                rows = sorted(set(rows) | {r for r in recycled if r < rows_before[name]})
+            if rows:
+                index = torch.tensor(rows, dtype=torch.long, device=p.device)
+                chunks.append(p.data[index].flatten())
+                places.append((p, index))
+        if not chunks:
+            return
+        flat = self.comm.broadcast(torch.cat(chunks).to(self.comm.device))
+        offset = 0
+        with torch.no_grad():
+            for p, index in places:
+                n = index.numel() * p.shape[1]
+                p.data[index] = flat[offset: offset + n].view(index.numel(), p.shape[1]).to(p.device)
+                offset += n
+
+    def _all_reduce_gradients(self, emb: dict[str, nn.Parameter]) -> None:
+        """One all-reduce: dense gradients whole, embedding gradients at the union of touched rows."""
+        emb_ids = {id(p) for p in emb.values()}
+        dense = [p for p in self.model.parameters() if id(p) not in emb_ids]
+        tables = list(emb.values())
+        offsets, total = [], 0
+        local_rows = []
+        for p in tables:  # one index space over all tables: row r of table t is offsets[t] + r
+            offsets.append(total)
+            if p.grad is not None:
+                local_rows.append(p.grad.abs().sum(dim=1).nonzero().flatten() + total)
+            total += p.shape[0]
+        rows = torch.cat(local_rows) if local_rows else torch.zeros(0, dtype=torch.long, device=self.comm.device)
+        union = self.comm.gather_rows(rows.to(self.comm.device))
+        pieces, table_rows = [], []
+        for t, p in enumerate(tables):
+            lo, hi = offsets[t], offsets[t] + p.shape[0]
+            mine = (union[(union >= lo) & (union < hi)] - lo).to(p.device)
+            table_rows.append(mine)
+            grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            pieces.append(grad[mine].flatten())
+        for p in dense:
+            pieces.append((p.grad if p.grad is not None else torch.zeros_like(p)).flatten())
+        flat = self.comm.all_reduce(torch.cat(pieces).to(self.comm.device))
+        offset = 0
+        for p, mine in zip(tables, table_rows):
+            n = mine.numel() * p.shape[1]
+            grad = torch.zeros_like(p)
+            grad[mine] = flat[offset: offset + n].view(mine.numel(), p.shape[1]).to(p.device)
+            p.grad = grad
+            offset += n
+        for p in dense:
+            p.grad = flat[offset: offset + p.numel()].view_as(p).to(p.device).clone()
+            offset += p.numel()
+
+
+# ---- the learner loop
+
+@dataclass
+class DistributedStatus(LearnerStatus):
+    rank: int = 0
+    world_size: int = 1
+    partitions: list[int] = field(default_factory=list)
+    local_samples: int = 0  # samples this rank read and trained on (status.samples counts the group)
+    trained_ids: list[str] = field(default_factory=list)  # sample ids this rank trained on (record_ids=True)
+
+
+class DistributedLearner(OnlineLearner):
+    """One rank of a data-parallel learner; the group shares the arm's checkpoint and versions."""
+
+    def __init__(self, cfg: Config, comm: Comm, arm: str | None = None, variant: str | None = None,
+                 record_ids: bool = False) -> None:
+        super().__init__(cfg, arm, variant)
+        lc = cfg.learner
+        self.comm = comm
+        self.trainer = DistributedTrainer(config_for(self.variant, **model_overrides(cfg)), comm, lr=lc.lr,
+                                          clip_norm=lc.clip_norm, seed=lc.seed, device=str(comm.device),
+                                          threads=lc.torch_threads)
+        self.status = DistributedStatus(rank=comm.rank, world_size=comm.world_size)
+        self.record_ids = record_ids
+
+    def restore(self, warm_start: str | None = None) -> None:
+        """Rank 0 reads the arm's checkpoint (else the warm start) and broadcasts it to the group."""
+        state = None
+        if self.comm.rank == 0:
+            state = load_checkpoint(self.cfg.learner.checkpoint_dir, self.arm)
+            if state is None and warm_start:
+                offline = load_checkpoint(warm_start, "offline")
+                if offline is None:
+                    raise FileNotFoundError(f"no offline checkpoint under {warm_start}/offline; run `xdm train` first")
+                state = {"trainer": offline["trainer"], "offsets": {}, "version": 0}
+        state = self.comm.broadcast_object(state)
+        if state is None:
+            return
+        self.trainer.load_state_dict(state["trainer"])
+        self.covered = {int(p): int(o) for p, o in state["offsets"].items()}
+        self.version = state["version"]
+        log.info("resumed", extra={"arm": self.arm, "rank": self.comm.rank, "steps": self.trainer.steps,
+                                   "version": self.version})
+
+    def _consumer(self) -> KafkaConsumer:
+        k = self.cfg.kafka
+        consumer = KafkaConsumer(bootstrap_servers=k.bootstrap, group_id=f"xdm-learner-{self.arm}",
+                                 enable_auto_commit=False, auto_offset_reset="earliest",
+                                 isolation_level="read_committed" if k.exactly_once else "read_uncommitted",
+                                 session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_ms,
+                                 reconnect_backoff_max_ms=5000)
+        everything = wait_partitions(consumer, k.samples_topic)
+        mine = partitions_for(self.comm.rank, self.comm.world_size, [tp.partition for tp in everything])
+        if not mine:
+            log.warning("more ranks than samples partitions: this rank only joins the collectives",
+                        extra={"rank": self.comm.rank, "partitions": len(everything)})
+        self.status.partitions = mine
+        self.covered = {p: o for p, o in self.covered.items() if p in mine}
+        parts = [TopicPartition(k.samples_topic, p) for p in mine]
+        consumer.assign(parts)
+        for tp in parts:
+            if tp.partition in self.covered:
+                consumer.seek(tp, self.covered[tp.partition])
+            else:
+                consumer.seek_to_beginning(tp)
+        return consumer
+
+    def _loop(self, consumer: KafkaConsumer, max_steps: int | None, idle_exit_s: float | None) -> None:
+        lc = self.cfg.learner
+        buffer: list[tuple[Sample, SampleTimes]] = []
+        pending: dict[int, int] = {}
+        batch_started = last_data = last_publish = time.monotonic()
+        at_publish = at_checkpoint = at_evict = self.trainer.steps
+        reading = bool(self.status.partitions)
+        while True:
+            polled = consumer.poll(timeout_ms=200, max_records=lc.batch_size - len(buffer)) if (
+                reading and len(buffer) < lc.batch_size) else {}
+            if not reading:
+                time.sleep(0.2)
+            for tp, records in sorted(polled.items(), key=lambda kv: kv[0].partition):
+                for record in records:
+                    pending[tp.partition] = record.offset + 1
+                    decoded = self._decode(record)
+                    if decoded is not None:
+                        buffer.append(decoded)
+            now = time.monotonic()
+            if polled:
+                last_data = now
+            if not buffer:
+                batch_started = now
+            ready = bool(buffer) and (len(buffer) >= lc.batch_size or (now - batch_started) * 1000 >= lc.max_wait_ms)
+            stop = self._stop.is_set() or (max_steps is not None and self.trainer.steps >= max_steps)
+            busy = bool(buffer) or idle_exit_s is None or now - last_data <= idle_exit_s
+            any_ready, any_stop, any_busy = self.comm.max_flags(ready, stop, busy)
+            if any_stop or not any_busy:
+                break
+            if any_ready:
+                self._train(buffer)  # every rank, its buffer possibly empty: one group step
+                self.status.local_samples += len(buffer)
+                if self.record_ids:
+                    self.status.trained_ids.extend(s.sample_id for s, _ in buffer)
+                buffer = []
+                batch_started = now
+                self.covered.update(pending)  # dead letters included: they are handled for good
+                if self.trainer.steps - at_evict >= lc.evict_every_steps:
+                    self._evict()  # identical vocabularies evict identical rows
+                    at_evict = self.trainer.steps
+                if self.trainer.steps - at_checkpoint >= lc.checkpoint_every_steps:
+                    self._checkpoint(consumer)
+                    at_checkpoint = self.trainer.steps
+            # Publishing involves no collective: rank 0 alone decides; the others wait at the next flags.
+            steps_since = self.trainer.steps - at_publish
+            if self.comm.rank == 0 and steps_since and (
+                    steps_since >= lc.publish_every_steps or now - last_publish >= lc.publish_every_s):
+                if self._publish():
+                    at_publish, last_publish = self.trainer.steps, time.monotonic()
+        if not buffer:
+            self.covered.update(pending)
+        self._checkpoint(consumer)  # collective: every rank leaves the loop at the same iteration
+
+    def _checkpoint(self, consumer: KafkaConsumer) -> None:
+        """Gather every rank's offsets and checksum; rank 0 writes the one checkpoint of the arm."""
+        mine = {p: o for p, o in self.covered.items() if p in self.status.partitions}
+        gathered = self.comm.all_gather_object((mine, self.trainer.parameter_checksum()))
+        sums = [c for _, c in gathered]
+        if any(c != sums[0] for c in sums):
+            raise RuntimeError(f"data-parallel replicas drifted apart at step {self.trainer.steps}: {sums}")
+        if self.comm.rank == 0:
+            offsets: dict[int, int] = {}
+            for part, _ in gathered:
+                offsets.update(part)
+            save_checkpoint(self.cfg.learner.checkpoint_dir, self.arm, {
+                "trainer": self.trainer.state_dict(), "offsets": offsets, "version": self.version,
+                "variant": self.variant, "model_config": asdict(self.trainer.model.cfg),
+                "world_size": self.comm.world_size,
+            })
+        topic = self.cfg.kafka.samples_topic
+        try:  # each rank commits its own partitions; the checkpoint is what resumes
+            if mine:
+                consumer.commit({TopicPartition(topic, p): OffsetAndMetadata(o, "", -1) for p, o in mine.items()})
+        except Exception:
+            log.warning("offset commit failed; the checkpoint still holds the offsets", exc_info=True)
+
+
+def run_distributed_learner(cfg: Config, settings: DistributedSettings, arm: str | None = None,
+                            variant: str | None = None, warm_start: str | None = None,
+                            max_steps: int | None = None, idle_exit_s: float | None = None) -> DistributedStatus:
+    """One rank until SIGTERM / Ctrl-C on any rank (or max_steps / idle_exit_s); what `xdm learn --world-size` runs."""
+    import signal
+
+    from prometheus_client import start_http_server
+
+    if cfg.learner.metrics_port:
+        start_http_server(cfg.learner.metrics_port + settings.rank, addr="127.0.0.1")
+    with process_group(settings, rank_device(cfg.learner.device, settings.rank)) as comm:
+        learner = DistributedLearner(cfg, comm, arm, variant)
+        learner.restore(warm_start)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: learner.stop())
+        return learner.run(max_steps, idle_exit_s)
