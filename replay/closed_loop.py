@@ -20,7 +20,7 @@ import asyncio
 import json
 import logging
 from collections import defaultdict
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import grpc
@@ -30,8 +30,8 @@ from tqdm import tqdm
 from replay.abstats import compare_ratios, ratio_estimate
 from replay.format import read_events
 from replay.replayer import _max_ts
-from replay.simulate import simulate
-from replay.world import DAY_MS, World, WorldConfig
+from replay.simulate import simulate, world_for
+from replay.world import DAY_MS, World
 from stream.mirror import TopicMirror
 from stream.topics import changelog_topic
 from stream.wire import encode_event
@@ -68,8 +68,10 @@ def run_closed_loop(cfg: Config, out_dir: Path, opts: ClosedLoopOptions, recall_
     out_dir.mkdir(parents=True, exist_ok=True)
     days = opts.warm_days + opts.ab_days
     log_dir = out_dir / "warmup-log"
-    simulate(opts.users, opts.items, days, opts.seed, log_dir, progress=progress)
-    world = World(replace(WorldConfig(), n_users=opts.users, n_items=opts.items), days, opts.seed)
+    # The world that wrote the warm-up log carries on into the A/B days (its users' satisfied interests
+    # included), so the audience is the same population the models were warmed up on.
+    world = world_for(opts.users, opts.items, days, opts.seed)
+    simulate(opts.users, opts.items, days, opts.seed, log_dir, progress=progress, world=world)
     return asyncio.run(_run(cfg, out_dir, opts, recall_address, world, log_dir, progress))
 
 
@@ -128,6 +130,9 @@ async def _day(cfg, opts, world, stub, producer, mirror, rng, day, daily, tallie
                 events.append(Event(f"cl-{day}-{page}-{user}-{pos}-i", t, user, item, "impression", f"r{day}-{page}-{user}", pos))
                 if click:
                     events.append(Event(f"cl-{day}-{page}-{user}-{pos}-c", t + 500, user, item, "click", f"r{day}-{page}-{user}", pos))
+            hit = clicked.nonzero()[0]
+            if len(hit):
+                world.observe_clicks(np.full(len(hit), active[i]), numbers[hit], np.full(len(hit), int(ts[i])))
             daily[arm][day][0] += len(items)
             daily[arm][day][1] += int(clicked.sum())
             tallies[arm].impressions[user] += len(items)

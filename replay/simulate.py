@@ -5,32 +5,40 @@ plus Poisson(`extra_sessions` x activity) more, each starting in its own hour (e
 session is a gamma-distributed number of feed pages of `page_size` items; impressions are ~1.5 s
 apart and a click adds ~25 s of dwell, so a session never has a 10-minute gap inside it and the
 papers' session rule (gap > 10 min or > 50 clicks) finds these sessions again. The session's mood
-(`WorldConfig.engagement_shape`) scales its clicks.
+(`WorldConfig.engagement_shape`) scales its clicks. The world sees a session's clicks when it ends,
+so interests satisfied in it are gone from the next session on.
 
 Exposure. At the start of a session the feed recalls `candidate_ratio` x (its impressions) candidate
 items and fills its pages from them, so candidates come back on later pages; items impressed twice
 and never clicked are what the unclicked window (§4.1) collects. Each candidate comes from a source:
 
-- history   (`history_share`): an item of the leaf category of one of the user's remembered clicks
-            (item-to-item recall), sometimes of a sibling leaf (`sibling_share`);
-- stale     (`stale_exposure`): THE UNCLICKED-SIGNAL MECHANISM. An item of an interest the user
-            clicked in the past but has since lost (the papers' shoes case, SRU2B §5.5). It stands for
-            a production recommender whose model lags behind interest drift and keeps pushing what
-            the user used to click. The user no longer clicks those items, so they pile up in the
-            unclicked window while the next clicks come from the active interests. A model that
-            subtracts the unclicked representation (XDM) can therefore tell stale history from live
-            history; one that only sees clicks (SDM) cannot. 0 switches the mechanism off (those
-            slots go to history, which still lags a little: it remembers faded clicks too); larger
-            values strengthen it. Users without a clicked-then-faded interest get history items.
+- intent    (`intent_share`): an item of one of the user's active interests, standing for live
+            signals a feed reacts to (searches, add-to-cart); most clicks come from here;
+- history   (`history_share`): an item of the leaf of one of the user's remembered clicks
+            (item-to-item recall), sometimes of a sibling leaf (`sibling_share`). It remembers clicks
+            on interests the user has lost too, so it already lags behind drift a little;
+- stale     (`stale_exposure`): THE UNCLICKED-SIGNAL MECHANISM, with its strength. An item of an
+            interest the user clicked in the past but has since lost (satisfied or faded: the papers'
+            shoes case, SRU2B §5.5). It stands for a production recommender whose model lags behind
+            interest drift and keeps pushing what the user used to click. The user no longer clicks
+            those items, so they pile up in the unclicked window while the next clicks come from the
+            active interests; the click history holds both. A model that subtracts the unclicked
+            representation (XDM, eq. 6/8) can therefore tell stale history from live history; one that
+            only sees clicks (SDM) cannot. 0 switches the mechanism off (users' slots go to history);
+            larger values strengthen it. `replay.stats` measures the effect from the files alone
+            (`leaf_hit_minus_unclicked` vs `leaf_hit_clicks`).
 - popular   (`popular_share`): globally popular items (Zipf);
 - explore   (the rest): an item of a leaf drawn from the user's profile-segment prior.
 
 Inside a leaf the feed draws items by popularity ** `leaf_focus`.
 
-Defaults: 2000 users, 5000 items, 14 days give ~1.5 M events (CTR ~2.5 %, ~1400 users with events)
-and ~26-29 k training samples, generated in a few seconds. Measured from the files with the stream
-window rules (`replay.stats.log_stats`, seeds 1 and 2), the averages at sample time are short-term
-~14, long-term ~19-22, unclicked ~70: the papers' Table 1 has 13.5 / 20.9 / 71.3 (Taobao).
+Defaults (`xdm simulate`: 2000 users, 5000 items, 14 days) write ~3.4 M events (CTR ~2.7 %, ~1870
+users with events) in ~10 s, giving ~65-71 k training samples. Measured from the files alone with the
+stream's window rules (`xdm stats`, seeds 1 and 2), the averages at sample time are short-term 13.0 /
+13.5, long-term 18.4 / 20.4, unclicked 72.8 / 72.5, against the papers' Table 1 (Taobao) 13.5 / 20.9 /
+71.3; the category-level stand-in hits a label leaf 0.849 -> 0.870 of the time once the unclicked share
+is subtracted (no gain with `stale_exposure=0`). Fewer users scale the log down at the same per-user
+behaviour (1000 users: ~1.7 M events); a much smaller catalogue means fewer leaves, so more clicks.
 """
 
 from __future__ import annotations
@@ -56,15 +64,15 @@ HOUR_WEIGHTS = np.array([3, 2, 1, 1, 1, 1, 2, 4, 6, 7, 7, 7, 8, 8, 7, 7, 7, 8, 9
 class FeedConfig:
     """How users visit and what the feed shows them."""
 
-    active_day_prob: float = 0.09  # chance a user of average activity opens the app on a given day
+    active_day_prob: float = 0.20  # chance a user of average activity opens the app on a given day
     extra_sessions: float = 0.2  # mean extra sessions (beyond the first) on an active day
     pages_per_session: float = 25.0  # mean feed pages per session (gamma-distributed, shape 2)
     max_pages: int = 60  # cap on pages per session, keeps a session under ~30 minutes
     page_size: int = 20  # items per feed page
     history_share: float = 0.15  # slots recalled from the user's remembered clicks
-    stale_exposure: float = 0.25  # slots from clicked-then-faded interests (the mechanism, see above)
-    intent_share: float = 0.15  # slots from the user's active interests (live intent signals, e.g. searches)
-    popular_share: float = 0.25  # slots from globally popular items; explore gets the rest
+    stale_exposure: float = 0.40  # slots from clicked-then-faded interests: THE mechanism (module doc)
+    intent_share: float = 0.10  # slots from the user's active interests (live intent signals, e.g. searches)
+    popular_share: float = 0.15  # slots from globally popular items; explore gets the rest
     candidate_ratio: float = 0.4  # candidates recalled per session / its impressions (each shown ~1/ratio times)
     leaf_focus: float = 0.5  # inside a leaf the feed picks items by popularity ** focus (repeats hits)
     sibling_share: float = 0.15  # history slots that show a sibling leaf of the remembered click
@@ -141,10 +149,15 @@ def simulate(
     feed: FeedConfig | None = None,
     compress: bool = False,
     progress: bool = True,
+    world: World | None = None,
 ) -> SimSummary:
-    """Build a seeded world, simulate `days` of feed traffic and write events, items and users to out_dir."""
+    """Build a seeded world, simulate `days` of feed traffic and write events, items and users to out_dir.
+
+    Pass `world` (from `world_for` with the same arguments) to keep it: the simulation advances its
+    state (satisfied interests), and a closed loop can go on from where the log ends.
+    """
     started = time.perf_counter()
-    world = world_for(users, items, days, seed, world_config)
+    world = world if world is not None else world_for(users, items, days, seed, world_config)
     feed = feed or FeedConfig()
     log = LogDir(Path(out_dir))
     log.root.mkdir(parents=True, exist_ok=True)
@@ -293,11 +306,8 @@ class _Run:
         users, first, row = np.unique(slot_user, return_index=True, return_inverse=True)
         ts = slot_ts[first]  # a user has one session in a round, so one time
         weight = self.world.interest_weights(users, ts) * self.world.active_mask(users, ts)
-        # weighted choice per slot: argmax of u ** (1 / w) picks slot k with probability w_k / sum(w)
-        with np.errstate(divide="ignore"):
-            keys = self.rng.random(weight[row].shape) ** (1.0 / weight[row])
-        k = keys.argmax(axis=1)
-        return np.where(weight[row].max(axis=1) > 0, self.world.users.leaf[users[row], k], -1)
+        k = RowSampler(weight).sample(row, self.rng)
+        return np.where(k >= 0, self.world.users.leaf[users[row], np.maximum(k, 0)], -1)
 
     def _explore_leaves(self, slot_user: np.ndarray) -> np.ndarray:
         return self.explore.sample(self.world.users.segment()[slot_user], self.rng)
@@ -322,9 +332,8 @@ class _Run:
         # a leaf that came back as a new active interest is not stale
         revived = ((leaf[:, :, None] == leaf[:, None, :]) & active[:, None, :]).any(axis=2)
         stale = self.world.faded_mask(users, ts) & self.memory.interest_clicked[users] & ~revived
-        candidates = stale[row]
-        k = (self.rng.random(candidates.shape) * candidates).argmax(axis=1)
-        return np.where(candidates.any(axis=1), leaf[row, k], -1)
+        k = RowSampler(stale.astype(float)).sample(row, self.rng)
+        return np.where(k >= 0, leaf[row, np.maximum(k, 0)], -1)
 
     def _remember_clicks(self, batch: _Batch) -> None:
         """Append this round's clicks to each user's ring buffer and mark the interests they hit."""
@@ -338,7 +347,8 @@ class _Run:
         rank = np.arange(len(user)) - first
         mem.clicks[user, (mem.n_clicks[user] + rank) % self.feed.history_len] = item
         np.add.at(mem.n_clicks, user, 1)
-        hit = users.leaf[user] == cat.item_leaf[item][:, None]
+        started = users.start_ms[user] <= batch.click_ts[idx][:, None]
+        hit = (users.leaf[user] == cat.item_leaf[item][:, None]) & started
         rows, cols = np.nonzero(hit)
         mem.interest_clicked[user[rows], cols] = True
         order = np.argsort(batch.click_ts[idx], kind="stable")

@@ -9,11 +9,11 @@ about the next clicks (the labels) that the clicks do not:
 - `label_overlap_long` / `label_overlap_unclicked`: the share of long-term clicks (resp. unclicked
   items) whose leaf category is among the labels' leaf categories. Unclicked items that mostly come
   from interests the user has lost (SRU2B §5.5) overlap far less than the long-term clicks.
-- `next_click_rate_stale` / `next_click_rate_other`: take the leaf categories of the click history
-  (short + long term) and call one stale when it makes up a larger share of the unclicked window than
-  of the click history; the rate is the share of those leaves that reappear among the labels. A click
-  history leaf that the feed keeps showing without clicks being much less likely to be clicked next
-  is exactly what a model subtracting the unclicked representation (XDM) can use and SDM cannot.
+- `leaf_hit_clicks` / `leaf_hit_minus_unclicked`: a category-level stand-in for SDM and XDM. Rank the
+  leaf categories of the click history (short + long term) by their share of the clicks, or by that
+  share minus their share of the unclicked window (eq. 6, z = h - n); the hit rate is how often one
+  of the top `LEAF_HIT_TOP` is among the labels' leaves. The second beating the first means the
+  unclicked window marks stale history that clicks alone cannot: what XDM is built to use.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from stream.samples import Sample, SampleRules, flush, step
 from stream.windows import Behavior, Outcome, UserState, WindowRules
 from xdm.records import Item
 
+LEAF_HIT_TOP = 2  # leaves a category-level stand-in recommends (see leaf_hit_* above)
 # SRU2B Table 1 (Taobao, Tmall): the averages a calibrated log should come near.
 PAPER_TABLE1: dict[str, tuple[float, float]] = {
     "avg_short": (13.49, 12.30),
@@ -52,8 +53,8 @@ class LogStats:
     avg_unclicked: float  # mean unclicked items at sample time
     label_overlap_long: float  # share of long-term clicks whose leaf is among the labels' leaves
     label_overlap_unclicked: float  # the same for unclicked items
-    next_click_rate_stale: float  # share of stale click-history leaves among the labels' leaves (see above)
-    next_click_rate_other: float  # the same for the other click-history leaves
+    leaf_hit_clicks: float  # top click-history leaves by click share hit a label leaf (see above)
+    leaf_hit_minus_unclicked: float  # the same ranked by click share minus unclicked share
 
     @property
     def ctr(self) -> float:
@@ -68,10 +69,9 @@ class _Totals:
     unclicked: int = 0
     long_hits: int = 0
     unclicked_hits: int = 0
-    stale_leaves: int = 0
-    stale_hits: int = 0
-    other_leaves: int = 0
-    other_hits: int = 0
+    ranked: int = 0  # samples with a click history
+    hits_clicks: int = 0
+    hits_minus_unclicked: int = 0
 
     def add(self, sample: Sample) -> None:
         w = sample.windows
@@ -82,28 +82,27 @@ class _Totals:
         self.unclicked += len(w.unclicked)
         self.long_hits += _in_leaves(w.long, labels)
         self.unclicked_hits += _in_leaves(w.unclicked, labels)
-        stale, other = _split_history_leaves(w.short + w.long, w.unclicked)
-        self.stale_leaves += len(stale)
-        self.stale_hits += len(stale & labels)
-        self.other_leaves += len(other)
-        self.other_hits += len(other & labels)
+        by_clicks, by_difference = _rank_history_leaves(w.short + w.long, w.unclicked)
+        if by_clicks:
+            self.ranked += 1
+            self.hits_clicks += not labels.isdisjoint(by_clicks[:LEAF_HIT_TOP])
+            self.hits_minus_unclicked += not labels.isdisjoint(by_difference[:LEAF_HIT_TOP])
 
 
 def _in_leaves(window: tuple[Behavior, ...], leaves: set[str]) -> int:
     return sum(1 for b in window if b.item.leaf_cat in leaves)
 
 
-def _split_history_leaves(
+def _rank_history_leaves(
     history: tuple[Behavior, ...], unclicked: tuple[Behavior, ...]
-) -> tuple[set[str], set[str]]:
-    """Click-history leaves over-represented in the unclicked window (stale) and the rest."""
+) -> tuple[list[str], list[str]]:
+    """Click-history leaves by click share, and by click share minus unclicked share (ties by name)."""
     clicked = Counter(b.item.leaf_cat for b in history if b.item.leaf_cat)
     shown = Counter(b.item.leaf_cat for b in unclicked if b.item.leaf_cat)
-    n_clicked, n_shown = sum(clicked.values()), sum(shown.values())
-    if not n_clicked or not n_shown:
-        return set(), set(clicked)
-    stale = {leaf for leaf, count in clicked.items() if shown[leaf] * n_clicked > count * n_shown}
-    return stale, set(clicked) - stale
+    n_clicked, n_shown = sum(clicked.values()), max(sum(shown.values()), 1)
+    by_clicks = sorted(clicked, key=lambda leaf: (-clicked[leaf], leaf))
+    by_difference = sorted(clicked, key=lambda leaf: (shown[leaf] / n_shown - clicked[leaf] / n_clicked, leaf))
+    return by_clicks, by_difference
 
 
 def log_stats(
@@ -148,8 +147,8 @@ def log_stats(
         avg_unclicked=_mean(totals.unclicked, totals.samples),
         label_overlap_long=_mean(totals.long_hits, totals.long),
         label_overlap_unclicked=_mean(totals.unclicked_hits, totals.unclicked),
-        next_click_rate_stale=_mean(totals.stale_hits, totals.stale_leaves),
-        next_click_rate_other=_mean(totals.other_hits, totals.other_leaves),
+        leaf_hit_clicks=_mean(totals.hits_clicks, totals.ranked),
+        leaf_hit_minus_unclicked=_mean(totals.hits_minus_unclicked, totals.ranked),
     )
 
 
@@ -173,8 +172,8 @@ def format_stats(stats: LogStats) -> str:
         rows.append((label, f"{getattr(stats, key):.2f}", f"{taobao:.2f}", f"{tmall:.2f}"))
     rows.append(("label-leaf overlap: long / unclicked",
                  f"{stats.label_overlap_long:.2f} / {stats.label_overlap_unclicked:.2f}", "", ""))
-    rows.append(("next-click rate: stale / other history leaves",
-                 f"{stats.next_click_rate_stale:.2f} / {stats.next_click_rate_other:.2f}", "", ""))
+    rows.append((f"leaf hit@{LEAF_HIT_TOP}: clicks / clicks - unclicked",
+                 f"{stats.leaf_hit_clicks:.3f} / {stats.leaf_hit_minus_unclicked:.3f}", "", ""))
     if stats.unknown_items or stats.duplicates or stats.too_late:
         rows.append(("unknown items / duplicates / too late",
                      f"{stats.unknown_items:,} / {stats.duplicates:,} / {stats.too_late:,}", "", ""))

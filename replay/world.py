@@ -1,4 +1,4 @@
-"""The simulated world: a catalogue, users whose interests drift over days, and a click model.
+"""The simulated world: a catalogue, users whose interests drift, and a click model.
 
 Pure numpy and seeded, and independent of any file or exposure policy, so the same world serves the
 log simulator (`replay.simulate`) and a closed-loop A/B in which a recall model chooses what users see.
@@ -8,13 +8,17 @@ Mechanism (what makes the log worth learning from):
   leaf, a brand and a shop of that top category. Item popularity is Zipf-skewed, and so is the size of
   the leaf categories.
 - Users hold several interests (a leaf category, sometimes also a brand) drawn from a prior that depends
-  on their profile (gender, age bucket), so the profile carries signal. Interests drift day by day: each
-  has a life span after which it FADES (its click appeal drops by `fade_depth`), and new interests appear
-  at the rate that keeps the active count steady. A faded interest stays in the user's click history: it
-  is the papers' "shoes" case (SRU2B §5.5) once a feed keeps showing it.
+  on their profile (gender, age bucket), so the profile carries signal. Interests DRIFT: each has a life
+  span (days), and an interest the user has clicked `satiation_clicks` times is satisfied, as after a
+  purchase. Either way it FADES (its click appeal drops by `fade_depth`) and a new interest, often a
+  sibling leaf of an old one, takes its place. A faded interest stays in the user's click history: the
+  papers' shoes case (SRU2B §5.5) once a feed keeps showing it.
 - Click model: a matching active interest makes a click likely (more so for its brand and for good
-  items), a sibling leaf of the same top category a little likely, everything else only by chance;
-  position bias lowers the chance further down a page.
+  items, and in an engaged session), a sibling leaf of the same top category a little likely,
+  everything else only by chance; position bias lowers the chance further down a page.
+
+State: the interest schedule is drawn up front; satiation changes it as `observe_clicks` sees clicks,
+so a World is mutable. To let two policies face the same audience, deepcopy it once per arm.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 from xdm.records import Item, UserProfile
 
 DAY_MS = 86_400_000
+APPEAL_TABLE_CELLS = 4_000_000  # (user state x leaf) cells click_prob_pairs fills at once
 NEVER = 1 << 30  # start / end day of an interest slot that has not been scheduled
 NEVER_MS = np.iinfo(np.int64).max  # the same in milliseconds
 NEW_LEAF_TRIES = 8  # redraws for a new interest that repeats one of the user's earlier leaves
@@ -49,17 +54,17 @@ class WorldConfig:
     activity_spread: float = 0.3  # std of log activity across users (0 = everyone equally active)
     interests_per_user: float = 4.0  # mean number of active interests at any time
     interest_life_days: float = 5.0  # mean days an interest stays active before it fades
-    satiation_clicks: float = 4.0  # mean clicks that satisfy an interest (a purchase); 0 = never satisfied
+    satiation_clicks: float = 6.0  # mean clicks that satisfy an interest (a purchase); 0 = never satisfied
     reserve_interests: int = 24  # per user, interests waiting to replace satisfied ones
     fade_depth: float = 0.97  # share of click appeal a faded interest loses (1 = never clicked again)
     brand_interest: float = 0.3  # chance that an interest also prefers one brand of its category
     sibling_interest: float = 0.5  # chance that a new interest is a sibling leaf of an existing one
     profile_tilt: float = 1.0  # how strongly gender/age tilt the interest prior (log-scale std)
-    engagement_shape: float = 3.0  # gamma shape of a session's mood (click propensity x, mean 1); small = mostly browsing
-    leaf_ctr: float = 0.085  # click chance for an item of an active interest's leaf (top position)
+    engagement_shape: float = 3.0  # gamma shape of a session's mood (clicks x mood, mean 1); small = mostly browsing
+    leaf_ctr: float = 0.15  # click chance for an item of an active interest's leaf (top position)
     brand_boost: float = 1.0  # extra appeal (x (1 + boost)) of an interest's preferred brand
-    top_ctr: float = 0.012  # click chance for a sibling leaf of an active interest
-    random_ctr: float = 0.004  # click chance for anything (noise clicks)
+    top_ctr: float = 0.006  # click chance for a sibling leaf of an active interest
+    random_ctr: float = 0.002  # click chance for anything (noise clicks)
     position_decay: float = 0.25  # position bias: appeal x (1 + position) ** -decay
     start_ms: int = 1_577_376_000_000  # 2019-12-27 00:00 China time, the papers' collection start
 
@@ -422,19 +427,52 @@ class World:
 
         `engagement` (per pair or shared) scales interest-driven clicks: a session's mood.
         """
-        cfg, cat, u = self.cfg, self.catalogue, self.users
+        cfg, cat = self.cfg, self.catalogue
         users, items = np.asarray(users), np.asarray(items)
-        weights = self.interest_weights(users, ts_ms)  # (pairs, k)
-        leaf_match = u.leaf[users] == cat.item_leaf[items][:, None]
-        brand_match = leaf_match & (u.brand[users] == cat.item_brand[items][:, None])
-        appeal = (weights * leaf_match * (1.0 + cfg.brand_boost * brand_match)).sum(axis=1)
-        interest_top = np.where(u.leaf[users] >= 0, cat.leaf_top[u.leaf[users]], -1)
-        sibling = ((weights * (interest_top == cat.item_top[items][:, None])).sum(axis=1) > 0) & (appeal == 0)
+        ts = np.broadcast_to(np.asarray(ts_ms), users.shape)
+        appeal, sibling = self._appeal(users, items, ts)
         p = (cfg.leaf_ctr * appeal * cat.item_quality[items] + cfg.top_ctr * sibling) * engagement
         if positions is not None:
             p = p * (1.0 + np.maximum(np.asarray(positions), 0)) ** -cfg.position_decay
         p = np.minimum(p, 0.95)
         return 1.0 - (1.0 - p) * (1.0 - cfg.random_ctr)
+
+    def _appeal(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Interest appeal of each pair (matching leaves, brand bonus) and whether only a sibling leaf matches.
+
+        Pairs come in bulk with few distinct (user, time) states, so the interests are evaluated once
+        per state and spread over a (state, leaf) table: a lookup per pair instead of a scan of the
+        user's interest slots.
+        """
+        cat, u = self.catalogue, self.users
+        order = np.lexsort((ts, users))
+        new_state = np.ones(len(users), dtype=bool)
+        new_state[1:] = (np.diff(users[order]) != 0) | (np.diff(ts[order]) != 0)
+        state = np.empty(len(users), dtype=np.int64)
+        state[order] = np.cumsum(new_state) - 1
+        firsts = order[new_state]
+        appeal = np.zeros(len(users))
+        top_weight = np.zeros(len(users))
+        chunk = max(1, APPEAL_TABLE_CELLS // cat.n_leaves)  # bounds the table's memory
+        for lo in range(0, len(firsts), chunk):
+            reps = firsts[lo : lo + chunk]
+            weight = self.interest_weights(users[reps], ts[reps])  # (states, k)
+            rows, slots = np.nonzero(weight > 0)
+            leaf = u.leaf[users[reps]][rows, slots]
+            w = weight[rows, slots]
+            by_leaf = np.zeros((len(reps), cat.n_leaves))
+            np.add.at(by_leaf, (rows, leaf), w)
+            by_top = np.zeros((len(reps), int(cat.leaf_top.max()) + 1))
+            np.add.at(by_top, (rows, cat.leaf_top[leaf]), w)
+            pairs = np.flatnonzero((state >= lo) & (state < lo + len(reps)))
+            local = state[pairs] - lo
+            appeal[pairs] = by_leaf[local, cat.item_leaf[items[pairs]]]
+            top_weight[pairs] = by_top[local, cat.item_top[items[pairs]]]
+            appeal[pairs] += self.cfg.brand_boost * _brand_bonus(
+                rows, leaf, u.brand[users[reps]][rows, slots], w, local, cat.item_leaf[items[pairs]],
+                cat.item_brand[items[pairs]], cat.n_leaves,
+            )
+        return appeal, (top_weight > 0) & (appeal == 0)
 
     def click_prob(
         self, user: int, items: np.ndarray, ts_ms: int, positions: np.ndarray | None = None, engagement: float = 1.0
@@ -474,6 +512,30 @@ class World:
             UserProfile(uid, (("age_bucket", AGE_BUCKETS[a]), ("city_tier", CITY_TIERS[c]), ("gender", GENDERS[g])))
             for uid, g, a, c in zip(ids, u.gender.tolist(), u.age.tolist(), u.city.tolist())
         ]
+
+
+def _brand_bonus(
+    rows: np.ndarray,
+    leaf: np.ndarray,
+    brand: np.ndarray,
+    weight: np.ndarray,
+    pair_rows: np.ndarray,
+    pair_leaf: np.ndarray,
+    pair_brand: np.ndarray,
+    n_leaves: int,
+) -> np.ndarray:
+    """Per pair, the summed weight of interests on the pair's leaf that also prefer the pair's brand."""
+    has = brand >= 0
+    if not has.any():
+        return np.zeros(len(pair_rows))
+    # (row, leaf, brand) as one sortable key; equal keys' weights are summed
+    span = int(max(brand.max(), pair_brand.max())) + 2
+    keys = (rows[has] * n_leaves + leaf[has]) * span + brand[has]
+    keys, where = np.unique(keys, return_inverse=True)
+    sums = np.bincount(where, weights=weight[has])
+    wanted = (pair_rows * n_leaves + pair_leaf) * span + pair_brand
+    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    return np.where((keys[at] == wanted) & (pair_brand >= 0), sums[at], 0.0)
 
 
 def _number(record_id: str, prefix: str, n: int) -> int:

@@ -31,7 +31,10 @@ EVENTS = [
     Event("e4", 1_577_376_009_000, "u,2", 'i"3', "impression", "", -1),  # ids that need CSV quoting
 ]
 ITEMS = [Item("i1", "leaf1", "top1", "b1", "s1"), Item("i2", "leaf2", "top1", "", ""), Item('i"3', "leaf1")]
-USERS = [UserProfile("u1", (("age_bucket", "25-34"), ("gender", "f"))), UserProfile("u,2", (("age_bucket", ""), ("gender", "m")))]
+USERS = [
+    UserProfile("u1", (("age_bucket", "25-34"), ("gender", "f"))),
+    UserProfile("u,2", (("age_bucket", ""), ("gender", "m"))),  # an empty value is an unknown one
+]
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:
@@ -53,8 +56,11 @@ def test_round_trip(tmp_path: Path, compress: bool) -> None:
 
 def test_column_writer_matches_event_writer(tmp_path: Path) -> None:
     with EventWriter(tmp_path / "events.csv") as writer:
-        writer.write_columns([5, 6], ["u1", "u1"], ["i1", "i1"], ["impression", "click"], ["a", "b"], ["r", "r"], [3, 3])
-    assert [(e.event_id, e.kind, e.position) for e in read_events(tmp_path)] == [("a", "impression", 3), ("b", "click", 3)]
+        writer.write_columns(
+            [5, 6], ["u1", "u1"], ["i1", "i1"], ["impression", "click"], ["a", "b"], ["r", "r"], [3, 3]
+        )
+    read = [(e.event_id, e.kind, e.position) for e in read_events(tmp_path)]
+    assert read == [("a", "impression", 3), ("b", "click", 3)]
 
 
 def test_gzip_bytes_do_not_depend_on_write_time(tmp_path: Path) -> None:
@@ -65,7 +71,8 @@ def test_gzip_bytes_do_not_depend_on_write_time(tmp_path: Path) -> None:
 
 
 def test_derived_ids_keep_duplicates_distinct_and_stable(tmp_path: Path) -> None:
-    path = _write(tmp_path, "events.csv", HEADER + "5,u,i,impression\n5,u,i,impression\n5,u,j,impression\n6,u,i,impression\n")
+    rows = "5,u,i,impression\n5,u,i,impression\n5,u,j,impression\n6,u,i,impression\n"
+    path = _write(tmp_path, "events.csv", HEADER + rows)
     first = [e.event_id for e in read_events(path)]
     assert len(set(first)) == 4
     assert [e.event_id for e in read_events(path)] == first
@@ -179,7 +186,9 @@ _FIELD = st.one_of(
     st.text(max_size=6),
 )
 _ROW = st.lists(_FIELD, min_size=0, max_size=8).map(lambda fields: ",".join(fields))
-_HEADERS = st.sampled_from([HEADER.strip(), HEADER.strip() + ",event_id", HEADER.strip() + ",position,request_id", "junk"])
+_HEADERS = st.sampled_from(
+    [HEADER.strip(), HEADER.strip() + ",event_id", HEADER.strip() + ",position,request_id", "junk"]
+)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -203,7 +212,8 @@ def test_fuzzed_bytes_raise_only_log_format_errors(blob: bytes, name: str) -> No
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
         path.write_bytes(blob)
-        reader = {"events": lambda p: list(read_events(p)), "items": read_items, "users": read_users}[name.split(".")[0]]
+        readers = {"events": lambda p: list(read_events(p)), "items": read_items, "users": read_users}
+        reader = readers[name.split(".")[0]]
         try:
             reader(path)
         except LogFormatError:
