@@ -38,3 +38,19 @@ def test_replay_with_three_arms_writes_a_finite_report_and_aa_is_not_significant
         values = per_user(rows, metric)
         c = compare_means(values["xdm"], values["xdm_twin"], ("xdm", "xdm_twin"))
         assert not c.significant, (metric, c)
+
+
+@pytest.mark.timeout(300)
+def test_closed_loop_reports_ctr_per_arm_from_the_events_it_sent(tmp_path: Path, test_config):
+    from replay.closed_loop import ClosedLoopOptions
+    from replay.run import closed_loop_embedded
+
+    out = tmp_path / "closed"
+    opts = ClosedLoopOptions(users=80, items=400, warm_days=3, ab_days=1, pages=3, seed=2)
+    report = closed_loop_embedded(test_config, "test", out, "xdm:50,sdm:50", opts, progress_bar=False)
+    assert {"closed_loop.json", "closed_loop.md", "ctr.png"} <= {p.name for p in out.iterdir()}
+    assert set(report["arms"]) == {"xdm", "sdm"}
+    for arm in report["arms"].values():
+        assert arm["impressions"] > 0 and 0 <= arm["low"] <= arm["ctr"] <= arm["high"] <= 1
+    (comparison,) = report["comparisons"]
+    assert comparison["baseline"] == "sdm" and math.isfinite(comparison["p_value"])
