@@ -54,7 +54,7 @@ def start_system(stack: Stack, workers: int = 1) -> None:
     """Workers, one learner per arm (the arm's name is its variant when it names one) and the server."""
     for i in range(workers):
         stack.start_worker(f"worker-{i}")
-    for arm in Arms.parse(stack.cfg.serving.arms).names:
+    for arm in Arms.parse(stack.cfg.serving.arms).learners:
         stack.start_learner(arm, arm if arm in _variants() else stack.cfg.learner.variant)
     stack.start_server()
 
@@ -67,7 +67,7 @@ def _run(stack: Stack, log_dir: Path | None, workers: int, progress: bool, model
     start_system(stack, workers)
     parsed = Arms.parse(cfg.serving.arms)
     produced = produce_log(cfg.kafka, log_dir, speed=cfg.sim.speed, progress=progress)
-    for arm in parsed.names:
+    for arm in parsed.learners:
         wait_until(lambda a=arm: _published(stack, a), model_timeout_s, f"first model version of arm {arm}",
                    interval_s=1.0)
     user = busiest_user(log_dir)

@@ -70,7 +70,7 @@ async def start_deps(cfg: Config) -> Deps:
     arms = Arms.parse(cfg.serving.arms)
     reader = WindowsReader(cfg)
     await reader.start()
-    registry = TowerRegistry(cfg, arms.names)
+    registry = TowerRegistry(cfg, arms.learners)
     await registry.start()
     popular = PopularItems(cfg)
     await popular.start()

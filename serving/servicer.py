@@ -65,7 +65,7 @@ class RecallServicer(recall_pb2_grpc.RecallServicer):
         return ""
 
     async def _answer(self, request: recall_pb2.RecallRequest, arm: str, context) -> recall_pb2.RecallResponse:
-        tower = self.registry.get(arm)  # taken once: this request stays on this version
+        tower = self.registry.get(self.arms.model_for(arm))  # taken once: this request stays on this version
         windows = self.reader.windows(request.user_id)
         exclude = clicked_items(windows) if (windows and request.exclude_clicked) else set()
         version = tower.info.version if tower else 0

@@ -28,3 +28,10 @@ def test_assignment_is_sticky_and_follows_shares():
 def test_any_user_gets_a_configured_arm(user):
     arms = Arms.parse("x:1,y:2,z:3")
     assert arms.assign(user) in arms.names
+
+
+def test_an_arm_can_be_served_by_another_arms_model():
+    arms = Arms.parse("xdm:50,twin=xdm:25,sdm:25")
+    assert arms.names == ("xdm", "twin", "sdm")
+    assert arms.model_for("twin") == "xdm" and arms.model_for("sdm") == "sdm"
+    assert arms.learners == ("xdm", "sdm")
