@@ -1,0 +1,150 @@
+"""Offline training speed and peak memory on CPU: SDM vs XDM (and torch-rechub peers when installed).
+
+Each model runs in its own subprocess, so peak RSS (getrusage ru_maxrss) is that model's alone. A child
+loads the cached split, takes WARMUP steps, then times STEPS steps of batch BATCH (the offline
+trainer's own loop: length-bucketed batches, Trainer.step with progressive validation, or the peers'
+loop). It reports training samples/s, the RSS after loading the data, and the peak RSS; the difference
+is what training adds. Writes bench/results/train_speed.json and prints a table with the ratios to SDM.
+
+    .venv/bin/python bench/train_speed.py [--data LOG_DIR] [--steps 30] [--batch 256] [--cache DIR]
+
+Without --data it simulates the default world (2000 users, 5000 items, 14 days) into var/bench-world.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "bench" / "results" / "train_speed.json"
+MODELS = ("sdm", "xdm")
+PEERS = ("gru4rec", "narm", "sasrec")
+WARMUP = 3
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child(model: str, data_dir: str, steps: int, batch: int, cache: str) -> dict:
+    import torch
+
+    from learner.batch import length_buckets
+    from learner.data import build_offline_data
+
+    data = build_offline_data(data_dir, cache_dir=cache, progress=False)
+    batches = list(length_buckets(data.train.lengths_view(), batch, random.Random(0)))[: WARMUP + steps]
+    batches = [b for b in batches if len(b) == batch]
+    rss_data = _rss_mib()
+    if model in PEERS:
+        from learner.peers import Peer, PeerInputs, full_softmax_loss
+
+        torch.set_num_threads(1)  # what Trainer does for SDM and XDM
+
+        inputs = PeerInputs(data.train)
+        peer = Peer(model, inputs)
+        optimizer = torch.optim.Adam(peer.parameters(), lr=1e-3)
+
+        def step(samples):
+            loss = full_softmax_loss(peer.scores(samples).clamp(min=-1e9), inputs.labels(samples))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    else:
+        from learner.model import config_for
+        from learner.offline import MemoVocabulary
+        from learner.trainer import Trainer
+
+        trainer = Trainer(config_for(model), device="cpu", vocab=MemoVocabulary())
+
+        def step(samples):
+            trainer.step(samples)
+
+    for indices in batches[:WARMUP]:
+        step([data.train[i] for i in indices])
+    started = time.perf_counter()
+    timed = 0
+    for indices in batches[WARMUP:]:
+        step([data.train[i] for i in indices])
+        timed += len(indices)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"model": model, "samples": timed, "seconds": round(seconds, 2),
+            "samples_per_s": round(timed / seconds, 1), "rss_after_data_mib": round(rss_data, 1),
+            "peak_rss_mib": round(peak, 1), "train_added_mib": round(peak - rss_data, 1),
+            "torch_threads": torch.get_num_threads()}
+
+
+def _peers_available() -> bool:
+    try:
+        from learner.peers import _rechub
+
+        _rechub()
+        return True
+    except Exception:
+        return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=None, help="log directory (default: simulate the default world)")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--cache", default=str(ROOT / "var" / "offline-cache"), help="split cache folder")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.data, args.steps, args.batch, args.cache)))
+        return
+    data_dir = args.data
+    if data_dir is None:
+        data_dir = str(ROOT / "var" / "bench-world")
+        if not (Path(data_dir) / "items.csv").exists():
+            from replay.simulate import simulate
+
+            simulate(2000, 5000, 14, 1, Path(data_dir))
+    from learner.data import build_offline_data
+
+    build_offline_data(data_dir, cache_dir=args.cache, progress=True)  # once, before the timed children
+    models = list(MODELS) + (list(PEERS) if _peers_available() else [])
+    rows = []
+    for model in models:
+        out = subprocess.run([sys.executable, __file__, "--child", model, "--data", data_dir,
+                              "--steps", str(args.steps), "--batch", str(args.batch), "--cache", args.cache],
+                             check=True, capture_output=True, text=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    base = rows[0]
+    for row in rows:
+        row["speed_vs_sdm"] = round(row["samples_per_s"] / base["samples_per_s"], 3)
+        row["train_memory_vs_sdm"] = round(row["train_added_mib"] / base["train_added_mib"], 3) \
+            if base["train_added_mib"] > 0 else None
+    report = {"data": data_dir, "batch": args.batch, "steps": args.steps, "device": "cpu",
+              "cpu_count": os.cpu_count(), "python": platform.python_version(),
+              "peers": "included" if len(models) > len(MODELS) else "torch-rechub not installed", "rows": rows}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2))
+    print(f"{'model':<10}{'samples/s':>11}{'vs SDM':>8}{'peak RSS MiB':>14}{'train adds MiB':>16}{'vs SDM':>8}")
+    for row in rows:
+        ratio = row["train_memory_vs_sdm"]
+        print(f"{row['model']:<10}{row['samples_per_s']:>11.0f}{row['speed_vs_sdm']:>8.2f}{row['peak_rss_mib']:>14.0f}"
+              f"{row['train_added_mib']:>16.0f}{(f'{ratio:.2f}' if ratio is not None else '-'):>8}")
+    print(f"written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Table 2 of SRU2B on one log: every ablation row trained on the same split, scored, and compared with SDM.
+
+`ablate` builds the split once, trains each variant with `train_offline`, evaluates it, and writes
+    OUT/<variant>/            the run (checkpoint, run.json) and its eval.json
+    OUT/ablation.md           Table 2's shape: each metric at 50 and 80, the value and the lift vs SDM
+    OUT/ablation.json         every row's summary and its paired-bootstrap lift vs SDM with the interval
+    OUT/ablation.png          bars with 95% bootstrap intervals
+A popularity row (the most clicked training labels for everyone) is added as a floor; `peers=True`
+adds torch-rechub's GRU4Rec, NARM and SASRec (learner/peers.py) trained on the same samples.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from learner.data import build_offline_data
+from learner.evaluation_stats import DEFAULT_BOOT
+from learner.model import ModelConfig
+from learner.offline import (
+    CUTOFFS,
+    METRIC_LABELS,
+    METRICS,
+    TrainSettings,
+    compare,
+    evaluate,
+    metric_key,
+    popularity_baseline,
+    train_offline,
+)
+from stream.samples import SampleRules
+from stream.windows import WindowRules
+
+log = logging.getLogger(__name__)
+
+TABLE2 = ("sdm", "xdm_wo_conf_metric", "xdm_wo_metric", "xdm_wo_fusion_sym", "xdm_wo_sym", "xdm")
+BASELINE = "sdm"
+ROW_NAMES = {
+    "pop": "POP (floor)",
+    "gru4rec": "GRU4Rec (torch-rechub)",
+    "narm": "NARM (torch-rechub)",
+    "sasrec": "SASRec (torch-rechub)",
+    "sdm": "SDM",
+    "xdm_wo_conf_metric": "XDM (w/o conf+metric)",
+    "xdm_wo_metric": "XDM (w/o metric)",
+    "xdm_wo_fusion_sym": "XDM (w/o fusion+sym)",
+    "xdm_wo_sym": "XDM (w/o sym)",
+    "xdm": "XDM",
+}
+
+
+def ablate(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    variants: tuple[str, ...] = TABLE2,
+    settings: TrainSettings | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    wrules: WindowRules | None = None,
+    srules: SampleRules | None = None,
+    test_days: float = 1.0,
+    cache_dir: str | Path | None = None,
+    peers: bool = False,
+    n_boot: int = DEFAULT_BOOT,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train and score every row on one split; returns what ablation.json holds."""
+    if BASELINE not in variants:
+        raise ValueError(f"the ablation compares against {BASELINE!r}: include it in the variants")
+    settings = settings or TrainSettings()
+    defaults = asdict(ModelConfig())
+    changed = {k: v for k, v in (model_overrides or {}).items() if defaults.get(k) != v}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    data = build_offline_data(data_dir, wrules, srules, test_days, cache_dir, progress)
+    evals: dict[str, dict[str, Any]] = {"pop": popularity_baseline(data, n_boot, seed)}
+    timings: dict[str, float] = {"data_s": round(time.monotonic() - started, 1)}
+    if peers:
+        from learner.peers import PEERS, train_and_evaluate_peer
+
+        for name in PEERS:
+            t0 = time.monotonic()
+            evals[name] = train_and_evaluate_peer(name, data, out / name, settings, n_boot, seed, progress)
+            timings[name] = round(time.monotonic() - t0, 1)
+    for variant in variants:
+        t0 = time.monotonic()
+        run = train_offline(data_dir, variant, out / variant, settings, model_overrides, wrules, srules,
+                            test_days, data=data, progress=progress)
+        evals[variant] = evaluate(run, data=data, n_boot=n_boot, seed=seed)
+        (run / "eval.json").write_text(json.dumps(evals[variant]))
+        timings[variant] = round(time.monotonic() - t0, 1)
+        log.info("variant done", extra={"variant": variant, "seconds": timings[variant],
+                                        "hr50": round(evals[variant]["summary"]["hr@50"]["mean"], 4)})
+    lifts = {name: compare(evals[BASELINE], result, n_boot, seed)["lift"]
+             for name, result in evals.items() if name != BASELINE}
+    timings["total_s"] = round(time.monotonic() - started, 1)
+    report = {
+        "data": data.summary(),
+        "settings": asdict(settings),
+        "model_overrides": changed,  # only the settings that differ from ModelConfig's defaults
+        "baseline": BASELINE,
+        "rows": list(evals),
+        "summary": {name: result["summary"] for name, result in evals.items()},
+        "lift_vs_baseline": lifts,
+        "timings": timings,
+    }
+    (out / "ablation.json").write_text(json.dumps(report, indent=2))
+    (out / "ablation.md").write_text(format_table(report))
+    plot_ablation(report, out / "ablation.png")
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Markdown in Table 2's shape; a lift marked * has a 95% paired-bootstrap interval excluding 0."""
+    keys = [metric_key(m, n) for n in CUTOFFS for m in METRICS]
+    header = "| Method | " + " | ".join(f"{_label(k)} | lift" for k in keys) + " |"
+    rule = "|---|" + "---:|---:|" * len(keys)
+    lines = [header, rule]
+    for name in report["rows"]:
+        cells = [ROW_NAMES.get(name, name)]
+        for key in keys:
+            cells.append(f"{report['summary'][name][key]['mean']:.2%}")
+            cells.append(_lift_cell(report["lift_vs_baseline"].get(name, {}).get(key)))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Lift vs {ROW_NAMES[report['baseline']]} with its 95% paired-bootstrap interval "
+              f"({report['data']['test_users']:,} test users):", "",
+              "| Method | " + " | ".join(_label(k) for k in keys) + " |", "|---|" + "---:|" * len(keys)]
+    for name in report["rows"]:
+        if name == report["baseline"]:
+            continue
+        lifts = report["lift_vs_baseline"][name]
+        lines.append("| " + " | ".join([ROW_NAMES.get(name, name)] + [
+            f"{lifts[k]['lift']:+.1%} [{lifts[k]['low']:+.1%}, {lifts[k]['high']:+.1%}]" for k in keys]) + " |")
+    d, s = report["data"], report["settings"]
+    lines += ["", f"Data: {d['data_dir']}, {d['train_samples']:,} training samples, {d['test_users']:,} test "
+              f"users, last {d['test_days']:g} day(s) as test. Training: {s['epochs']} epoch(s), batch "
+              f"{s['batch_size']}, seed {s['seed']}; model settings changed from the defaults: "
+              f"{report['model_overrides'] or 'none'}."
+              f" * = 95% interval of the lift excludes 0. Total {report['timings']['total_s']:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def _lift_cell(lift: dict[str, float] | None) -> str:
+    if lift is None:
+        return "-"
+    mark = "*" if lift["low"] > 0 or lift["high"] < 0 else ""
+    return f"{lift['lift']:+.2%}{mark}"
+
+
+def _label(key: str) -> str:
+    metric, _, n = key.partition("@")
+    return f"{METRIC_LABELS[metric]}@{n}"
+
+
+def plot_ablation(report: dict[str, Any], path: Path) -> None:
+    """Grouped bars (one group per metric, one bar per row) with 95% bootstrap intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = report["rows"]
+    fig, axes = plt.subplots(1, len(CUTOFFS), figsize=(7 * len(CUTOFFS), 4.5), squeeze=False)
+    width = 0.8 / len(rows)
+    for ax, n in zip(axes[0], CUTOFFS):
+        keys = [metric_key(m, n) for m in METRICS]
+        x = np.arange(len(keys))
+        for i, name in enumerate(rows):
+            s = [report["summary"][name][k] for k in keys]
+            mean = np.array([v["mean"] for v in s])
+            err = np.array([[v["mean"] - v["low"] for v in s], [v["high"] - v["mean"] for v in s]])
+            ax.bar(x + (i - (len(rows) - 1) / 2) * width, mean, width, yerr=err, capsize=2,
+                   label=ROW_NAMES.get(name, name))
+        ax.set_xticks(x, [_label(k) for k in keys])
+        ax.set_yscale("log")
+        ax.set_title(f"Top-{n} (95% bootstrap intervals over test users)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,143 @@
+"""The offline time split (learner/data.py): stream-built windows, no test label in training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from learner.data import OfflineDataError, build_offline_data
+from replay.format import write_events, write_items, write_users
+from stream.samples import SampleRules, flush, step
+from stream.windows import DAY_MS, UserState, WindowRules, snapshot
+from xdm.records import Event, Item, UserProfile
+
+T0 = 1_700_000_000_000
+MIN = 60_000
+RULES = WindowRules()
+SRULES = SampleRules(n_labels=3, expire_ms=2 * DAY_MS)
+
+
+def catalogue() -> dict[str, Item]:
+    return {f"i{k}": Item(f"i{k}", f"leaf{k % 4}", f"top{k % 2}", f"b{k % 3}", f"s{k % 5}") for k in range(30)}
+
+
+def make_log(root: Path) -> list[Event]:
+    """Three days: u1 and u2 click across the cut, u3 only after it, u4 only before it.
+
+    i99 is not in items.csv; u2 has no profile row.
+    """
+    events: list[Event] = []
+
+    def add(user: str, item: str, kind: str, ts: int) -> None:
+        events.append(Event(f"e{len(events)}", ts, user, item, kind))
+
+    for day in range(3):
+        base = T0 + day * DAY_MS
+        for k in range(8):
+            ts = base + k * 3 * MIN
+            add("u1", f"i{(day * 8 + k) % 30}", "impression", ts)
+            add("u1", f"i{(day * 8 + k) % 30}", "click", ts + 1000)
+            add("u1", "i29", "impression", ts + 2000)  # impressed many times, never clicked: unclicked window
+            add("u2", f"i{(day * 5 + k) % 30}", "impression", ts + 500)
+            if k % 2 == 0:
+                add("u2", f"i{(day * 5 + k) % 30}" if k else "i99", "click", ts + 1500)
+        if day == 2:
+            add("u3", "i1", "click", base + 30 * MIN)
+        else:
+            add("u4", "i2", "click", base + 5 * MIN)
+    events.sort(key=lambda e: e.ts_ms)
+    write_events(root / "events.csv", events)
+    write_items(root / "items.csv", [v for k, v in catalogue().items()])
+    write_users(root / "users.csv", [UserProfile("u1", (("age", "30"), ("gender", "f"))),
+                                     UserProfile("u4", (("age", "50"), ("gender", "m")))])
+    return events
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> tuple[Path, list[Event]]:
+    events = make_log(tmp_path)
+    return tmp_path, events
+
+
+def test_no_test_label_leaks_into_training(log_dir):
+    root, events = log_dir
+    data = build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False)
+    assert data.end_ms == events[-1].ts_ms + 1
+    assert data.cut_ms == data.end_ms - DAY_MS
+    train = list(data.train)
+    assert train, "the pre-cut days must give training samples"
+    post_cut_clicks = {(e.user_id, e.ts_ms) for e in events if e.kind == "click" and e.ts_ms >= data.cut_ms}
+    for sample in train:
+        assert all(b.ts_ms < data.cut_ms for b in sample.labels)
+        assert all(b.ts_ms < data.cut_ms for w in (sample.windows.short, sample.windows.long,
+                                                   sample.windows.unclicked) for b in w)
+        assert not {(sample.user_id, b.ts_ms) for b in sample.labels} & post_cut_clicks
+    for sample in data.test:
+        assert sample.ts_ms == data.cut_ms
+        assert all(b.ts_ms >= data.cut_ms for b in sample.labels)
+
+
+def test_training_samples_are_the_stream_samples_of_the_pre_cut_events(log_dir):
+    root, events = log_dir
+    data = build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False)
+    items = catalogue()
+    states: dict[str, UserState] = {}
+    expected = []
+    for e in events:
+        if e.ts_ms < data.cut_ms:
+            state = states.setdefault(e.user_id, UserState())
+            expected += step(state, e, items.get(e.item_id, Item(e.item_id)), RULES, SRULES).samples
+    for state in states.values():
+        expected += flush(state, RULES, SRULES)
+    profiles = {"u1": (("age", "30"), ("gender", "f")), "u4": (("age", "50"), ("gender", "m"))}
+    expected = [s.with_profile(profiles.get(s.user_id, ())) for s in expected]
+    assert sorted(data.train, key=lambda s: s.sample_id) == sorted(expected, key=lambda s: s.sample_id)
+
+
+def test_test_sample_is_the_snapshot_at_the_cut_with_the_next_clicks_as_labels(log_dir):
+    root, events = log_dir
+    data = build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False)
+    items = catalogue()
+    by_user = {s.user_id: s for s in data.test}
+    # u3 has no event before the cut (cold start) and u4 no click after it: neither is a test user
+    assert set(by_user) == {"u1", "u2"}
+    for user_id, sample in by_user.items():
+        state = UserState()
+        for e in events:
+            if e.user_id == user_id and e.ts_ms < data.cut_ms:
+                step(state, e, items.get(e.item_id, Item(e.item_id)), RULES, SRULES)
+        assert sample.windows == snapshot(state, data.cut_ms - 1, RULES)
+        after = [e for e in events if e.user_id == user_id and e.kind == "click" and e.ts_ms >= data.cut_ms]
+        assert [(b.ts_ms, b.item.item_id) for b in sample.labels] == [(e.ts_ms, e.item_id) for e in after[:3]]
+    assert any(b.item.item_id == "i29" for b in by_user["u1"].windows.unclicked)
+    assert by_user["u1"].profile == (("age", "30"), ("gender", "f"))
+    assert by_user["u2"].profile == ()
+
+
+def test_items_missing_from_the_catalogue_become_bare_items(log_dir):
+    root, _ = log_dir
+    data = build_offline_data(root, RULES, SRULES, test_days=2.0, progress=False)
+    behaviours = [b for s in list(data.train) + list(data.test)
+                  for w in (s.windows.short, s.windows.long, s.labels) for b in w]
+    assert Item("i99") in {b.item for b in behaviours}
+    assert Item("i99") in data.items
+
+
+def test_more_test_days_move_the_cut_back_and_the_cache_returns_the_same_split(log_dir, tmp_path_factory):
+    root, _ = log_dir
+    one = build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False)
+    two = build_offline_data(root, RULES, SRULES, test_days=2.0, progress=False)
+    assert two.cut_ms == one.cut_ms - DAY_MS and len(two.train) < len(one.train)
+    cache = tmp_path_factory.mktemp("cache")
+    first = build_offline_data(root, RULES, SRULES, 1.0, cache_dir=cache, progress=False)
+    again = build_offline_data(root, RULES, SRULES, 1.0, cache_dir=cache, progress=False)
+    assert len(list(cache.iterdir())) == 1
+    assert list(again.train) == list(first.train) == list(one.train)
+    assert list(again.test) == list(one.test)
+
+
+def test_a_log_shorter_than_its_test_period_is_refused_with_a_reason(log_dir):
+    root, _ = log_dir
+    with pytest.raises(OfflineDataError, match="no training sample"):
+        build_offline_data(root, RULES, SRULES, test_days=3.0, progress=False)
