@@ -89,7 +89,7 @@ def ensure_topics(cfg: Config) -> dict[str, int]:
         _align_configs(admin, [s for s in specs if s.name in existing and s.configs])
     finally:
         admin.close()
-    log.info("topics ready", extra={"topics": len(specs), "created": len(missing),
+    log.info("topics ready", extra={"topics": len(specs), "topics_created": len(missing),
                                     "compaction": cfg.kafka.compaction, "replication": cfg.kafka.replication})
     return {s.name: s.partitions for s in specs}
 
