@@ -1,87 +1,72 @@
-"""The worker's agents: thin `async for` loops that call the pure window and sample rules.
+"""The worker's agents: thin loops that hand batches to the WindowsUpdater (stream/updater.py).
 
-Delivery is at-least-once (the embedded broker has no transactions): an event may come twice after a
-crash, and the window rules drop a repeated event id, so a redelivery changes nothing.
+Delivery is at-least-once (the embedded broker has no transactions): a record may come twice after a
+crash or a rebalance, and the window rules drop a repeated event id, so a redelivery changes nothing.
+Records are taken without automatic acknowledgement (`noack_take`): the updater acknowledges a record
+only once everything it caused is written, and may hold a record back to align the two event topics.
+The agent only queues records; the updater's processing loop runs beside it, so Faust keeps
+delivering while a round waits for the broker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import time
 
 import faust
 import mode
 
 from stream.app import StreamApp, make_app
-from stream.dlq import DeadLetterSink
-from stream.samples import step
-from stream.state_codec import decode_state, encode_state
-from stream.windows import Outcome, UserState
-from stream.wire import MalformedEvent, SampleTimes, decode_event, encode_sample
+from stream.metrics import CountersCollector, serve_metrics
+from stream.updater import WindowsUpdater
 from xdm.config import Config
-from xdm.records import Item
 
 log = logging.getLogger(__name__)
+MIRROR_WAIT_S = 120.0  # the catalogue and profiles must be read before events are joined against them
+TAKE_MAX, TAKE_WITHIN_S = 500, 0.005  # hand-over from Faust to the updater; rounds are sized by the updater
 
 
-def build_worker_app(cfg: Config) -> StreamApp:
-    """The Faust app with its agents, timers and start-up tasks attached."""
+def build_worker_app(cfg: Config) -> tuple[StreamApp, WindowsUpdater]:
+    """The Faust app with its agent, timers and the updater they share."""
     sa = make_app(cfg)
-    dlq = DeadLetterSink(sa.dead_letters, sa.counters)
+    updater = WindowsUpdater(sa)
 
     @sa.app.agent(sa.events, name="windows-updater")
     async def update_windows(stream: faust.StreamT) -> None:
-        await sa.catalogue.wait_caught_up(timeout_s=120)
-        await sa.profiles.wait_caught_up(timeout_s=120)
-        async for event in stream.events():
-            await handle_event(sa, dlq, event)
+        await sa.catalogue.wait_caught_up(timeout_s=MIRROR_WAIT_S)
+        await sa.profiles.wait_caught_up(timeout_s=MIRROR_WAIT_S)
+        updater.stream = stream
+        rounds = asyncio.ensure_future(updater.run())
+        try:
+            async for events in stream.noack_take(TAKE_MAX, within=TAKE_WITHIN_S):
+                await updater.take(events)
+        finally:
+            rounds.cancel()
 
-    @sa.app.timer(interval=10.0)
+    @sa.app.timer(interval=cfg.stream.counters_log_s)
     async def report() -> None:
-        log.info("worker counters", extra=vars(sa.counters))
+        log.info("worker counters: %s held=%d cached_states=%d", sa.counters.summary(), updater.held,
+                 len(updater.cache))
 
-    return sa
+    return sa, updater
 
 
-async def handle_event(sa: StreamApp, dlq: DeadLetterSink, event: faust.EventT) -> None:
-    cfg = sa.cfg
-    sa.counters.events += 1
+def worker_collector(sa: StreamApp, updater: WindowsUpdater) -> CountersCollector:
+    return CountersCollector(sa.counters, {
+        "held_records": ("Records held for event-time alignment of the two event topics", lambda: updater.held),
+        "cached_states": ("Decoded user states kept in memory", lambda: len(updater.cache)),
+        "catalogue_items": ("Items in the worker's catalogue mirror", lambda: len(sa.catalogue.values)),
+        "assigned_partitions": ("Event-topic partitions assigned to this worker",
+                                lambda: assigned_event_partitions(sa)),
+    })
+
+
+def assigned_event_partitions(sa: StreamApp) -> int:
+    topics = {sa.cfg.kafka.clicks_topic, sa.cfg.kafka.impressions_topic}
     try:
-        record = decode_event(event.value, max_bytes=cfg.stream.max_event_bytes, now_ms=int(time.time() * 1000),
-                              max_future_ms=cfg.stream.max_future_ms)
-        _check_topic_kind(event.message.topic, record.kind, cfg)
-    except MalformedEvent as exc:
-        await dlq.send(event, str(exc))
-        return
-    item = sa.catalogue.get(record.item_id)
-    if item is None:
-        sa.counters.unknown_items += 1
-        item = Item(record.item_id)  # kept with unknown side info; documented in README
-    key = record.user_id.encode()
-    stored = sa.windows.get(key)
-    state = decode_state(stored) if stored else UserState()
-    result = step(state, record, item, cfg.windows, cfg.samples)
-    if result.outcome is Outcome.DUPLICATE:
-        sa.counters.duplicates += 1
-        return
-    if result.outcome is Outcome.TOO_LATE:
-        sa.counters.too_late += 1
-        return
-    sa.counters.applied += 1
-    sa.windows[key] = encode_state(state)
-    times = SampleTimes(source_ms=int(event.message.timestamp or 0), emitted_ms=int(time.time() * 1000))
-    profile = sa.profiles.get(record.user_id)
-    for sample in result.samples:
-        if profile is not None and not sample.profile:
-            sample = sample.with_profile(profile.fields)
-        await sa.samples.send(key=key, value=encode_sample(sample, times))
-        sa.counters.samples += 1
-
-
-def _check_topic_kind(topic: str, kind: str, cfg: Config) -> None:
-    expected = "click" if topic == cfg.kafka.clicks_topic else "impression"
-    if kind != expected:
-        raise MalformedEvent(f"{kind} event on the {expected}s topic {topic}")
+        return sum(1 for tp in sa.app.consumer.assignment() if tp.topic in topics)
+    except Exception:  # consumer not started yet
+        return 0
 
 
 class JoinSources(mode.Service):
@@ -101,8 +86,9 @@ class JoinSources(mode.Service):
 
 
 def run_worker(cfg: Config, loglevel: str = "INFO") -> None:
-    """Run one worker process until SIGTERM / Ctrl-C."""
-    sa = build_worker_app(cfg)
+    """Run one worker process until SIGTERM / Ctrl-C; metrics on stream.metrics_port when set."""
+    sa, updater = build_worker_app(cfg)
+    serve_metrics(worker_collector(sa, updater), cfg.stream.metrics_port)
     worker = faust.Worker(sa.app, JoinSources(sa), loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
 
@@ -111,4 +97,4 @@ def make_default_app() -> faust.App:
     """For `faust -A` style tooling; production starts through run_worker."""
     from xdm.config import load_config
 
-    return build_worker_app(load_config()).app
+    return build_worker_app(load_config())[0].app

@@ -2,6 +2,8 @@
 
 `make_app(cfg)` declares everything in one place a reader can scan; agents.py holds the agent loops.
 Every topic is created beforehand with its partition count (infra.topics); the app never auto-creates.
+The app class is stream.recovery's XdmFaustApp: Faust's app with true changelog end offsets (the
+embedded broker under-reports them) and rebalance hooks the worker uses to let held records go.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 import faust
 
 from stream.mirror import TopicMirror
+from stream.consumer import CountingMonitor, RawBytesSchema, XdmFaustApp, set_stream_yield_every
 from stream.topics import WINDOWS_TABLE
 from stream.wire import decode_item, decode_profile
 from xdm.config import Config
@@ -19,16 +22,26 @@ from xdm.records import Item, UserProfile
 
 @dataclass
 class Counters:
-    """What a worker has done since it started (exported as metrics and logged)."""
+    """What a worker has done since it started (exported as metrics by stream.metrics, and logged)."""
 
-    events: int = 0
-    applied: int = 0
-    duplicates: int = 0
-    too_late: int = 0
-    unknown_items: int = 0
-    dead_letters: int = 0
-    samples: int = 0
-    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    events: int = 0  # records consumed from the event topics
+    applied: int = 0  # events that changed a user's windows
+    duplicates: int = 0  # redeliveries of an event id already applied
+    too_late: int = 0  # events older than the user's watermark: dropped
+    unknown_items: int = 0  # events whose item is not in the catalogue (yet)
+    dead_letters: int = 0  # records sent to the dead-letter topic
+    samples: int = 0  # training samples emitted
+    batches: int = 0  # batches processed
+    state_writes: int = 0  # user states written to the table
+    forced_releases: int = 0  # records released before the other topic caught up in event time
+    abandoned: int = 0  # held records let go unacknowledged at a rebalance (read again later)
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)  # reason code -> letters
+
+    def summary(self) -> str:
+        """One log-friendly line: name=value for every counter."""
+        parts = [f"{name}={value}" for name, value in vars(self).items() if isinstance(value, int)]
+        parts += [f"dead_letter.{code}={n}" for code, n in sorted(self.dead_letter_reasons.items())]
+        return " ".join(parts)
 
 
 @dataclass
@@ -46,8 +59,10 @@ class StreamApp:
 
 def make_app(cfg: Config) -> StreamApp:
     k = cfg.kafka
-    app = faust.App(
+    set_stream_yield_every(cfg.stream.yield_every)
+    app = XdmFaustApp(
         cfg.stream.app_id,
+        fetch_max_wait_ms=cfg.stream.fetch_max_wait_ms,
         broker=_broker_url(k.bootstrap),
         store=cfg.stream.store,
         datadir=str(Path(cfg.stream.data_dir)),
@@ -58,14 +73,22 @@ def make_app(cfg: Config) -> StreamApp:
         broker_heartbeat_interval=k.heartbeat_ms / 1000,
         broker_rebalance_timeout=k.rebalance_timeout_ms / 1000,
         processing_guarantee="at_least_once",  # tansu has no transactions; updates are idempotent instead
+        broker_commit_interval=1.0,  # what a restart or rebalance reads again (Faust's default is 2.8 s)
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         key_serializer="raw",  # every key and value is bytes we encode ourselves (protobuf, state codec)
         value_serializer="raw",
         table_cleanup_interval=3600.0,
+        # A user's state is one changelog record of several KB and a round writes dozens: big producer
+        # batches, and a linger short against the read path's 1 s freshness budget that still lets a
+        # round's records leave in a few requests.
+        producer_max_batch_size=524_288,
+        producer_linger=0.005,
+        stream_wait_empty=True,  # a rebalance waits for in-flight batches (held records are let go by hooks)
+        Monitor=CountingMonitor,
     )
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
-    events = app.topic(k.clicks_topic, k.impressions_topic, key_type=bytes, value_type=bytes, **raw)
+    events = app.topic(k.clicks_topic, k.impressions_topic, schema=RawBytesSchema(key_type=bytes, value_type=bytes))
     samples = app.topic(k.samples_topic, key_type=bytes, value_type=bytes, partitions=k.partitions, **raw)
     dead_letters = app.topic(k.dlq_topic, key_type=bytes, value_type=bytes, partitions=1, **raw)
     windows = app.Table(WINDOWS_TABLE, default=None, key_type=bytes, value_type=bytes, partitions=k.partitions)

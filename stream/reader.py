@@ -2,12 +2,16 @@
 
 Workers and servers may run on different machines, so the server never opens the workers' RocksDB files;
 it mirrors the `windows` table's changelog (every table write is also a changelog record) and decodes a
-user's state only when that user is asked for. A read is a dict lookup plus a decode and a snapshot.
+user's state only when that user is asked for. Decoding and snapshotting a Table-1-sized state takes
+a few hundred µs, so the windows of recently read users are kept, and recomputed when their next
+changelog record arrives (off the request path): a read of a user read before is a dict lookup.
+The cache costs ~10 KB per user at Table-1 window lengths (the Behavior records; items are shared).
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 
 from stream.mirror import TopicMirror
 from stream.state_codec import decode_state
@@ -19,9 +23,12 @@ from xdm.config import Config
 class WindowsReader:
     """Current windows of any user, as the workers last wrote them."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, cache_users: int = 10_000) -> None:
         self.rules: WindowRules = cfg.windows
         self.mirror: TopicMirror[bytes] = TopicMirror(cfg.kafka.bootstrap, changelog_topic(cfg), bytes, name="windows")
+        self.cache_users = cache_users
+        self._cache: OrderedDict[str, tuple[bytes, Windows | None]] = OrderedDict()  # user -> (record, windows)
+        self.mirror.on_update = self._on_record
 
     async def start(self, wait_s: float = 60.0) -> None:
         await self.mirror.start()
@@ -35,10 +42,30 @@ class WindowsReader:
         raw = self.mirror.get(user_id)
         if raw is None:
             return None
+        cached = self._cache.get(user_id)
+        if cached is not None and cached[0] is raw:  # every changelog record is a new bytes object
+            self._cache.move_to_end(user_id)
+            return cached[1]
+        return self._compute(user_id, raw)
+
+    def _compute(self, user_id: str, raw: bytes) -> Windows | None:
         state = decode_state(raw)
-        if state.max_ts == NO_EVENTS:
-            return None
-        return snapshot(state, state.max_ts, self.rules)
+        windows = None if state.max_ts == NO_EVENTS else snapshot(state, state.max_ts, self.rules)
+        if self.cache_users > 0:
+            self._cache[user_id] = (raw, windows)
+            self._cache.move_to_end(user_id)
+            if len(self._cache) > self.cache_users:
+                self._cache.popitem(last=False)
+        return windows
+
+    def _on_record(self, user_id: str, raw: bytes | None) -> None:
+        """A changelog record arrived: refresh a user that is being read, forget a deleted one."""
+        if user_id not in self._cache:
+            return
+        if raw is None:
+            del self._cache[user_id]
+        else:
+            self._cache[user_id] = (raw, self._compute(user_id, raw))
 
     def staleness_ms(self, user_id: str) -> float | None:
         """Wall-clock age of the newest changelog record of this user (broker timestamp)."""

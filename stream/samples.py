@@ -90,13 +90,18 @@ def flush(state: UserState, wrules: WindowRules, srules: SampleRules) -> list[Sa
 
 
 def _settle(state: UserState, mark: float, wrules: WindowRules, srules: SampleRules) -> list[Sample]:
-    """Finalise or drop the pending anchors whose fate is known at watermark `mark`."""
+    """Finalise or drop the pending anchors whose fate is known at watermark `mark`.
+
+    Anchors are sorted by time, and a later anchor's last label and deadline are no earlier than an
+    earlier one's; so once an anchor must keep waiting, every later one must too, and the scan stops
+    there. This runs after every event of a user with pending anchors, so it must be cheap.
+    """
     done: list[Sample] = []
-    kept: list[tuple[int, str]] = []
     clicks = state.clicks
     n = srules.n_labels
-    for anchor in state.pending:
-        ts, event_id = anchor
+    pending = state.pending
+    settled = 0
+    for ts, event_id in pending:
         first = bisect_left(clicks, (ts + 1,))
         last = first + n - 1
         deadline = ts + srules.expire_ms
@@ -105,7 +110,8 @@ def _settle(state: UserState, mark: float, wrules: WindowRules, srules: SampleRu
             done.append(Sample(sample_id(state.user_id, event_id), state.user_id, ts,
                                snapshot(state, ts, wrules), labels))
         elif mark <= deadline:
-            kept.append(anchor)
+            break
         # else: every click up to the deadline is known and fewer than n_labels fell in it: expired.
-    state.pending[:] = kept
+        settled += 1
+    del pending[:settled]
     return done

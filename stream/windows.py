@@ -41,6 +41,7 @@ import functools
 from bisect import bisect_left, insort
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from xdm.records import Event, Item
 
@@ -53,6 +54,7 @@ DAY_MS = 86_400_000
 FIELD_SEP = "\x1f"  # ASCII unit separator; ids and side info must not contain it
 Row = tuple[int, str]
 NO_EVENTS = -(2**63)  # max_ts of a user with no events yet (fits the codec's int64)
+_second = itemgetter(1)
 
 
 class BadEvent(ValueError):
@@ -199,16 +201,41 @@ def _unclicked_rows(state: UserState, at_ms: int, rules: WindowRules) -> list[Ro
                                      bisect_left(state.impressions, (at_ms + 1,))]
     if not impressions:
         return []
-    item_ids = [key[:key.find(FIELD_SEP)] for _, key in impressions]
-    exposures = Counter(item_ids)
-    latest = dict(zip(item_ids, impressions))  # rows are sorted, so the last one per item wins
+    # Every read runs this over days of impressions, so it counts item *keys* with C-level tools and
+    # only then maps keys to item ids (an item has one key unless its side info changed meanwhile).
+    keys = list(map(_second, impressions))
+    latest = dict(zip(keys, impressions))  # rows are sorted, so the last one per key wins
+    counts = Counter(keys)
+    distinct = list(latest)
+    item_ids = _item_ids(distinct)
+    if len(set(item_ids)) != len(item_ids):
+        distinct, item_ids, counts, latest = _merge_keys_of_an_item(distinct, item_ids, counts, latest)
     clicks = state.clicks
     recent_clicks = clicks[bisect_left(clicks, (since,)):bisect_left(clicks, (at_ms + 1,))]
-    clicked = {key[:key.find(FIELD_SEP)] for _, key in recent_clicks}
+    clicked = set(_item_ids(list(set(map(_second, recent_clicks)))))
     need = rules.unclicked_min_exposures
-    rows = [row for item_id, row in latest.items() if exposures[item_id] >= need and item_id not in clicked]
+    rows = [latest[key] for key, item_id in zip(distinct, item_ids) if counts[key] >= need and item_id not in clicked]
     rows.sort()
     return rows[-rules.unclicked_max:] if rules.unclicked_max > 0 else []
+
+
+def _item_ids(keys: list[str]) -> list[str]:
+    """The item id of each item key (every key has exactly five fields, see item_key)."""
+    return FIELD_SEP.join(keys).split(FIELD_SEP)[::5] if keys else []
+
+
+def _merge_keys_of_an_item(distinct: list[str], item_ids: list[str], counts: Counter,
+                           latest: dict[str, Row]) -> tuple[list[str], list[str], Counter, dict[str, Row]]:
+    """Count exposures per item id when an item was impressed under several keys."""
+    merged_counts: Counter = Counter()
+    merged_latest: dict[str, Row] = {}
+    for key, item_id in zip(distinct, item_ids):
+        merged_counts[item_id] += counts[key]
+        row = latest[key]
+        if item_id not in merged_latest or row > merged_latest[item_id]:
+            merged_latest[item_id] = row
+    ids = list(merged_latest)
+    return ids, ids, merged_counts, merged_latest
 
 
 def behaviors(rows: list[Row]) -> tuple[Behavior, ...]:

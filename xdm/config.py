@@ -54,13 +54,15 @@ class StreamConfig:
     max_event_bytes: int = 65536  # larger payloads go to the dead-letter topic
     max_future_ms: int = 86_400_000  # events stamped further than this past wall clock are rejected
     metrics_port: int = 0  # Prometheus metrics port of the worker (0 = disabled)
-    batch_max: int = 5000  # records that start a processing round at once (a round takes what is ready)
+    batch_max: int = 5000  # most records in one batch (one state load and write per user); a full batch starts at once
     batch_within_ms: int = 100  # longest wait (ms) for a round to fill before it starts
     align_idle_ms: int = 200  # a caught-up topic silent this long (ms) stops holding the other one back
     align_max_hold_ms: int = 30_000  # a held record leaves after this long (ms) unless the other topic lags
     align_max_held: int = 200_000  # most records held for event-time alignment; past it the oldest leave
     state_cache_users: int = 20_000  # decoded user states kept in memory between batches
     counters_log_s: float = 10.0  # log the worker counters this often (s)
+    fetch_max_wait_ms: int = 100  # longest a fetch waits at the broker for records (ms); Faust's own is 1500
+    yield_every: int = 64  # Faust's stream iterator yields to the event loop once per this many records (1 = Faust's)
 
 
 @dataclass(frozen=True)
