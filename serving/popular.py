@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream.wire import MalformedEvent, decode_event
 from xdm.config import Config
+from stream.mirror import stop_background
 
 log = logging.getLogger(__name__)
 RERANK_EVERY_S = 1.0
@@ -76,14 +77,7 @@ class PopularItems:
         self._task = asyncio.create_task(self._run(), name="popular-items")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        if self._consumer:
-            await self._consumer.stop()
+        await stop_background(self._task, self._consumer)
 
     async def _run(self) -> None:
         assert self._consumer is not None

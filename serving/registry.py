@@ -11,8 +11,9 @@ import logging
 
 from aiokafka import AIOKafkaConsumer
 
-from serving.search import load_local_index
 from learner.model_store import Tower, VersionInfo, load_tower, read_latest, tower_from_payload
+from serving.search import load_local_index
+from stream.mirror import stop_background
 from xdm.config import Config
 from xdm.v1 import events_pb2
 
@@ -48,14 +49,7 @@ class TowerRegistry:
                 await self.load(info)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        if self._consumer:
-            await self._consumer.stop()
+        await stop_background(self._task, self._consumer)
 
     async def load(self, info: VersionInfo) -> bool:
         """Load a version's tower off the event loop and swap it in if it is newer; True if swapped."""

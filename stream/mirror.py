@@ -64,14 +64,7 @@ class TopicMirror(Generic[V]):
             raise TimeoutError(f"mirror of {self.topic} not caught up after {timeout_s:.0f} s")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        if self._consumer:
-            await self._consumer.stop()
+        await stop_background(self._task, self._consumer)
 
     async def _partitions(self) -> list[TopicPartition]:
         assert self._consumer is not None
@@ -126,3 +119,15 @@ class TopicMirror(Generic[V]):
         self.last_update_ms[key] = record.timestamp
         if self.on_update:
             self.on_update(key, value)
+
+
+async def stop_background(task: asyncio.Task | None, consumer: AIOKafkaConsumer | None) -> None:
+    """Cancel a background reader task and close its consumer (either may be None: never started)."""
+    if task:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+    if consumer:
+        await consumer.stop()
