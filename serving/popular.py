@@ -14,9 +14,9 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from stream.mirror import stop_background
 from stream.wire import MalformedEvent, decode_event
 from xdm.config import Config
-from stream.mirror import stop_background
 
 log = logging.getLogger(__name__)
 RERANK_EVERY_S = 1.0
