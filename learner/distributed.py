@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from learner.batch import ITEM_KINDS, Vocabulary, collate, profile_kind
 from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.model import ModelConfig, config_for, pick_device
-from learner.online import LearnerStatus, OnlineLearner, model_overrides, wait_partitions
+from learner.online import LearnerStatus, OnlineLearner, assign_from, model_overrides, wait_partitions
 from learner.trainer import StepStats, Trainer
 from stream.samples import Sample
 from stream.wire import SampleTimes
@@ -414,12 +414,7 @@ class DistributedLearner(OnlineLearner):
         self.status.partitions = mine
         self.covered = {p: o for p, o in self.covered.items() if p in mine}
         parts = [TopicPartition(k.samples_topic, p) for p in mine]
-        consumer.assign(parts)
-        for tp in parts:
-            if tp.partition in self.covered:
-                consumer.seek(tp, self.covered[tp.partition])
-            else:
-                consumer.seek_to_beginning(tp)
+        assign_from(consumer, parts, self.covered)
         return consumer
 
     def _loop(self, consumer: KafkaConsumer, max_steps: int | None, idle_exit_s: float | None) -> None:

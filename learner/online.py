@@ -116,13 +116,7 @@ class OnlineLearner:
                                  enable_auto_commit=False, auto_offset_reset="earliest",
                                  session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_ms,
                                  reconnect_backoff_max_ms=5000)
-        partitions = wait_partitions(consumer, k.samples_topic)
-        consumer.assign(partitions)
-        for tp in partitions:
-            if tp.partition in self.covered:
-                consumer.seek(tp, self.covered[tp.partition])
-            else:
-                consumer.seek_to_beginning(tp)
+        assign_from(consumer, wait_partitions(consumer, k.samples_topic), self.covered)
         return consumer
 
     def _loop(self, consumer: KafkaConsumer, max_steps: int | None, idle_exit_s: float | None) -> None:
@@ -263,6 +257,16 @@ def run_learner(cfg: Config, arm: str | None = None, variant: str | None = None,
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: learner.stop())
     return learner.run(max_steps, idle_exit_s)
+
+
+def assign_from(consumer: KafkaConsumer, partitions: list[TopicPartition], covered: dict[int, int]) -> None:
+    """Assign partitions and start each after what a checkpoint covers, else at the beginning."""
+    consumer.assign(partitions)
+    for tp in partitions:
+        if tp.partition in covered:
+            consumer.seek(tp, covered[tp.partition])
+        else:
+            consumer.seek_to_beginning(tp)
 
 
 def wait_partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 60.0) -> list[TopicPartition]:

@@ -38,11 +38,7 @@ def decode_event(payload: bytes, *, max_bytes: int, now_ms: int, max_future_ms: 
         raise MalformedEvent("empty payload")
     if len(payload) > max_bytes:
         raise MalformedEvent(f"payload of {len(payload)} bytes exceeds {max_bytes}")
-    msg = events_pb2.Event()
-    try:
-        msg.ParseFromString(payload)
-    except (DecodeError, RuntimeError, ValueError) as exc:
-        raise MalformedEvent(f"not an xdm.v1.Event protobuf: {exc}") from None
+    msg = _parse(events_pb2.Event(), payload)
     for name in ("event_id", "user_id", "item_id"):
         value = getattr(msg, name)
         if not value:
@@ -67,11 +63,7 @@ def encode_item(item: Item) -> bytes:
 
 
 def decode_item(payload: bytes) -> Item:
-    msg = events_pb2.Item()
-    try:
-        msg.ParseFromString(payload)
-    except (DecodeError, RuntimeError, ValueError) as exc:
-        raise MalformedEvent(f"not an xdm.v1.Item protobuf: {exc}") from None
+    msg = _parse(events_pb2.Item(), payload)
     if not msg.item_id:
         raise MalformedEvent("item record without item_id")
     return Item(msg.item_id, msg.leaf_cat, msg.top_cat, msg.brand, msg.shop)
@@ -82,11 +74,7 @@ def encode_profile(profile: UserProfile) -> bytes:
 
 
 def decode_profile(payload: bytes) -> UserProfile:
-    msg = events_pb2.UserProfile()
-    try:
-        msg.ParseFromString(payload)
-    except (DecodeError, RuntimeError, ValueError) as exc:
-        raise MalformedEvent(f"not an xdm.v1.UserProfile protobuf: {exc}") from None
+    msg = _parse(events_pb2.UserProfile(), payload)
     if not msg.user_id:
         raise MalformedEvent("user profile without user_id")
     return UserProfile(msg.user_id, tuple(sorted(msg.fields.items())))
@@ -112,11 +100,7 @@ def encode_sample(sample: Sample, times: SampleTimes = SampleTimes()) -> bytes:
 
 
 def decode_sample(payload: bytes) -> tuple[Sample, SampleTimes]:
-    msg = events_pb2.Sample()
-    try:
-        msg.ParseFromString(payload)
-    except (DecodeError, RuntimeError, ValueError) as exc:
-        raise MalformedEvent(f"not an xdm.v1.Sample protobuf: {exc}") from None
+    msg = _parse(events_pb2.Sample(), payload)
     windows = Windows(short=_behaviors(msg.windows.short_term), long=_behaviors(msg.windows.long_term),
                       unclicked=_behaviors(msg.windows.unclicked))
     sample = Sample(sample_id=msg.sample_id, user_id=msg.user_id, ts_ms=msg.ts_ms, windows=windows,
@@ -138,3 +122,12 @@ def _behaviors(pbs) -> tuple[Behavior, ...]:
         Behavior(ts_ms=b.ts_ms, item=Item(b.item.item_id, b.item.leaf_cat, b.item.top_cat, b.item.brand, b.item.shop))
         for b in pbs
     )
+
+
+def _parse(msg, payload: bytes):
+    """Fill msg from payload, or raise MalformedEvent naming the expected message type."""
+    try:
+        msg.ParseFromString(payload)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise MalformedEvent(f"not an {msg.DESCRIPTOR.full_name} protobuf: {exc}") from None
+    return msg
