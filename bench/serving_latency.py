@@ -155,7 +155,8 @@ def _wait_model(address: str, sizes) -> None:
     wait_until(ready, 300, f"server {address} answering from its models", interval_s=1.0)
 
 
-async def _load(address: str, arm: str, concurrency: int, args) -> dict:
+async def _load(address: str, arm: str, concurrency: int, args, channel_options: tuple = ()) -> dict:
+    """Closed-loop load; channel_options e.g. a round-robin policy over several servers (bench/scale_out.py)."""
     import grpc
 
     from xdm.v1 import recall_pb2, recall_pb2_grpc
@@ -164,7 +165,7 @@ async def _load(address: str, arm: str, concurrency: int, args) -> dict:
     errors = 0
     total = args.requests if concurrency > 1 else max(200, args.requests // 4)
     deadline = time.perf_counter() + args.seconds
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with grpc.aio.insecure_channel(address, options=list(channel_options)) as channel:
         stub = recall_pb2_grpc.RecallStub(channel)
         issued = 0
 
