@@ -5,11 +5,19 @@ items) with the learner's own Publisher (its time is the "publish" figure), writ
 windows changelog (what workers would have written), starts `xdm serve` processes and an echo server,
 then drives each with C concurrent callers (C = 1, 8, 32), bounded in requests and seconds.
 
-Server variants: `local` (default: exact in-memory index copied from the version's Milvus collection),
-`milvus` (search Milvus per request, serving.local_index_max_items=0) and `nobatch` (local index, no
-micro-batching). Writes bench/results/serving_latency.json and prints a table with the ratio to echo.
+Server variants: `exact` (in-memory copy of the version's Milvus collection, float32 full scan: the
+reference), `local` (the server's defaults), `ivf` (serving.local_index=ivf: k-means lists, approximate),
+`runners2` (two batches in flight), `nobatch` (no micro-batching) and `milvus` (search Milvus per
+request, serving.local_index_max_items=0). Every variant's recall@50 against `exact`'s answers for the
+same users is printed. Each row also gives the server's own view, from its metrics: mean batch size and
+mean time per batch queued, in the user tower and in the search; from /proc: server CPU per answer and the
+event loop's share of it; and the machine's 1-minute load average (other jobs share these machines).
+Last, in process, the full scans and the IVF index on clustered vectors of the largest size (the bench's
+random item vectors have no cluster structure, the worst case for IVF). Writes
+bench/results/serving_latency.json and prints a table with the ratio to echo.
 
     .venv/bin/python bench/serving_latency.py [--requests 2000] [--seconds 20] [--quick]
+        [--servers exact,local,ivf,runners2,nobatch,milvus] [--sizes 10000,100000] [--concurrency 1,8,32]
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -34,7 +43,16 @@ from xdm.config import apply_overrides, load_config  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "serving_latency.json"
 USERS = 2000
-CONCURRENCY = (1, 8, 32)
+RECALL_USERS = 200  # users whose top-50 an approximate server is compared on
+SERVERS = {  # "exact" first: it is the reference the others' recall@50 is measured against
+    "exact": {"serving.local_index": "exact", "serving.local_index_scan": "float32"},
+    "local": {},
+    "ivf": {"serving.local_index": "ivf"},
+    "runners2": {"serving.batch_runners": 2},
+    "nobatch": {"serving.batch_max": 1, "serving.batch_runners": 1},
+    "milvus": {"serving.local_index_max_items": 0},
+}
+FULL_SWEEP = ("exact", "local", "ivf")  # the others run concurrency 8 only, except at the largest catalogue
 
 
 def main() -> None:
@@ -42,44 +60,49 @@ def main() -> None:
     if args.echo_port:
         asyncio.run(_echo_server(args.echo_port))
         return
-    sizes = (10_000,) if args.quick else (10_000, 100_000)
+    sizes = (10_000,) if args.quick else args.sizes
     root = Path(tempfile.mkdtemp(prefix="xdm-bench-serving-"))
     cfg = load_config("local", env={}, overrides={"model.embed_dim": 64})
     stack = start_services(root / "stack", cfg, "local", arms=",".join(f"n{n}:1" for n in sizes))
-    results: dict = {"machine": platform.machine(), "cores": _cores(), "users": USERS, "rows": [], "publish_s": {}}
+    results: dict = {"machine": platform.machine(), "cores": _cores(), "users": USERS, "rows": [], "publish_s": {},
+                     "recall_at_50": {}}
+    answers: dict[tuple[str, int], list[list[str]]] = {}
     try:
         for n in sizes:
             results["publish_s"][str(n)] = _publish(stack.cfg, n)
         _write_windows(stack.cfg, max(sizes))
-        servers = {
-            "local": {},
-            "nobatch": {"serving.batch_max": 1, "serving.batch_runners": 1},
-            "milvus": {"serving.local_index_max_items": 0},
-        }
         echo_port = free_port()
         echo = start_process("echo", [sys.executable, __file__, "--echo-port", str(echo_port)], root / "logs",
                              ports=(echo_port,))
         stack.processes.append(echo)
         wait_until(lambda: port_open("127.0.0.1", echo_port), 30, "echo server")
-        for c in CONCURRENCY:
+        for c in args.concurrency:
             results["rows"].append(_row("echo", "-", c, asyncio.run(_load(f"127.0.0.1:{echo_port}", "", c, args))))
-        for name, overrides in servers.items():
-            port = free_port()
-            scfg = apply_overrides(stack.cfg, {"serving.port": port, **overrides})
+        for name in args.servers:
+            port, metrics_port = free_port(), free_port()
+            scfg = apply_overrides(stack.cfg, {"serving.port": port, "serving.metrics_port": metrics_port,
+                                               **SERVERS[name]})
             proc = start_process(f"server-{name}", [sys.executable, "-m", "xdm", "serve"], root / "logs",
                                  ports=(port,), env=config_env(scfg))
             stack.processes.append(proc)
             _wait_model(f"127.0.0.1:{port}", sizes)
             for n in sizes:
-                for c in CONCURRENCY:
-                    if name != "local" and c != 8 and n != max(sizes):
+                answers[(name, n)] = _answers(f"127.0.0.1:{port}", f"n{n}")
+                if name != "exact" and ("exact", n) in answers:
+                    results["recall_at_50"][f"{name} {n}"] = _recall(answers[(name, n)], answers[("exact", n)])
+                for c in args.concurrency:
+                    if name not in FULL_SWEEP and c != 8 and n != max(sizes):
                         continue
+                    before, cpu_before = _server_metrics(metrics_port), _cpu_seconds(proc.pid)
                     stats = asyncio.run(_load(f"127.0.0.1:{port}", f"n{n}", c, args))
+                    stats.update(_batch_stats(before, _server_metrics(metrics_port)))
+                    stats.update(_cpu_per_request(cpu_before, _cpu_seconds(proc.pid), stats["requests"]))
                     results["rows"].append(_row(name, n, c, stats))
             proc.stop()
             stack.processes.remove(proc)
     finally:
         stack.stop()
+    results["in_process"] = _indexes_on_clustered_vectors(max(sizes))
     _report(results)
 
 
@@ -192,24 +215,139 @@ async def _load(address: str, arm: str, concurrency: int, args, channel_options:
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
 
 
+def _indexes_on_clustered_vectors(n: int, dim: int = 64, topics: int = 500, seed: int = 0) -> dict:
+    """The in-memory indexes on vectors with cluster structure (as trained item embeddings have, unlike
+    the random vectors the servers above search): recall@50 against the float32 scan, ms per 8 queries."""
+    import torch
+
+    from serving.ivf import IVFIndex
+    from serving.search import LocalIndex
+    from xdm.config import ServingConfig
+
+    torch.set_num_threads(1)  # as the server does
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(topics, dim)) * 0.3
+    vectors = (centres[rng.integers(0, topics, n)] + 0.15 * rng.normal(size=(n, dim))).astype(np.float32)
+    queries = (centres[rng.integers(0, topics, 64)] + 0.15 * rng.normal(size=(64, dim))).astype(np.float32)
+    ids = [f"i{r}" for r in range(n)]
+    sc = ServingConfig()
+    exact = LocalIndex(ids, vectors)
+    started = time.perf_counter()
+    ivf = IVFIndex(ids, vectors, sc.ivf_nlist, sc.ivf_nprobe)
+    build_s = time.perf_counter() - started
+    truth = [{i for i, _ in row} for row in exact.top_k(queries, 50)]
+    out = {"items": n, "dim": dim, "topics": topics, "ivf_nlist": ivf.nlist, "ivf_nprobe": ivf.nprobe,
+           "ivf_build_s": round(build_s, 2)}
+    for name, index in (("float32", exact), ("bfloat16", LocalIndex(ids, vectors, "bfloat16")), ("ivf", ivf)):
+        got = index.top_k(queries, 50)
+        out[f"{name}_recall_at_50"] = round(float(np.mean([len({i for i, _ in g} & t) / 50 for g, t in zip(got, truth)])), 4)
+        out[f"{name}_ms_per_8_queries"] = round(_median_ms(lambda: index.top_k(queries[:8], 50)), 2)
+    return out
+
+
+def _median_ms(run, repeats: int = 20) -> float:
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        timings.append(time.perf_counter() - started)
+    return float(np.median(timings)) * 1000
+
+
+def _answers(address: str, arm: str) -> list[list[str]]:
+    """Top-50 item ids of the first RECALL_USERS users, asked one by one."""
+    import grpc
+
+    from xdm.v1 import recall_pb2, recall_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = recall_pb2_grpc.RecallStub(channel)
+        return [[item.item_id for item in stub.Recall(recall_pb2.RecallRequest(user_id=f"u{u}", k=50, arm=arm),
+                                                      timeout=10).items] for u in range(RECALL_USERS)]
+
+
+def _recall(got: list[list[str]], exact: list[list[str]]) -> float:
+    """Mean share of the exact top-50 that an approximate server also returned."""
+    return round(float(np.mean([len(set(g) & set(e)) / max(len(e), 1) for g, e in zip(got, exact)])), 4)
+
+
+def _server_metrics(port: int) -> dict[tuple[str, str], float]:
+    """(histogram[:stage], sum|count) of the server's batch-size and per-stage histograms, from /metrics."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values: dict[tuple[str, str], float] = {}
+    with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+        for family in text_string_to_metric_families(page.read().decode()):
+            if family.name not in ("xdm_recall_batch_size", "xdm_recall_stage_seconds"):
+                continue
+            for sample in family.samples:
+                part = sample.name.removeprefix(family.name + "_")
+                if part in ("sum", "count"):
+                    values[(f"{family.name}:{sample.labels.get('stage', '')}", part)] = sample.value
+    return values
+
+
+def _batch_stats(before: dict, after: dict) -> dict:
+    """Mean batch size and mean ms per batch in each stage, over one load level."""
+    def mean(key: str) -> float | None:
+        count = after.get((key, "count"), 0) - before.get((key, "count"), 0)
+        return (after.get((key, "sum"), 0) - before.get((key, "sum"), 0)) / count if count else None
+
+    stats = {"batch_mean": mean("xdm_recall_batch_size:")}
+    for stage in ("queue", "tower", "search"):
+        seconds = mean(f"xdm_recall_stage_seconds:{stage}")
+        stats[f"{stage}_ms"] = None if seconds is None else seconds * 1000
+    return stats
+
+
+def _cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds of the server process and of its main thread (the event loop), from /proc (Linux)."""
+    def seconds(stat_path: str) -> float:
+        with open(stat_path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    return {"process": seconds(f"/proc/{pid}/stat"), "loop": seconds(f"/proc/{pid}/task/{pid}/stat")}
+
+
+def _cpu_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> dict:
+    """Server CPU ms per answered request: all threads, and the event loop's share."""
+    per = 1000 / max(requests, 1)
+    return {"cpu_ms": (after["process"] - before["process"]) * per, "loop_cpu_ms": (after["loop"] - before["loop"]) * per}
+
+
 def _row(server: str, items, concurrency: int, stats: dict) -> dict:
+    stats = {**stats, "load_1m": os.getloadavg()[0]}
     return {"server": server, "items": items, "concurrency": concurrency, **{k: round(v, 3) if isinstance(v, float) else v
                                                                              for k, v in stats.items()}}
 
 
 def _report(results: dict) -> None:
     echo = {r["concurrency"]: r for r in results["rows"] if r["server"] == "echo"}
-    print(f"\nRecall latency on loopback ({results['cores']} cores, {USERS} users, k=50)")
-    print(f"{'server':<8} {'items':>7} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'QPS':>8} {'p99/echo':>9} {'errors':>6}")
+    print(f"\nRecall latency on loopback ({results['cores']} cores, {USERS} users, k=50); per batch: mean size, "
+          "ms queued / in tower / in search; per request: server CPU ms, of it on the event loop; "
+          "load = 1-minute load average")
+    print(f"{'server':<8} {'items':>7} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'QPS':>8} {'p99/echo':>9} {'errors':>6}"
+          f" {'batch':>6} {'queue':>6} {'tower':>6} {'search':>6} {'cpu':>5} {'loop':>5} {'load':>5}")
     for r in results["rows"]:
         ratio = r["p99_ms"] / echo[r["concurrency"]]["p99_ms"]
         r["p99_vs_echo"] = round(ratio, 1)
+        server_view = " ".join(_cell(r.get(key)) for key in ("batch_mean", "queue_ms", "tower_ms", "search_ms"))
+        server_view += "".join(f" {r[key]:>5.2f}" if key in r else f" {'-':>5}" for key in ("cpu_ms", "loop_cpu_ms"))
         print(f"{r['server']:<8} {r['items']!s:>7} {r['concurrency']:>4} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-              f"{r['qps']:>8.0f} {ratio:>9.1f} {r['errors']:>6}")
+              f"{r['qps']:>8.0f} {ratio:>9.1f} {r['errors']:>6} {server_view} {r['load_1m']:>5.1f}")
     print("publish (s):", results["publish_s"])
+    print("recall@50 against the float32 full scan:", results["recall_at_50"] or "not measured")
+    print("in process, clustered vectors:", results["in_process"])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))
     print(f"wrote {RESULTS.relative_to(ROOT)}")
+
+
+def _cell(value: float | None) -> str:
+    return f"{'-':>6}" if value is None else f"{value:>6.2f}"
 
 
 async def _echo_server(port: int) -> None:
@@ -237,11 +375,26 @@ def _cores() -> int:
     return os.cpu_count() or 0
 
 
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(text.split(","))
+    unknown = [n for n in names if n not in SERVERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown server {unknown[0]!r}; choose from {', '.join(SERVERS)}")
+    return names
+
+
+def _numbers(text: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in text.split(","))
+
+
 def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000, help="requests per load level (C=1 gets a quarter)")
     parser.add_argument("--seconds", type=float, default=20.0, help="time bound per load level")
     parser.add_argument("--quick", action="store_true", help="10 k items only")
+    parser.add_argument("--servers", type=_names, default=tuple(SERVERS), help="server variants, comma-separated")
+    parser.add_argument("--sizes", type=_numbers, default=(10_000, 100_000), help="catalogue sizes, comma-separated")
+    parser.add_argument("--concurrency", type=_numbers, default=(1, 8, 32), help="load levels, comma-separated")
     parser.add_argument("--echo-port", type=int, default=0, help=argparse.SUPPRESS)
     return parser.parse_args()
 

@@ -3,17 +3,32 @@
 No request waits for a batch to fill: a runner takes whatever is queued when it becomes free, so at low
 load a batch is one request and at high load the queue itself forms the batches. Requests are grouped by
 the Tower they hold, so a batch never mixes versions.
+
+Each runner owns one compute thread and hands it the whole batch (tower, then the in-memory search) in
+one hop: the event loop keeps receiving and queueing meanwhile, and the next batch is formed only when
+that thread is free, so it holds everything that arrived during the previous one. torch and the matrix
+products release the GIL, so a thread is enough; one runner per core the server may use.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from prometheus_client import Histogram
 
 from learner.model_store import Tower
 from serving.search import VectorSearch
 from serving.user_vectors import user_vectors
 from stream.windows import Windows
+
+BATCH_SIZE = Histogram("xdm_recall_batch_size", "Requests answered by one tower call and one search",
+                       buckets=(1, 2, 4, 8, 16, 32, 64))
+STAGE = Histogram("xdm_recall_stage_seconds", "Time per batch in each stage of a Recall", ["stage"],
+                  buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25))
 
 
 @dataclass
@@ -22,10 +37,11 @@ class _Job:
     windows: Windows
     k: int
     future: asyncio.Future
+    queued: float = field(default_factory=time.perf_counter)
 
 
 class MicroBatcher:
-    def __init__(self, search: VectorSearch, max_batch: int = 32, runners: int = 2) -> None:
+    def __init__(self, search: VectorSearch, max_batch: int = 32, runners: int = 1) -> None:
         self.search = search
         self.max_batch = max_batch
         self.runners = runners
@@ -33,6 +49,7 @@ class MicroBatcher:
         self.requests = 0
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
+        self._pool = ThreadPoolExecutor(max_workers=runners, thread_name_prefix="recall-compute")
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._run(), name=f"recall-batcher-{i}") for i in range(self.runners)]
@@ -41,6 +58,7 @@ class MicroBatcher:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def recall(self, tower: Tower, windows: Windows, k: int) -> list[tuple[str, float]]:
         """Top-k (item, score) for one user; raises SearchUnavailable when the vector store fails."""
@@ -63,14 +81,19 @@ class MicroBatcher:
     async def _answer(self, jobs: list[_Job]) -> None:
         self.batches += 1
         self.requests += len(jobs)
+        BATCH_SIZE.observe(len(jobs))
+        STAGE.labels("queue").observe(time.perf_counter() - min(j.queued for j in jobs))
         tower = jobs[0].tower
+        k = max(j.k for j in jobs)
+        loop = asyncio.get_running_loop()
         try:
-            z = await asyncio.to_thread(user_vectors, tower, [j.windows for j in jobs])
-            k = max(j.k for j in jobs)
             if tower.index is not None:
-                hits = await asyncio.to_thread(tower.index.top_k, z, k)
+                hits = await loop.run_in_executor(self._pool, _tower_and_search, tower, [j.windows for j in jobs], k)
             else:
+                z = await loop.run_in_executor(self._pool, _tower, tower, [j.windows for j in jobs])
+                started = time.perf_counter()
                 hits = await self.search.top_k(tower.info.collection, z, k)
+                STAGE.labels("search").observe(time.perf_counter() - started)
         except Exception as exc:  # every waiting request gets the failure, the runner goes on
             for job in jobs:
                 if not job.future.done():
@@ -79,3 +102,18 @@ class MicroBatcher:
         for job, row in zip(jobs, hits):
             if not job.future.done():
                 job.future.set_result(row[: job.k])
+
+
+def _tower(tower: Tower, windows: list[Windows]) -> np.ndarray:
+    started = time.perf_counter()
+    z = user_vectors(tower, windows)
+    STAGE.labels("tower").observe(time.perf_counter() - started)
+    return z
+
+
+def _tower_and_search(tower: Tower, windows: list[Windows], k: int) -> list[list[tuple[str, float]]]:
+    z = _tower(tower, windows)
+    started = time.perf_counter()
+    hits = tower.index.top_k(z, k)
+    STAGE.labels("search").observe(time.perf_counter() - started)
+    return hits

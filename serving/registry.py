@@ -60,7 +60,7 @@ class TowerRegistry:
             return False
         tower = await asyncio.to_thread(lambda: tower_from_payload(load_tower(info.tower_uri)))
         if info.items <= self.cfg.serving.local_index_max_items:
-            tower.index = await asyncio.to_thread(load_local_index, self.cfg.milvus, info.collection)
+            tower.index = await asyncio.to_thread(load_local_index, self.cfg.milvus, self.cfg.serving, info.collection)
             if len(tower.index) != info.items:
                 raise RuntimeError(f"collection {info.collection} holds {len(tower.index)} items, version says {info.items}")
         self.current[info.arm] = tower  # one reference assignment: the swap is atomic for readers

@@ -22,7 +22,7 @@ from serving.arms import Arms
 from serving.batcher import MicroBatcher
 from serving.popular import PopularItems
 from serving.registry import TowerRegistry
-from serving.search import VectorSearch
+from serving.search import VectorSearch, check_local_index
 from serving.servicer import RecallServicer
 from stream.reader import WindowsReader
 from xdm.config import Config
@@ -67,6 +67,7 @@ class RunningServer:
 
 async def start_deps(cfg: Config) -> Deps:
     torch.set_num_threads(1)  # one batch of user towers is small; more threads only contend with the event loop
+    check_local_index(cfg.serving)
     arms = Arms.parse(cfg.serving.arms)
     reader = WindowsReader(cfg)
     await reader.start()

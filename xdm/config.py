@@ -105,7 +105,12 @@ class ServingConfig:
     metrics_port: int = 0  # Prometheus metrics port (0 = disabled)
     batch_max: int = 32  # most concurrent requests answered by one tower call and one search
     local_index_max_items: int = 2_000_000  # up to this many items a version's vectors are searched in memory
-    batch_runners: int = 2  # batches in flight at once
+    local_index: str = "exact"  # in-memory search: "exact" (full scan) or "ivf" (k-means lists, approximate)
+    local_index_scan: str = "auto"  # full-scan precision: float32, bfloat16 (then float32 re-score), auto (faster here)
+    ivf_nlist: int = 1024  # ivf: k-means lists per version (fewer when a list would hold < 39 items)
+    ivf_nprobe: int = 16  # ivf: lists scanned per query, then re-scored exactly; recall: bench/serving_latency.py
+    ivf_min_items: int = 50_000  # ivf: smaller catalogues are searched exactly (a full scan is already cheap)
+    batch_runners: int = 1  # batches in flight at once, each on its own compute thread; at most one per core
     popular_half_life_ms: int = 86_400_000  # decay of click counts behind cold-start answers (event time)
     tls_cert: str = ""  # PEM certificate file; with tls_key, the server speaks TLS only
     tls_key: str = ""  # PEM private key file

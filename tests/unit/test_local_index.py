@@ -1,13 +1,39 @@
-import numpy as np
+import asyncio
+import threading
+from types import SimpleNamespace
 
-from serving.search import LocalIndex
+import numpy as np
+import pytest
+
+from serving import batcher
+from serving.ivf import IVFIndex
+from serving.search import LocalIndex, build_local_index, check_local_index, faster_scan
+from xdm.config import ServingConfig
+from xdm.errors import ConfigError
+
+
+def _catalogue(n: int, dim: int = 16, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [f"i{r}" for r in range(n)], rng.normal(size=(n, dim)).astype(np.float32)
+
+
+def _clustered(n: int, clusters: int = 64, dim: int = 32, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """Items around topic centres, like trained item embeddings (categories, brands)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    vectors = centres[rng.integers(0, clusters, size=n)] + 0.4 * rng.normal(size=(n, dim))
+    return [f"i{r}" for r in range(n)], vectors.astype(np.float32)
+
+
+def _recall(index, exact: LocalIndex, queries: np.ndarray, k: int) -> float:
+    got = index.top_k(queries, k)
+    truth = exact.top_k(queries, k)
+    return float(np.mean([len({i for i, _ in g} & {i for i, _ in t}) / k for g, t in zip(got, truth)]))
 
 
 def test_local_index_is_exact_max_inner_product():
-    rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(500, 8)).astype(np.float32)
-    ids = [f"i{n}" for n in range(500)]
-    queries = rng.normal(size=(3, 8)).astype(np.float32)
+    ids, vectors = _catalogue(500, dim=8)
+    queries = np.random.default_rng(1).normal(size=(3, 8)).astype(np.float32)
     hits = LocalIndex(ids, vectors).top_k(queries, 10)
     for q, row in zip(queries, hits):
         expected = np.argsort(-(vectors @ q))[:10]
@@ -15,6 +41,111 @@ def test_local_index_is_exact_max_inner_product():
         assert np.allclose([s for _, s in row], (vectors @ q)[expected], rtol=1e-5)
 
 
-def test_k_larger_than_the_catalogue_returns_everything():
-    index = LocalIndex(["a", "b"], np.eye(2, dtype=np.float32))
-    assert [i for i, _ in index.top_k(np.array([[1.0, 0.0]], dtype=np.float32), 5)[0]] == ["a", "b"]
+def test_bfloat16_scan_returns_the_exact_answer_with_float32_scores():
+    ids, vectors = _catalogue(20_000, dim=64)
+    queries = np.random.default_rng(1).normal(size=(16, 64)).astype(np.float32)
+    exact = LocalIndex(ids, vectors)
+    fast = LocalIndex(ids, vectors, scan="bfloat16")
+    assert _recall(fast, exact, queries, 50) >= 0.999
+    for row in fast.top_k(queries[:1], 50)[0]:
+        assert row[1] == pytest.approx(float(vectors[int(row[0][1:])] @ queries[0]), rel=1e-5)
+
+
+@pytest.mark.parametrize("make", [lambda ids, v: LocalIndex(ids, v), lambda ids, v: LocalIndex(ids, v, "bfloat16"),
+                                  lambda ids, v: IVFIndex(ids, v, nlist=8, nprobe=2)])
+def test_k_larger_than_the_catalogue_returns_everything_best_first(make):
+    ids, vectors = _catalogue(5, dim=4)
+    query = np.ones((1, 4), dtype=np.float32)
+    hits = make(ids, vectors).top_k(query, 50)[0]
+    assert [i for i, _ in hits] == [ids[r] for r in np.argsort(-(vectors @ query[0]))]
+
+
+@pytest.mark.parametrize("make", [lambda: LocalIndex([], np.zeros((0,), dtype=np.float32)),
+                                  lambda: LocalIndex([], np.zeros((0,), dtype=np.float32), "bfloat16"),
+                                  lambda: IVFIndex([], np.zeros((0,), dtype=np.float32), nlist=8, nprobe=2)])
+def test_an_empty_catalogue_answers_nothing(make):
+    index = make()
+    assert len(index) == 0
+    assert index.top_k(np.ones((2, 4), dtype=np.float32), 10) == [[], []]
+
+
+def test_ivf_recall_on_clustered_random_data():
+    ids, vectors = _clustered(20_000)
+    queries = _clustered(64, seed=1)[1]
+    ivf = IVFIndex(ids, vectors, nlist=128, nprobe=16)
+    assert ivf.nlist == 128 and ivf.nprobe == 16
+    assert _recall(ivf, LocalIndex(ids, vectors), queries, 50) >= 0.95
+
+
+def test_ivf_scores_are_exact_inner_products():
+    ids, vectors = _catalogue(4_000)
+    query = np.random.default_rng(1).normal(size=(1, 16)).astype(np.float32)
+    for item, score in IVFIndex(ids, vectors, nlist=32, nprobe=4).top_k(query, 20)[0]:
+        assert score == pytest.approx(float(vectors[int(item[1:])] @ query[0]), rel=1e-5)
+
+
+def test_ivf_probing_every_list_is_exact():
+    ids, vectors = _catalogue(4_000)
+    queries = np.random.default_rng(1).normal(size=(8, 16)).astype(np.float32)
+    ivf = IVFIndex(ids, vectors, nlist=32, nprobe=32)
+    assert _recall(ivf, LocalIndex(ids, vectors), queries, 50) == 1.0
+
+
+def test_ivf_on_a_small_catalogue_uses_fewer_lists_and_keeps_the_scanned_share():
+    ids, vectors = _catalogue(39 * 10)
+    ivf = IVFIndex(ids, vectors, nlist=100, nprobe=20)
+    assert (ivf.nlist, ivf.nprobe) == (10, 2)
+    assert int(ivf.offsets[-1]) == len(ids)
+
+
+def test_ivf_answers_exactly_when_the_probed_lists_hold_fewer_than_k_items():
+    ids, vectors = _catalogue(400)
+    queries = np.random.default_rng(1).normal(size=(4, 16)).astype(np.float32)
+    got = IVFIndex(ids, vectors, nlist=10, nprobe=1).top_k(queries, 200)
+    for row, truth in zip(got, LocalIndex(ids, vectors).top_k(queries, 200)):
+        assert len(row) == 200
+        assert [s for _, s in row] == pytest.approx([s for _, s in truth], rel=1e-5, abs=1e-5)
+
+
+def test_build_local_index_follows_the_config():
+    ids, vectors = _catalogue(1_000)
+    assert isinstance(build_local_index(ids, vectors, ServingConfig(local_index="ivf", ivf_min_items=500)), IVFIndex)
+    small = build_local_index(ids, vectors, ServingConfig(local_index="ivf", ivf_min_items=5_000))
+    assert isinstance(small, LocalIndex) and small.scan == "float32"  # auto keeps float32 for small catalogues
+    with pytest.raises(ConfigError, match="serving.local_index"):
+        check_local_index(ServingConfig(local_index="hnsw"))
+    with pytest.raises(ConfigError, match="local_index_scan"):
+        check_local_index(ServingConfig(local_index_scan="int8"))
+
+
+def test_faster_scan_names_a_scan_the_index_accepts():
+    assert faster_scan(_catalogue(2_000)[1]) in ("float32", "bfloat16")
+
+
+def test_the_index_is_searched_off_the_event_loop_and_the_next_batch_holds_what_arrived_meanwhile(monkeypatch):
+    searching, release = threading.Event(), threading.Event()
+
+    class SlowIndex:
+        def top_k(self, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+            searching.set()
+            if not release.wait(5):  # only the event loop sets it: a search on the loop would wait here forever
+                raise TimeoutError("the search blocked the event loop")
+            return [[("a", 1.0)] for _ in queries]
+
+    monkeypatch.setattr(batcher, "user_vectors", lambda tower, windows: np.zeros((len(windows), 2), dtype=np.float32))
+    tower = SimpleNamespace(index=SlowIndex(), info=None)
+
+    async def scenario() -> tuple[int, int]:
+        micro = batcher.MicroBatcher(search=None, max_batch=32, runners=1)
+        micro.start()
+        first = asyncio.create_task(micro.recall(tower, None, 1))
+        assert await asyncio.to_thread(searching.wait, 5)
+        later = [asyncio.create_task(micro.recall(tower, None, 1)) for _ in range(3)]
+        await asyncio.sleep(0)  # the loop runs while the search blocks its thread
+        release.set()
+        answers = await asyncio.wait_for(asyncio.gather(first, *later), 5)
+        await micro.stop()
+        assert answers == [[("a", 1.0)]] * 4
+        return micro.batches, micro.requests
+
+    assert asyncio.run(scenario()) == (2, 4)
