@@ -7,17 +7,17 @@ then drives each with C concurrent callers (C = 1, 8, 32), bounded in requests a
 
 Server variants: `exact` (in-memory copy of the version's Milvus collection, float32 full scan: the
 reference), `local` (the server's defaults), `ivf` (serving.local_index=ivf: k-means lists, approximate),
-`runners2` (two batches in flight), `nobatch` (no micro-batching) and `milvus` (search Milvus per
+`runners2` (two batches in flight), `nofreeze` (start-up heap left to the garbage collector), `nobatch` (no micro-batching) and `milvus` (search Milvus per
 request, serving.local_index_max_items=0). Every variant's recall@50 against `exact`'s answers for the
 same users is printed. Each row also gives the server's own view, from its metrics: mean batch size and
-mean time per batch queued, in the user tower and in the search; from /proc: server CPU per answer and the
-event loop's share of it; and the machine's 1-minute load average (other jobs share these machines).
+mean time per batch queued, in the user tower and in the search, and the full garbage collections (count,
+mean pause); from /proc: server CPU per answer and the event loop's share of it; and the machine's 1-minute load average (other jobs share these machines).
 Last, in process, the full scans and the IVF index on clustered vectors of the largest size (the bench's
 random item vectors have no cluster structure, the worst case for IVF). Writes
 bench/results/serving_latency.json and prints a table with the ratio to echo.
 
     .venv/bin/python bench/serving_latency.py [--requests 2000] [--seconds 20] [--quick]
-        [--servers exact,local,ivf,runners2,nobatch,milvus] [--sizes 10000,100000] [--concurrency 1,8,32]
+        [--servers exact,local,ivf,runners2,nofreeze,nobatch,milvus] [--sizes 10000,100000] [--concurrency 1,8,32]
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ SERVERS = {  # "exact" first: it is the reference the others' recall@50 is measu
     "local": {},
     "ivf": {"serving.local_index": "ivf"},
     "runners2": {"serving.batch_runners": 2},
+    "nofreeze": {"serving.gc_freeze": False},
     "nobatch": {"serving.batch_max": 1, "serving.batch_runners": 1},
     "milvus": {"serving.local_index_max_items": 0},
 }
@@ -280,17 +281,19 @@ def _server_metrics(port: int) -> dict[tuple[str, str], float]:
     values: dict[tuple[str, str], float] = {}
     with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
         for family in text_string_to_metric_families(page.read().decode()):
-            if family.name not in ("xdm_recall_batch_size", "xdm_recall_stage_seconds"):
+            if family.name not in ("xdm_recall_batch_size", "xdm_recall_stage_seconds", "xdm_gc_pause_seconds"):
                 continue
             for sample in family.samples:
                 part = sample.name.removeprefix(family.name + "_")
+                label = sample.labels.get("stage") or sample.labels.get("generation") or ""
                 if part in ("sum", "count"):
-                    values[(f"{family.name}:{sample.labels.get('stage', '')}", part)] = sample.value
+                    values[(f"{family.name}:{label}", part)] = sample.value
     return values
 
 
 def _batch_stats(before: dict, after: dict) -> dict:
-    """Mean batch size and mean ms per batch in each stage, over one load level."""
+    """Mean batch size, mean ms per batch in each stage, and full garbage collections (how many, mean ms),
+    over one load level."""
     def mean(key: str) -> float | None:
         count = after.get((key, "count"), 0) - before.get((key, "count"), 0)
         return (after.get((key, "sum"), 0) - before.get((key, "sum"), 0)) / count if count else None
@@ -299,6 +302,10 @@ def _batch_stats(before: dict, after: dict) -> dict:
     for stage in ("queue", "tower", "search"):
         seconds = mean(f"xdm_recall_stage_seconds:{stage}")
         stats[f"{stage}_ms"] = None if seconds is None else seconds * 1000
+    full = "xdm_gc_pause_seconds:2"  # full collections: the ones long enough to show in a p99
+    stats["gc_full"] = int(after.get((full, "count"), 0) - before.get((full, "count"), 0))
+    seconds = mean(full)
+    stats["gc_full_ms"] = None if seconds is None else seconds * 1000
     return stats
 
 
@@ -328,14 +335,15 @@ def _report(results: dict) -> None:
     echo = {r["concurrency"]: r for r in results["rows"] if r["server"] == "echo"}
     print(f"\nRecall latency on loopback ({results['cores']} cores, {USERS} users, k=50); per batch: mean size, "
           "ms queued / in tower / in search; per request: server CPU ms, of it on the event loop; "
-          "load = 1-minute load average")
+          "full garbage collections during the row and their mean ms; load = 1-minute load average")
     print(f"{'server':<8} {'items':>7} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'QPS':>8} {'p99/echo':>9} {'errors':>6}"
-          f" {'batch':>6} {'queue':>6} {'tower':>6} {'search':>6} {'cpu':>5} {'loop':>5} {'load':>5}")
+          f" {'batch':>6} {'queue':>6} {'tower':>6} {'search':>6} {'cpu':>5} {'loop':>5} {'gc2':>3} {'gc2ms':>6} {'load':>5}")
     for r in results["rows"]:
         ratio = r["p99_ms"] / echo[r["concurrency"]]["p99_ms"]
         r["p99_vs_echo"] = round(ratio, 1)
         server_view = " ".join(_cell(r.get(key)) for key in ("batch_mean", "queue_ms", "tower_ms", "search_ms"))
         server_view += "".join(f" {r[key]:>5.2f}" if key in r else f" {'-':>5}" for key in ("cpu_ms", "loop_cpu_ms"))
+        server_view += f" {r['gc_full']:>3} {_cell(r.get('gc_full_ms'))}" if "gc_full" in r else f" {'-':>3} {_cell(None)}"
         print(f"{r['server']:<8} {r['items']!s:>7} {r['concurrency']:>4} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
               f"{r['qps']:>8.0f} {ratio:>9.1f} {r['errors']:>6} {server_view} {r['load_1m']:>5.1f}")
     print("publish (s):", results["publish_s"])
