@@ -213,8 +213,9 @@ class DistributedTrainer(Trainer):
     """A Trainer whose step is one synchronous data-parallel step of the whole group."""
 
     def __init__(self, model_cfg: ModelConfig, comm: Comm, lr: float = 0.1, clip_norm: float = 5.0, seed: int = 7,
-                 device: str = "auto", threads: int = 1) -> None:
-        super().__init__(model_cfg, lr=lr, clip_norm=clip_norm, seed=seed, device=device, threads=threads)
+                 device: str = "auto", threads: int = 1, adagrad_init: float = 0.0) -> None:
+        super().__init__(model_cfg, lr=lr, clip_norm=clip_norm, seed=seed, device=device, threads=threads,
+                         adagrad_init=adagrad_init)
         self.comm = comm
         self.seed = seed
         self.sync_from_rank0()
@@ -256,7 +257,7 @@ class DistributedTrainer(Trainer):
             batch = batch.to(self.device)
             hr, mrr = self.progressive_validation(batch)
             self.model.train()
-            parts = self.model.calculate_loss(batch, self.sampler, self.generator)
+            parts = self.model.calculate_loss(batch, self.sampler, self.generator, step=self.steps)
             finite = bool(torch.isfinite(parts.total))
             stats += torch.tensor([0.0 if finite else 1.0, parts.total.item() * n_local if finite else 0.0,
                                    parts.ce.item() * n_local if finite else 0.0,
@@ -376,7 +377,7 @@ class DistributedLearner(OnlineLearner):
         self.comm = comm
         self.trainer = DistributedTrainer(config_for(self.variant, **model_overrides(cfg)), comm, lr=lc.lr,
                                           clip_norm=lc.clip_norm, seed=lc.seed, device=str(comm.device),
-                                          threads=lc.torch_threads)
+                                          threads=lc.torch_threads, adagrad_init=lc.adagrad_init)
         self.status = DistributedStatus(rank=comm.rank, world_size=comm.world_size)
         self.record_ids = record_ids
 

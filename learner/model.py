@@ -44,6 +44,8 @@ class ModelConfig:
     share_label_encoder: bool = True  # c uses the same f as n ("embedded in the same way", §3.3)
     margin: float = 5.0  # m* of eq. 5; also m of eq. 4 and the hinge of the Table 3 pair losses
     triplet_weight: float = 10.0  # λ of eq. 9, weight of the metric loss against the cross-entropy
+    triplet_warmup_steps: int = 0  # λ ramps linearly from 0 over this many optimiser steps (0 = full λ at once)
+    tie_item_embeddings: bool = False  # v_i (eq. 2) IS the item-id input embedding: n, c and z share one space
     n_negatives: int = 1000  # j, log-uniform negatives per batch for the sampled softmax (papers: 20000)
     remove_accidental_hits: bool = True  # drop sampled negatives equal to one of the user's labels
 
@@ -56,6 +58,8 @@ class ModelConfig:
             raise ValueError(
                 f"fusion={self.fusion!r} / triplet={self.triplet!r} need n: set use_unclicked=True"
             )
+        if self.triplet_warmup_steps < 0:
+            raise ValueError(f"model.triplet_warmup_steps must be >= 0; got {self.triplet_warmup_steps}")
         if self.embed_dim < 1 or self.embed_dim % self.n_heads:
             raise ValueError(f"model.embed_dim ({self.embed_dim}) must be a positive multiple of n_heads")
         for name in self.profile_field_names:
@@ -252,7 +256,10 @@ class XDM(nn.Module):
             raise ValueError(f"sizes name kinds the config does not have: {sorted(unknown)}; "
                              f"check model.profile_fields against the vocabulary")
         self.embed = FeatureEmbedding({k: max(1, sizes.get(k, 1)) for k in kinds}, d, cfg.init_std)
-        self.item_out = _embedding(max(1, sizes.get("item", 1)), d, cfg.init_std)  # v_i of eq. 2
+        # v_i of eq. 2; tied, the items the user clicked, skipped and will click live in the space z is
+        # scored in, so subtracting n and the metric loss move z against the right items
+        self.item_out = (self.embed.tables["item"] if cfg.tie_item_embeddings
+                         else _embedding(max(1, sizes.get("item", 1)), d, cfg.init_std))
         self.q = ItemEmbedding(d, cfg.dropout)
         self.user = UserProfileEmbedding(cfg.profile_field_names, d, cfg.init_std)
         self.short_term = ShortTermEncoder(cfg)
@@ -298,9 +305,12 @@ class XDM(nn.Module):
     # --- training
 
     def calculate_loss(
-        self, batch: Batch, sampler: LogUniformSampler, generator: torch.Generator | None = None
+        self, batch: Batch, sampler: LogUniformSampler, generator: torch.Generator | None = None, step: int | None = None
     ) -> LossParts:
-        """Eq. 9: sampled-softmax cross-entropy of z against the labels, plus λ times the metric loss."""
+        """Eq. 9: sampled-softmax cross-entropy of z against the labels, plus λ times the metric loss.
+
+        `step` (optimiser steps taken so far) ramps λ in over `triplet_warmup_steps`; None means full λ.
+        """
         cfg = self.cfg
         out = self.forward(batch)
         positives = batch.labels[..., 0]
@@ -312,7 +322,16 @@ class XDM(nn.Module):
             sampler.log_q(positives), log_q_neg, cfg.remove_accidental_hits,
         )
         triplet = self._metric_loss(out, batch)
-        return LossParts(total=ce + cfg.triplet_weight * triplet, ce=ce, triplet=triplet)
+        return LossParts(total=ce + self.triplet_weight_at(step) * triplet, ce=ce, triplet=triplet)
+
+    def triplet_weight_at(self, step: int | None) -> float:
+        """λ after `step` optimiser steps. From random weights h, n and c start nearly equal, and a full-λ
+        pull of h towards c collapses all three onto one point, where every distance and its gradient is
+        0 and the hinge stays at m* for good; letting the cross-entropy shape them first avoids that."""
+        warmup = self.cfg.triplet_warmup_steps
+        if step is None or warmup == 0:
+            return self.cfg.triplet_weight
+        return self.cfg.triplet_weight * min(1.0, (step + 1) / warmup)
 
     def _metric_loss(self, out: UserOutputs, batch: Batch) -> Tensor:
         cfg, kind = self.cfg, self.cfg.triplet
@@ -362,7 +381,7 @@ class XDM(nn.Module):
         if not rows:
             return []
         index = torch.as_tensor(list(rows), dtype=torch.long, device=self.item_out.weight.device)
-        touched = [self.embed.tables["item"].weight, self.item_out.weight]
+        touched = list({id(w): w for w in (self.embed.tables["item"].weight, self.item_out.weight)}.values())
         for weight in touched:
             weight[index] = torch.empty(len(rows), weight.shape[1], device=weight.device).normal_(0.0, self.cfg.init_std)
         return touched

@@ -67,7 +67,8 @@ class OnlineLearner:
         self.variant = variant or cfg.learner.variant
         lc = cfg.learner
         self.trainer = Trainer(config_for(self.variant, **model_overrides(cfg)), lr=lc.lr, clip_norm=lc.clip_norm,
-                               seed=lc.seed, device=lc.device, threads=lc.torch_threads)
+                               seed=lc.seed, device=lc.device, threads=lc.torch_threads,
+                               adagrad_init=lc.adagrad_init)
         self.publisher = Publisher(cfg, self.arm, self.variant)
         self.status = LearnerStatus()
         self.version = 0

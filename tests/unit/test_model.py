@@ -186,6 +186,7 @@ def test_every_variant_builds_and_its_loss_and_gradients_are_finite(name):
 
 @pytest.mark.parametrize("name, overrides", [
     ("xdm", {}), ("sdm", {}), ("xdm_wo_fusion_sym", {}), ("xdm", {"share_label_encoder": False}),
+    ("xdm", {"tie_item_embeddings": True}),
 ])
 def test_gradient_reaches_every_parameter(name, overrides):
     model, vocab, batch = build(name, **overrides)
@@ -195,6 +196,27 @@ def test_gradient_reaches_every_parameter(name, overrides):
     assert dead == []
     if name == "sdm":
         assert not any("unclicked" in n or "confidence" in n for n, _ in model.named_parameters())
+
+
+def test_tied_item_embeddings_are_one_table_that_grows_once():
+    model, vocab, batch = build("xdm", tie_item_embeddings=True)
+    assert model.item_out is model.embed.tables["item"]
+    rows = model.n_items
+    model.grow_to({"item": rows + 3})
+    assert model.n_items == rows + 3 == model.embed.tables["item"].num_embeddings
+    names = [n for n, _ in model.named_parameters()]
+    assert "item_out.weight" not in names  # one Parameter, optimised once
+
+
+def test_triplet_weight_ramps_in_over_the_warmup_steps():
+    model, vocab, batch = build("xdm", triplet_weight=10.0, triplet_warmup_steps=4)
+    assert [model.triplet_weight_at(s) for s in (0, 1, 3, 10, None)] == [2.5, 5.0, 10.0, 10.0, 10.0]
+    parts = model.calculate_loss(batch, LogUniformSampler(vocab.counts), torch.Generator().manual_seed(0), step=0)
+    assert parts.total.item() == pytest.approx((parts.ce + 2.5 * parts.triplet).item())
+    no_warmup, _, _ = build("xdm", triplet_weight=10.0)
+    assert no_warmup.triplet_weight_at(0) == 10.0
+    with pytest.raises(ValueError, match="triplet_warmup_steps"):
+        config_for("xdm", triplet_warmup_steps=-1)
 
 
 def test_triplet_ignores_users_without_unclicked_items():

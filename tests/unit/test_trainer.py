@@ -101,3 +101,22 @@ def test_non_finite_loss_never_reaches_the_parameters():
     after = trainer.model.state_dict()
     for key in before:
         assert torch.equal(torch.nan_to_num(before[key]), torch.nan_to_num(after[key])), key
+
+
+def test_adagrad_accumulator_starts_at_its_initial_value_for_every_row():
+    trainer = Trainer(config_for("xdm", **MODEL), seed=3, device="cpu", adagrad_init=0.1)
+    weight = trainer.model.item_out.weight
+    trainer.step(_stream(8))
+    before = weight.detach().clone()
+    grown_from = trainer.vocab.size("item")
+    trainer.step(_stream(8, offset=300))  # new items: the tables and the accumulators grow
+    state = trainer.optimizer.state[weight]["sum"]
+    assert state.shape == weight.shape
+    # grown rows start from the initial value (torch's own growth path would give them 0)
+    assert grown_from < weight.shape[0] and torch.all(state[grown_from:] >= 0.1 - 1e-7)
+    # with a non-zero initial accumulator a first update is a fraction of lr, not ±lr on every weight
+    step = (weight.detach()[:before.shape[0]] - before).abs().max().item()
+    assert 0 < step < 0.1
+    trainer.evict_items(before_ms=10**12)
+    trainer.step(_stream(8, offset=600))  # recycled rows: accumulators back at the initial value first
+    assert torch.all(trainer.optimizer.state[weight]["sum"] >= 0.1 - 1e-7)
