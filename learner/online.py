@@ -115,6 +115,7 @@ class OnlineLearner:
         k = self.cfg.kafka
         consumer = KafkaConsumer(bootstrap_servers=k.bootstrap, group_id=f"xdm-learner-{self.arm}",
                                  enable_auto_commit=False, auto_offset_reset="earliest",
+                                 isolation_level="read_committed" if k.exactly_once else "read_uncommitted",
                                  session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_ms,
                                  reconnect_backoff_max_ms=5000)
         assign_from(consumer, wait_partitions(consumer, k.samples_topic), self.covered)

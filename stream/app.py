@@ -72,7 +72,9 @@ def make_app(cfg: Config) -> StreamApp:
         broker_session_timeout=k.session_timeout_ms / 1000,
         broker_heartbeat_interval=k.heartbeat_ms / 1000,
         broker_rebalance_timeout=k.rebalance_timeout_ms / 1000,
-        processing_guarantee="at_least_once",  # tansu has no transactions; updates are idempotent instead
+        # at-least-once with updates idempotent by event id on the embedded broker: tansu has no transactions
+        # (its transactional producer init fails, ../shared/STACK.md); exactly-once is for a real Kafka
+        processing_guarantee="exactly_once" if k.exactly_once else "at_least_once",
         broker_commit_interval=1.0,  # what a restart or rebalance reads again (Faust's default is 2.8 s)
         consumer_auto_offset_reset="earliest",
         web_enabled=False,

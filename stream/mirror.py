@@ -22,8 +22,11 @@ V = TypeVar("V")
 class TopicMirror(Generic[V]):
     """Keeps {key: decode(value)} for one topic; a None value (tombstone) deletes the key."""
 
-    def __init__(self, bootstrap: str, topic: str, decode: Callable[[bytes], V], name: str = "") -> None:
+    def __init__(self, bootstrap: str, topic: str, decode: Callable[[bytes], V], name: str = "",
+                 read_committed: bool = False) -> None:
         self.bootstrap = bootstrap
+        # a topic written in transactions (kafka.exactly_once) must not show records of aborted ones
+        self.isolation_level = "read_committed" if read_committed else "read_uncommitted"
         self.topic = topic
         self.decode = decode
         self.name = name or topic
@@ -45,7 +48,8 @@ class TopicMirror(Generic[V]):
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                          auto_offset_reset="earliest", fetch_max_wait_ms=100)
+                                          auto_offset_reset="earliest", fetch_max_wait_ms=100,
+                                          isolation_level=self.isolation_level)
         await self._consumer.start()
         partitions = await self._partitions()
         self._consumer.assign(partitions)

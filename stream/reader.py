@@ -25,7 +25,8 @@ class WindowsReader:
 
     def __init__(self, cfg: Config, cache_users: int = 10_000) -> None:
         self.rules: WindowRules = cfg.windows
-        self.mirror: TopicMirror[bytes] = TopicMirror(cfg.kafka.bootstrap, changelog_topic(cfg), bytes, name="windows")
+        self.mirror: TopicMirror[bytes] = TopicMirror(cfg.kafka.bootstrap, changelog_topic(cfg), bytes, name="windows",
+                                                      read_committed=cfg.kafka.exactly_once)
         self.cache_users = cache_users
         self._cache: OrderedDict[str, tuple[bytes, Windows | None]] = OrderedDict()  # user -> (record, windows)
         self.mirror.on_update = self._on_record

@@ -188,3 +188,16 @@ def test_an_item_impressed_before_and_after_its_side_info_arrived_counts_as_one_
     apply_event(state, Event("e3", NOW + 2000, "u1", "i2", "impression"), Item("i2"), rules)
     unclicked = snapshot(state, NOW + 2000, rules).unclicked
     assert [(b.ts_ms, b.item) for b in unclicked] == [(NOW + 1000, known)]  # two exposures, latest side info
+
+
+@pytest.mark.parametrize("exactly_once", [False, True])
+def test_the_exactly_once_switch_reaches_the_worker_and_the_readers(exactly_once, tmp_path):
+    from stream.app import make_app
+    from stream.reader import WindowsReader
+
+    overrides = {"kafka.exactly_once": str(exactly_once).lower(), "stream.data_dir": str(tmp_path)}
+    cfg = load_config("test", env={}, overrides=overrides)
+    app = make_app(cfg).app
+    assert app.conf.processing_guarantee.value == ("exactly_once" if exactly_once else "at_least_once")
+    expected = "read_committed" if exactly_once else "read_uncommitted"
+    assert WindowsReader(cfg).mirror.isolation_level == expected
