@@ -5,11 +5,9 @@
    (tansu) can answer with the first offset of the last record batch + 1 instead of the true high
    watermark (STACK.md: 9946 reported where 10399 was the last offset read). Faust then either raises
    ConsistencyError at start-up (the local store already holds an offset past the reported end) or
-   ends the recovery early and silently misses the last records of a rebuild. `probe_true_ends` reads
-   each partition from just before the reported end until a fetch comes back empty, and takes the
-   larger of the reported end and the last offset read + 1. On a real Kafka the fetch at end - 1
-   returns that one record and the answer equals the reported end, so the probe is safe there too;
-   it never lowers an end. It costs one short-lived consumer and about one fetch wait per recovery.
+   ends the recovery early and silently misses the last records of a rebuild. The consumer thread
+   below answers Faust's highwater lookups with `stream.true_ends.probe_true_ends` instead, at the cost
+   of one short-lived consumer and about one fetch wait per recovery.
 
 2. Rebalance hooks. The worker holds records back to align the clicks and impressions topics in
    event time (stream.align). When partitions are revoked those records must be let go without being
@@ -26,50 +24,16 @@ stream.consumer wires both into Faust's aiokafka transport (XdmFaustApp); `make_
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import aiokafka
-from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from stream.true_ends import PROBE_WAIT_MS, probe_true_ends
+
 log = logging.getLogger(__name__)
-
-PROBE_WAIT_MS = 200  # how long one probe fetch waits for data before the partition counts as read to the end
-PROBE_BUDGET_S = 10.0  # a partition still growing after this long is left at what was read so far
-
-
-async def probe_true_ends(consumer: aiokafka.AIOKafkaConsumer, reported: Mapping[TP, int | None],
-                          budget_s: float = PROBE_BUDGET_S) -> dict[TP, int | None]:
-    """End offsets that cover every record a fetch returns; `consumer` is unassigned and has no group."""
-    ends: dict[TP, int | None] = {_as_tp(tp): end for tp, end in reported.items()}
-    tps = [TopicPartition(tp.topic, tp.partition) for tp, end in ends.items() if end is not None]
-    if not tps:
-        return ends
-    consumer.assign(tps)
-    for tp in tps:
-        consumer.seek(tp, max(int(ends[_as_tp(tp)] or 0) - 1, 0))
-    deadline = time.monotonic() + budget_s
-    while time.monotonic() < deadline:
-        batches = await consumer.getmany(*tps, timeout_ms=PROBE_WAIT_MS)
-        if not any(batches.values()):
-            break
-        for tp, records in batches.items():
-            if records:
-                ends[_as_tp(tp)] = true_end(ends[_as_tp(tp)], records[-1].offset)
-    return ends
-
-
-def true_end(reported: int | None, last_offset_read: int) -> int:
-    """The end offset once a record at `last_offset_read` has been seen (never below the reported one)."""
-    return max(reported or 0, last_offset_read + 1)
-
-
-def _as_tp(tp: Any) -> TP:
-    return TP(tp.topic, tp.partition)
-
 
 class ProbingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust's consumer thread, with highwaters (recovery's end offsets) probed as described above.
@@ -135,18 +99,3 @@ class RebalanceHooks:
 def hooks_of(app: Any) -> RebalanceHooks:
     """The app's hooks (an app built without them gets an empty set)."""
     return getattr(app, "rebalance_hooks", None) or RebalanceHooks()
-
-
-async def reported_and_true_ends(bootstrap: str, topic: str) -> dict[int, tuple[int, int]]:
-    """Partition -> (end offset the broker reports, true end) of a topic; for tests and diagnosis."""
-    consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                         fetch_max_wait_ms=PROBE_WAIT_MS)
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        reported = {_as_tp(tp): end for tp, end in (await consumer.end_offsets(tps) if tps else {}).items()}
-        ends = await probe_true_ends(consumer, reported)
-    finally:
-        await consumer.stop()
-    return {tp.partition: (int(reported[tp] or 0), int(end or 0)) for tp, end in ends.items()}

@@ -29,7 +29,7 @@ from infra.topics import ensure_topics
 from replay.format import read_events, read_items
 from replay.producer import make_producer, produce_catalogue, produce_events
 from stream.mirror import TopicMirror
-from stream.recovery import reported_and_true_ends
+from stream.true_ends import reported_and_true_ends
 from stream.samples import step
 from stream.state_codec import decode_state
 from stream.topics import changelog_topic
@@ -171,11 +171,28 @@ def wait_changelog_equals(want: dict[str, UserState], cfg: Config, stack: Stream
     while time.monotonic() < deadline:
         for proc in stack.workers.values():
             assert proc.alive() or proc.popen.returncode in (0, -9, -15), proc.log_tail(40)
-        bad = differing_users(want, changelog_states(cfg), cfg)
+        got = changelog_states(cfg)
+        bad = differing_users(want, got, cfg)
         if not bad:
             return
         time.sleep(0.5)
-    raise AssertionError(f"{len(bad)} of {len(want)} users differ from the rules, e.g. {bad[:5]}")
+    raise AssertionError(f"{len(bad)} of {len(want)} users differ from the rules, e.g. {bad[:5]}; first: "
+                         f"{describe_difference(want.get(bad[0]), got.get(bad[0]), cfg)}")
+
+
+def describe_difference(want: UserState | None, got: UserState | None, cfg: Config) -> str:
+    """What a reader needs to tell a lost event from a late one: newest times and window contents."""
+    if want is None or got is None:
+        return f"state present: rules {want is not None}, changelog {got is not None}"
+    at = max(want.max_ts, got.max_ts)
+    w, g = snapshot(want, at, cfg.windows), snapshot(got, at, cfg.windows)
+    parts = [f"max_ts rules {want.max_ts} changelog {got.max_ts}", f"pending {len(want.pending)}/{len(got.pending)}"]
+    for kind in ("short", "long", "unclicked"):
+        a, b = getattr(w, kind), getattr(g, kind)
+        missing = sorted({x.item.item_id for x in a} - {x.item.item_id for x in b})[:5]
+        extra = sorted({x.item.item_id for x in b} - {x.item.item_id for x in a})[:5]
+        parts.append(f"{kind} {len(a)}/{len(b)} missing {missing} extra {extra}")
+    return "; ".join(parts)
 
 
 def sample_ids(cfg: Config) -> list[str]:

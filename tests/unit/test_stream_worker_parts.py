@@ -8,7 +8,7 @@ from prometheus_client import generate_latest
 from stream.app import Counters
 from stream.dlq import OTHER, reason_code
 from stream.metrics import CountersCollector, metrics_registry
-from stream.recovery import probe_true_ends, true_end
+from stream.true_ends import probe_true_ends, true_end
 from stream.wire import MalformedEvent, decode_event, encode_event
 from xdm.config import load_config
 from xdm.records import Event
