@@ -49,7 +49,7 @@ class WorldConfig:
     n_leaf_cats: int = 200  # leaf categories, each under one top category
     n_brands: int = 400  # brands, each selling in one top category
     n_shops: int = 800  # shops, each selling in one top category
-    item_zipf: float = 1.0  # exponent of the item popularity power law (1 = classic Zipf)
+    item_zipf: float = 0.6  # exponent of the item popularity power law (1 = classic Zipf: the head wins)
     leaf_zipf: float = 0.8  # exponent of leaf-category size (items per leaf)
     activity_spread: float = 0.3  # std of log activity across users (0 = everyone equally active)
     interests_per_user: float = 4.0  # mean number of active interests at any time

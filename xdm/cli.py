@@ -375,7 +375,7 @@ _TEST_DAYS_OPTION = click.option("--test-days", type=click.FloatRange(min=0, min
 _CACHE_OPTION = click.option("--cache", "cache_dir", default="var/offline-cache", show_default=True,
                              help="Folder that keeps built splits for reuse ('' = no cache).")
 _EPOCHS_OPTION = click.option("--epochs", type=click.IntRange(min=1), default=None,
-                              help="Passes over the training samples (default 3; ablate: 1).")
+                              help="Passes over the training samples (default 3).")
 _BATCH_OPTION = click.option("--batch-size", type=click.IntRange(min=1), default=None,
                              help="Samples per step (default: learner.batch_size).")
 
@@ -491,7 +491,7 @@ def ablate(ctx: click.Context, data_dir: Path, out: Path, variants: str | None, 
 
     cfg = _cfg(ctx)
     names = tuple(_check_variant(v.strip()) for v in variants.split(",") if v.strip()) if variants else TABLE2
-    report = run_ablation(data_dir, out, names, _train_settings(cfg, epochs, batch_size, 1), model_overrides(cfg),
+    report = run_ablation(data_dir, out, names, _train_settings(cfg, epochs, batch_size, 3), model_overrides(cfg),
                           cfg.windows, cfg.samples, test_days, cache_dir or None, peers, n_boot=boot)
     click.echo((out / "ablation.md").read_text())
     click.echo(f"written: {out / 'ablation.md'}, {out / 'ablation.json'}, {out / 'ablation.png'} "
