@@ -305,7 +305,8 @@ class XDM(nn.Module):
     # --- training
 
     def calculate_loss(
-        self, batch: Batch, sampler: LogUniformSampler, generator: torch.Generator | None = None, step: int | None = None
+        self, batch: Batch, sampler: LogUniformSampler, generator: torch.Generator | None = None,
+        step: int | None = None,
     ) -> LossParts:
         """Eq. 9: sampled-softmax cross-entropy of z against the labels, plus λ times the metric loss.
 

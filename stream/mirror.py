@@ -15,7 +15,7 @@ from typing import Callable, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stream.true_ends import reported_and_true_ends
+from stream.true_ends import probe_with_own_consumer
 
 log = logging.getLogger(__name__)
 V = TypeVar("V")
@@ -99,14 +99,15 @@ class TopicMirror(Generic[V]):
 
     async def _at_true_end(self, partitions: list[TopicPartition]) -> bool:
         # An empty fetch alone does not prove the end (a slow fetch on a loaded machine returns nothing
-        # too), and the embedded broker's reported end can stop short of its last batch: a one-shot read
-        # then took itself as caught up and missed the users written last (seen in a 3-worker test).
+        # too), and the embedded broker's reported end can stop short of its last batch: the probe
+        # reads past it (stream/true_ends.py) before the mirror calls itself caught up.
         assert self._consumer is not None
-        ends = await reported_and_true_ends(self.bootstrap, self.topic)
-        for tp in partitions:
-            if await self._consumer.position(tp) < ends.get(tp.partition, (0, 0))[1]:
-                return False
-        return True
+        reported = await self._consumer.end_offsets(partitions)
+        positions = {tp: await self._consumer.position(tp) for tp in partitions}
+        if any(positions[tp] < reported[tp] for tp in partitions):
+            return False
+        ends = await probe_with_own_consumer(self.bootstrap, reported)
+        return all(positions[tp] >= (ends.get(tp) or 0) for tp in partitions)
 
     def _apply(self, record) -> None:
         self.records += 1

@@ -52,6 +52,18 @@ def _as_tp(tp: Any) -> TopicPartition:
     return TopicPartition(tp.topic, tp.partition)
 
 
+async def probe_with_own_consumer(bootstrap: str,
+                                  reported: Mapping[Any, int | None]) -> dict[TopicPartition, int | None]:
+    """`probe_true_ends` through a short-lived consumer of its own (the caller's keeps its position)."""
+    consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                         fetch_max_wait_ms=PROBE_WAIT_MS)
+    await consumer.start()
+    try:
+        return await probe_true_ends(consumer, reported)
+    finally:
+        await consumer.stop()
+
+
 async def reported_and_true_ends(bootstrap: str, topic: str) -> dict[int, tuple[int, int]]:
     """Partition -> (end offset the broker reports, true end) of a topic, from a short-lived consumer."""
     consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,

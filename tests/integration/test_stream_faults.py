@@ -15,6 +15,9 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +32,10 @@ from infra.topics import ensure_topics
 from replay.format import read_events, read_items
 from replay.producer import make_producer, produce_catalogue, produce_events
 from stream.mirror import TopicMirror
-from stream.true_ends import reported_and_true_ends
 from stream.samples import step
 from stream.state_codec import decode_state
 from stream.topics import changelog_topic
+from stream.true_ends import reported_and_true_ends
 from stream.windows import UserState, snapshot
 from stream.wire import decode_sample, encode_event, encode_item
 from xdm.config import Config, apply_overrides
@@ -102,16 +105,23 @@ def log_events(tiny_log: Path) -> list[Event]:
     return list(read_events(tiny_log))[:EVENTS_MAX]
 
 
-@pytest.fixture
-def stream_stack(tmp_path: Path, test_config: Config):
+@contextmanager
+def broker_stack(tmp_path: Path, test_config: Config, overrides: dict | None = None) -> Iterator[StreamStack]:
+    """A fresh broker with every topic created and no worker yet; stopped (workers too) on exit."""
     broker = start_broker(tmp_path / "logs")
-    cfg = apply_overrides(test_config, {"kafka.bootstrap": broker.address, **FAST_GROUP})
+    cfg = apply_overrides(test_config, {"kafka.bootstrap": broker.address, **FAST_GROUP, **(overrides or {})})
     stack = StreamStack(cfg, tmp_path, broker, {}, {})
     try:
         ensure_topics(cfg)
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture
+def stream_stack(tmp_path: Path, test_config: Config):
+    with broker_stack(tmp_path, test_config) as stack:
+        yield stack
 
 
 # ---- expected windows and what the workers hold
@@ -180,10 +190,30 @@ def wait_changelog_equals(want: dict[str, UserState], cfg: Config, stack: Stream
                          f"{describe_difference(want.get(bad[0]), got.get(bad[0]), cfg)}")
 
 
+def changelog_census(cfg: Config) -> str:
+    """Per changelog partition: the end the broker reports, the true end, and records a raw read gets."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    ends = asyncio.run(reported_and_true_ends(cfg.kafka.bootstrap, changelog_topic(cfg)))
+    consumer = KafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap, enable_auto_commit=False,
+                             consumer_timeout_ms=3000)
+    try:
+        tps = [TopicPartition(changelog_topic(cfg), p) for p in sorted(ends)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        read = Counter(record.partition for record in consumer)
+    finally:
+        consumer.close()
+    produced = {topic: sum(end for _, end in asyncio.run(reported_and_true_ends(cfg.kafka.bootstrap, topic)).values())
+                for topic in (cfg.kafka.clicks_topic, cfg.kafka.impressions_topic)}
+    return f"events in the broker {produced}; changelog partition: (reported end, true end, records read) " + ", ".join(
+        f"{p}: {ends[p][0]}/{ends[p][1]}/{read[p]}" for p in sorted(ends))
+
+
 def describe_difference(want: UserState | None, got: UserState | None, cfg: Config) -> str:
     """What a reader needs to tell a lost event from a late one: newest times and window contents."""
     if want is None or got is None:
-        return f"state present: rules {want is not None}, changelog {got is not None}"
+        return f"state present: rules {want is not None}, changelog {got is not None}; {changelog_census(cfg)}"
     at = max(want.max_ts, got.max_ts)
     w, g = snapshot(want, at, cfg.windows), snapshot(got, at, cfg.windows)
     parts = [f"max_ts rules {want.max_ts} changelog {got.max_ts}", f"pending {len(want.pending)}/{len(got.pending)}"]
