@@ -41,7 +41,8 @@ from torch import Tensor, nn
 from learner.batch import ITEM_KINDS, Vocabulary, collate, profile_kind
 from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.model import ModelConfig, config_for, pick_device
-from learner.online import LearnerStatus, OnlineLearner, assign_from, model_overrides, wait_partitions
+from learner.online import (LearnerStatus, OnlineLearner, assign_from, model_overrides, samples_consumer,
+                            wait_partitions)
 from learner.trainer import StepStats, Trainer
 from stream.samples import Sample
 from stream.wire import SampleTimes
@@ -402,11 +403,7 @@ class DistributedLearner(OnlineLearner):
 
     def _consumer(self) -> KafkaConsumer:
         k = self.cfg.kafka
-        consumer = KafkaConsumer(bootstrap_servers=k.bootstrap, group_id=f"xdm-learner-{self.arm}",
-                                 enable_auto_commit=False, auto_offset_reset="earliest",
-                                 isolation_level="read_committed" if k.exactly_once else "read_uncommitted",
-                                 session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_ms,
-                                 reconnect_backoff_max_ms=5000)
+        consumer = samples_consumer(k, self.arm)
         everything = wait_partitions(consumer, k.samples_topic)
         mine = partitions_for(self.comm.rank, self.comm.world_size, [tp.partition for tp in everything])
         if not mine:

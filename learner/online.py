@@ -28,7 +28,7 @@ from learner.publish import Publisher
 from learner.trainer import Trainer
 from stream.samples import Sample
 from stream.wire import MalformedEvent, SampleTimes, decode_sample
-from xdm.config import Config
+from xdm.config import Config, KafkaConfig
 from xdm.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -112,13 +112,8 @@ class OnlineLearner:
     # --- the loop
 
     def _consumer(self) -> KafkaConsumer:
-        k = self.cfg.kafka
-        consumer = KafkaConsumer(bootstrap_servers=k.bootstrap, group_id=f"xdm-learner-{self.arm}",
-                                 enable_auto_commit=False, auto_offset_reset="earliest",
-                                 isolation_level="read_committed" if k.exactly_once else "read_uncommitted",
-                                 session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_ms,
-                                 reconnect_backoff_max_ms=5000)
-        assign_from(consumer, wait_partitions(consumer, k.samples_topic), self.covered)
+        consumer = samples_consumer(self.cfg.kafka, self.arm)
+        assign_from(consumer, wait_partitions(consumer, self.cfg.kafka.samples_topic), self.covered)
         return consumer
 
     def _loop(self, consumer: KafkaConsumer, max_steps: int | None, idle_exit_s: float | None) -> None:
@@ -259,6 +254,15 @@ def run_learner(cfg: Config, arm: str | None = None, variant: str | None = None,
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: learner.stop())
     return learner.run(max_steps, idle_exit_s)
+
+
+def samples_consumer(k: KafkaConfig, arm: str) -> KafkaConsumer:
+    """The arm's consumer of the samples topic, unassigned: offsets come from the learner's checkpoint."""
+    return KafkaConsumer(bootstrap_servers=k.bootstrap, group_id=f"xdm-learner-{arm}",
+                         enable_auto_commit=False, auto_offset_reset="earliest",
+                         isolation_level="read_committed" if k.exactly_once else "read_uncommitted",
+                         session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_ms,
+                         reconnect_backoff_max_ms=5000)
 
 
 def assign_from(consumer: KafkaConsumer, partitions: list[TopicPartition], covered: dict[int, int]) -> None:
