@@ -235,13 +235,16 @@ def score_test_users(trainer: Trainer, test: SampleTable) -> dict[str, list[floa
         k = min(top_n, scores.shape[1] - 1)
         top = torch.topk(scores, k, dim=1).indices.cpu().tolist()
         for rows, sample in zip(top, samples):
-            ranked = [vocab.key("item", r) for r in rows]
-            labels = [b.item.item_id for b in sample.labels]
-            for n in CUTOFFS:
-                m = metrics_at(ranked, labels, n)
-                for metric in METRICS:
-                    out[metric_key(metric, n)].append(getattr(m, metric))
+            record_metrics(out, [vocab.key("item", r) for r in rows], [b.item.item_id for b in sample.labels])
     return out
+
+
+def record_metrics(per_user: dict[str, list[float]], ranked: list[str], labels: list[str]) -> None:
+    """Append one test user's metrics at every cutoff to the per-user lists keyed by `metric_keys()`."""
+    for n in CUTOFFS:
+        m = metrics_at(ranked, labels, n)
+        for metric in METRICS:
+            per_user[metric_key(metric, n)].append(getattr(m, metric))
 
 
 def evaluation_result(run_dir: str | Path | None, name: str, data: OfflineData,
@@ -262,11 +265,7 @@ def popularity_baseline(data: OfflineData, n_boot: int = DEFAULT_BOOT, seed: int
     ranked = sorted(counts, key=lambda item_id: (-counts[item_id], item_id))[: max(CUTOFFS)]
     per_user: dict[str, list[float]] = {key: [] for key in metric_keys()}
     for u in range(len(data.test)):
-        labels = data.test.label_items(u)
-        for n in CUTOFFS:
-            m = metrics_at(ranked, labels, n)
-            for metric in METRICS:
-                per_user[metric_key(metric, n)].append(getattr(m, metric))
+        record_metrics(per_user, ranked, data.test.label_items(u))
     return evaluation_result(None, "pop", data, per_user, n_boot, seed)
 
 

@@ -35,15 +35,13 @@ from tqdm import tqdm
 
 from learner.batch import length_buckets
 from learner.data import OfflineData, SampleTable
-from learner.metrics import metrics_at
 from learner.offline import (
     CUTOFFS,
     EVAL_BATCH,
-    METRICS,
     TrainSettings,
     evaluation_result,
-    metric_key,
     metric_keys,
+    record_metrics,
 )
 from xdm.errors import XdmError
 
@@ -241,10 +239,5 @@ def _score(peer: Peer, test: SampleTable) -> dict[str, list[float]]:
         scores = peer.scores(padded)[: len(samples)]
         top = torch.topk(scores, min(max(CUTOFFS), scores.shape[1] - 2), dim=1).indices.tolist()
         for rows, sample in zip(top, samples):
-            ranked = [peer.inputs.keys[r] for r in rows]
-            labels = [b.item.item_id for b in sample.labels]
-            for n in CUTOFFS:
-                m = metrics_at(ranked, labels, n)
-                for metric in METRICS:
-                    out[metric_key(metric, n)].append(getattr(m, metric))
+            record_metrics(out, [peer.inputs.keys[r] for r in rows], [b.item.item_id for b in sample.labels])
     return out
