@@ -35,6 +35,7 @@ from stream.true_ends import PROBE_WAIT_MS, probe_true_ends
 
 log = logging.getLogger(__name__)
 
+
 class ProbingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust's consumer thread, with highwaters (recovery's end offsets) probed as described above.
 

@@ -55,8 +55,7 @@ def _as_tp(tp: Any) -> TopicPartition:
 async def probe_with_own_consumer(bootstrap: str,
                                   reported: Mapping[Any, int | None]) -> dict[TopicPartition, int | None]:
     """`probe_true_ends` through a short-lived consumer of its own (the caller's keeps its position)."""
-    consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                         fetch_max_wait_ms=PROBE_WAIT_MS)
+    consumer = _probe_consumer(bootstrap)
     await consumer.start()
     try:
         return await probe_true_ends(consumer, reported)
@@ -66,8 +65,7 @@ async def probe_with_own_consumer(bootstrap: str,
 
 async def reported_and_true_ends(bootstrap: str, topic: str) -> dict[int, tuple[int, int]]:
     """Partition -> (end offset the broker reports, true end) of a topic, from a short-lived consumer."""
-    consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                         fetch_max_wait_ms=PROBE_WAIT_MS)
+    consumer = _probe_consumer(bootstrap)
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
@@ -77,3 +75,9 @@ async def reported_and_true_ends(bootstrap: str, topic: str) -> dict[int, tuple[
     finally:
         await consumer.stop()
     return {tp.partition: (int(reported[tp] or 0), int(end or 0)) for tp, end in ends.items()}
+
+
+def _probe_consumer(bootstrap: str) -> aiokafka.AIOKafkaConsumer:
+    # no group, no commits: a probe must not disturb anyone's offsets
+    return aiokafka.AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                     fetch_max_wait_ms=PROBE_WAIT_MS)
