@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from rocksdict import AccessType, Options, Rdict
 
 from infra.processes import ManagedProcess, free_port, start_process, wait_until
@@ -191,9 +191,8 @@ def wait_changelog_equals(want: dict[str, UserState], cfg: Config, stack: Stream
 
 
 def changelog_census(cfg: Config) -> str:
-    """Per changelog partition: the end the broker reports, the true end, and records a raw read gets."""
-    from kafka import KafkaConsumer, TopicPartition
-
+    """Events in the broker per event topic; per changelog partition the reported end, the true end and
+    the records a raw read from the beginning gets."""
     ends = asyncio.run(reported_and_true_ends(cfg.kafka.bootstrap, changelog_topic(cfg)))
     consumer = KafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap, enable_auto_commit=False,
                              consumer_timeout_ms=3000)
@@ -206,8 +205,8 @@ def changelog_census(cfg: Config) -> str:
         consumer.close()
     produced = {topic: sum(end for _, end in asyncio.run(reported_and_true_ends(cfg.kafka.bootstrap, topic)).values())
                 for topic in (cfg.kafka.clicks_topic, cfg.kafka.impressions_topic)}
-    return f"events in the broker {produced}; changelog partition: (reported end, true end, records read) " + ", ".join(
-        f"{p}: {ends[p][0]}/{ends[p][1]}/{read[p]}" for p in sorted(ends))
+    per_partition = ", ".join(f"{p}: {ends[p][0]}/{ends[p][1]}/{read[p]}" for p in sorted(ends))
+    return f"events in the broker {produced}; changelog (reported end/true end/records read) {per_partition}"
 
 
 def describe_difference(want: UserState | None, got: UserState | None, cfg: Config) -> str:
@@ -226,8 +225,6 @@ def describe_difference(want: UserState | None, got: UserState | None, cfg: Conf
 
 
 def sample_ids(cfg: Config) -> list[str]:
-    from kafka import KafkaConsumer
-
     consumer = KafkaConsumer(cfg.kafka.samples_topic, bootstrap_servers=cfg.kafka.bootstrap,
                              auto_offset_reset="earliest", consumer_timeout_ms=2000, enable_auto_commit=False)
     try:
