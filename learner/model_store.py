@@ -76,6 +76,7 @@ class Tower:
     info: VersionInfo
     popular: list[str]  # most frequent label items at publish time (cold-start fallback)
     index: Any = None  # serving's exact in-memory copy of this version's item vectors, when it keeps one
+    encode: Any = None  # Batch -> z; serving's traced tower when it made one, else model.user_vector is used
 
 
 def tower_payload(model, vocab, info: VersionInfo, variant: str, popular: list[str]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import logging
 from aiokafka import AIOKafkaConsumer
 
 from learner.model_store import Tower, VersionInfo, load_tower, read_latest, tower_from_payload
+from serving.compiled_tower import compile_tower
 from serving.search import load_local_index
 from stream.mirror import stop_background
 from xdm.config import Config
@@ -59,6 +60,8 @@ class TowerRegistry:
         if current is not None and current.info.version >= info.version:
             return False
         tower = await asyncio.to_thread(lambda: tower_from_payload(load_tower(info.tower_uri)))
+        if self.cfg.serving.trace_tower:
+            tower.encode = await asyncio.to_thread(compile_tower, tower.model)
         if info.items <= self.cfg.serving.local_index_max_items:
             tower.index = await asyncio.to_thread(load_local_index, self.cfg.milvus, self.cfg.serving, info.collection)
             if len(tower.index) != info.items:

@@ -25,7 +25,8 @@ def user_vectors(tower: Tower, windows: list[Windows]) -> np.ndarray:
     """z for each windows (eqs. 6-8 per the tower's variant), float32 [B, D]; no autograd."""
     batch = collate([_Query(w) for w in windows], tower.vocab, grow=False)
     with torch.inference_mode():
-        return tower.model.user_vector(batch).float().numpy()
+        encode = tower.encode or tower.model.user_vector
+        return encode(batch).float().numpy()
 
 
 def clicked_items(windows: Windows) -> set[str]:

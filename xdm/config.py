@@ -112,6 +112,7 @@ class ServingConfig:
     ivf_nprobe: int = 16  # ivf: lists scanned per query, then re-scored exactly; recall: bench/serving_latency.py
     ivf_min_items: int = 50_000  # ivf: smaller catalogues are searched exactly (a full scan is already cheap)
     batch_runners: int = 1  # batches in flight at once, each on its own compute thread; at most one per core
+    trace_tower: bool = True  # serve each version's user tower traced and frozen (serving/compiled_tower.py)
     gc_freeze: bool = True  # freeze the start-up heap out of garbage collection (full collections took 120-230 ms)
     popular_half_life_ms: int = 86_400_000  # decay of click counts behind cold-start answers (event time)
     tls_cert: str = ""  # PEM certificate file; with tls_key, the server speaks TLS only
