@@ -4,6 +4,8 @@
   (stream.recovery.ProbingConsumerThread).
 - `RebalanceHooks` run when partitions are revoked and after the seek to committed offsets, and
   `start_offset` tells where reading began (the aligner's "has this topic anything for me" test).
+- The seek to committed offsets after a rebalance also sends a stream partition that has no committed
+  offset back to its beginning (aiokafka leaves it where the fetcher was; issue #9).
 - A leaner delivery loop. Faust hands every record to the streams through `wait_first(callback,
   suspend_flow.wait())`, which creates about four asyncio tasks per record so that a delivery blocked
   on flow control can be abandoned when a rebalance suspends the flow. Measured here that race costs
@@ -26,7 +28,7 @@ The worker's own counters (stream.metrics) replace what the monitor would report
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Callable, cast
+from typing import Any, AsyncIterator, Callable, Mapping, cast
 
 import faust
 from faust.sensors.monitor import Monitor
@@ -49,6 +51,23 @@ class HookedConsumer(faust_aiokafka.Consumer):
     async def perform_seek(self) -> None:
         await super().perform_seek()
         hooks_of(self.app).seeked()
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Seek to the committed offsets, and stream partitions with none back to their beginning.
+
+        aiokafka seeks only partitions that have a committed offset and leaves the others at their
+        current position. Faust seeks back after every rebalance because records fetched before it
+        are dropped unprocessed (cut-off deliveries, cleared stream buffers, records the worker held
+        and let go); a partition this worker keeps but never committed stayed where the fetcher had
+        got to, so those records were never read again, and the next commit passed over them.
+        """
+        committed = await super().seek_to_committed()
+        if self.app.conf.consumer_auto_offset_reset == "earliest":
+            never = [tp for tp, offset in committed.items()
+                     if not offset and self.app.topics.acks_enabled_for(tp.topic) and not self._is_changelog_tp(tp)]
+            if never:
+                await self._thread.seek_to_beginning(*never)
+        return committed
 
     def start_offset(self, tp: TP) -> int | None:
         """The committed offset this consumer sought to when `tp` was assigned (None: none committed)."""

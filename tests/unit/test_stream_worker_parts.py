@@ -201,3 +201,38 @@ def test_the_exactly_once_switch_reaches_the_worker_and_the_readers(exactly_once
     assert app.conf.processing_guarantee.value == ("exactly_once" if exactly_once else "at_least_once")
     expected = "read_committed" if exactly_once else "read_uncommitted"
     assert WindowsReader(cfg).mirror.isolation_level == expected
+
+
+def test_after_a_rebalance_a_partition_never_committed_is_read_again_from_its_beginning():
+    # issue #9: aiokafka's seek to committed offsets left such a partition where the fetcher had got to,
+    # so the records fetched and dropped during the rebalance were never read (and then committed past)
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+
+    from stream.consumer import HookedConsumer
+
+    clicks, kept, changelog = TopicPartition("xdm.clicks", 0), TopicPartition("xdm.clicks", 1), TopicPartition("cl", 0)
+    rewound: list[TopicPartition] = []
+
+    class Thread:
+        async def seek_to_committed(self) -> dict:
+            return {clicks: None, kept: 7, changelog: None}
+
+        async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+            rewound.extend(tps)
+
+    def consumer(reset: str) -> HookedConsumer:
+        c = object.__new__(HookedConsumer)  # only what seek_to_committed uses
+        c.app = SimpleNamespace(conf=SimpleNamespace(consumer_auto_offset_reset=reset),
+                                topics=SimpleNamespace(acks_enabled_for=lambda topic: topic == "xdm.clicks"),
+                                tables=SimpleNamespace(changelog_topics={"cl"}))
+        c._thread = Thread()
+        return c
+
+    assert asyncio.run(consumer("earliest").seek_to_committed()) == {clicks: None, kept: 7, changelog: None}
+    assert rewound == [clicks]  # a committed partition stays put, a changelog is recovery's business
+    rewound.clear()
+    asyncio.run(consumer("latest").seek_to_committed())
+    assert rewound == []
