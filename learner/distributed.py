@@ -214,9 +214,10 @@ class DistributedTrainer(Trainer):
     """A Trainer whose step is one synchronous data-parallel step of the whole group."""
 
     def __init__(self, model_cfg: ModelConfig, comm: Comm, lr: float = 0.1, clip_norm: float = 5.0, seed: int = 7,
-                 device: str = "auto", threads: int = 1, adagrad_init: float = 0.0) -> None:
+                 device: str = "auto", threads: int = 1, adagrad_init: float = 0.0,
+                 lr_warmup_steps: int = 0) -> None:
         super().__init__(model_cfg, lr=lr, clip_norm=clip_norm, seed=seed, device=device, threads=threads,
-                         adagrad_init=adagrad_init)
+                         adagrad_init=adagrad_init, lr_warmup_steps=lr_warmup_steps)
         self.comm = comm
         self.seed = seed
         self.sync_from_rank0()
@@ -276,6 +277,7 @@ class DistributedTrainer(Trainer):
             (parts.total * (n_local / n_total)).backward()  # the all-reduced sum is the mean over the group
         self._all_reduce_gradients(emb)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
+        self.warm_up_lr()
         self.optimizer.step()
         self.steps += 1
         s = (stats[1:] / weight).tolist()
@@ -378,7 +380,8 @@ class DistributedLearner(OnlineLearner):
         self.comm = comm
         self.trainer = DistributedTrainer(config_for(self.variant, **model_overrides(cfg)), comm, lr=lc.lr,
                                           clip_norm=lc.clip_norm, seed=lc.seed, device=str(comm.device),
-                                          threads=lc.torch_threads, adagrad_init=lc.adagrad_init)
+                                          threads=lc.torch_threads, adagrad_init=lc.adagrad_init,
+                                          lr_warmup_steps=lc.lr_warmup_steps)
         self.status = DistributedStatus(rank=comm.rank, world_size=comm.world_size)
         self.record_ids = record_ids
 

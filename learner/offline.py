@@ -58,6 +58,7 @@ class TrainSettings:
     seed: int = 7
     lr: float = 0.1  # AdaGrad (papers §4.3)
     adagrad_init: float = 0.0  # AdaGrad's initial accumulator (learner/trainer.py: why torch's 0, not TF's 0.1)
+    lr_warmup_steps: int = 100  # learning rate ramps in linearly over this many steps (learner/trainer.py: why)
     clip_norm: float = 5.0  # gradient clipping (papers §4.3)
     device: str = "auto"
     threads: int = 1  # torch CPU threads (Trainer's default: 1 beats 2 on a shared 2-core machine)
@@ -124,7 +125,8 @@ def train_offline(
     data_s = time.monotonic() - started
     trainer = Trainer(model_cfg, lr=settings.lr, clip_norm=settings.clip_norm, seed=settings.seed,
                       device=settings.device, vocab=MemoVocabulary(model_cfg.profile_field_names),
-                      threads=settings.threads, adagrad_init=settings.adagrad_init)
+                      threads=settings.threads, adagrad_init=settings.adagrad_init,
+                      lr_warmup_steps=settings.lr_warmup_steps)
     rng = random.Random(settings.seed)
     lengths = data.train.lengths_view()
     epochs: list[dict[str, float]] = []

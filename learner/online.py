@@ -68,7 +68,7 @@ class OnlineLearner:
         lc = cfg.learner
         self.trainer = Trainer(config_for(self.variant, **model_overrides(cfg)), lr=lc.lr, clip_norm=lc.clip_norm,
                                seed=lc.seed, device=lc.device, threads=lc.torch_threads,
-                               adagrad_init=lc.adagrad_init)
+                               adagrad_init=lc.adagrad_init, lr_warmup_steps=lc.lr_warmup_steps)
         self.publisher = Publisher(cfg, self.arm, self.variant)
         self.status = LearnerStatus()
         self.version = 0

@@ -385,7 +385,8 @@ def _train_settings(cfg: Config, epochs: int | None, batch_size: int | None, def
 
     lc = cfg.learner
     return TrainSettings(epochs=epochs or default_epochs, batch_size=batch_size or lc.batch_size, seed=lc.seed,
-                         lr=lc.lr, adagrad_init=lc.adagrad_init, clip_norm=lc.clip_norm, device=lc.device,
+                         lr=lc.lr, adagrad_init=lc.adagrad_init, lr_warmup_steps=lc.lr_warmup_steps,
+                         clip_norm=lc.clip_norm, device=lc.device,
                          threads=lc.torch_threads)
 
 

@@ -73,6 +73,7 @@ class LearnerConfig:
     max_wait_ms: int = 2000  # train on a partial batch after waiting this long
     lr: float = 0.1  # AdaGrad learning rate (papers §4.3)
     adagrad_init: float = 0.0  # AdaGrad's initial accumulator: torch's 0; TF's 0.1 learns far slower here (trainer.py)
+    lr_warmup_steps: int = 100  # the learning rate ramps in linearly over this many steps (trainer.py: the metric loss collapsed without)
     clip_norm: float = 5.0  # gradient clipping norm (papers §4.3)
     device: str = "auto"  # "auto" picks CUDA when present, else CPU
     torch_threads: int = 1  # CPU threads for torch; more than the free cores makes small models far slower

@@ -25,9 +25,10 @@ SMALL_MODEL = {"embed_dim": 16, "n_negatives": 100}
 @pytest.fixture(scope="module")
 def ablation(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("offline")
+    # ~60 steps in all here: a warm-up of the default 100 steps would never reach the full learning rate
     simulate(300, 800, 6, 3, root / "world")
     report = ablate(root / "world", root / "ablation", ("sdm", "xdm"),
-                    TrainSettings(epochs=3, batch_size=64, device="cpu"), SMALL_MODEL, test_days=1.0,
+                    TrainSettings(epochs=3, batch_size=64, device="cpu", lr_warmup_steps=10), SMALL_MODEL, test_days=1.0,
                     n_boot=300, progress=False)
     return root, report
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from learner.model import config_for
@@ -120,3 +121,27 @@ def test_adagrad_accumulator_starts_at_its_initial_value_for_every_row():
     trainer.evict_items(before_ms=10**12)
     trainer.step(_stream(8, offset=600))  # recycled rows: accumulators back at the initial value first
     assert torch.all(trainer.optimizer.state[weight]["sum"] >= 0.1 - 1e-7)
+
+
+def test_learning_rate_ramps_in_over_the_warmup_steps():
+    trainer = Trainer(config_for("xdm", **MODEL), seed=3, device="cpu", lr=0.1, lr_warmup_steps=4)
+    seen = []
+    for k in range(6):
+        trainer.step(_stream(8, offset=10 * k))
+        seen.append(trainer.optimizer.param_groups[0]["lr"])
+    assert seen == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
+    # with torch's zero accumulator the first update is ±lr on every weight: warm-up makes it lr / 4
+    fresh = Trainer(config_for("xdm", **MODEL), seed=3, device="cpu", lr=0.1, lr_warmup_steps=4)
+    before = fresh.model.item_out.weight.detach().clone()
+    fresh.step(_stream(8))
+    assert (fresh.model.item_out.weight.detach()[:before.shape[0]] - before).abs().max().item() <= 0.025 + 1e-6
+
+
+def test_the_warmup_resumes_from_a_checkpoint_at_the_step_it_reached():
+    trainer = Trainer(config_for("xdm", **MODEL), seed=3, device="cpu", lr=0.1, lr_warmup_steps=10)
+    for k in range(3):
+        trainer.step(_stream(8, offset=10 * k))
+    restored = Trainer(config_for("xdm", **MODEL), seed=3, device="cpu", lr=0.1, lr_warmup_steps=10)
+    restored.load_state_dict(trainer.state_dict())
+    restored.step(_stream(8, offset=40))
+    assert restored.optimizer.param_groups[0]["lr"] == pytest.approx(0.04)
