@@ -18,7 +18,11 @@
    runs after Faust has sought the stream partitions back to their committed offsets, when records
    flow again.
 
-stream.consumer wires both into Faust's aiokafka transport (XdmFaustApp); `make_app` uses it.
+3. Fetches that give back what Faust would drop. The consumer thread fetches for a copy of the active
+   partitions and seeks back the records of a partition that stopped being active (or of every
+   partition once the flow stopped) before Faust sees them (`ProbingConsumerThread._fetch_records`).
+
+stream.consumer wires these into Faust's aiokafka transport (XdmFaustApp); `make_app` uses it.
 """
 
 from __future__ import annotations
@@ -51,6 +55,30 @@ class ProbingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         if wait_ms:
             consumer._fetch_max_wait_ms = wait_ms  # read when the consumer starts its fetcher
         return consumer
+
+    async def _fetch_records(self, consumer: aiokafka.AIOKafkaConsumer, active_partitions: set[TP] | None,
+                             timeout: float | None = None, max_records: int | None = None) -> Any:
+        """Faust's fetch, for the partitions active when it starts; records Faust would drop are given back.
+
+        Faust passes its live set of active partitions, which the main thread changes while the fetch
+        waits (rebalances, recovery pausing and resuming changelog partitions), and aiokafka reads an
+        empty set as "every partition". Handing records out moves aiokafka's position on, and Faust drops
+        those of a partition that is not active when they arrive, or all of them once the flow has
+        stopped. A stream partition is sought back to its committed offset after a rebalance, but nothing
+        seeks a changelog partition back within a generation: a standby replica skipped those records,
+        recorded a later offset, and the worker that then took the partition over recovered without them.
+        """
+        if active_partitions is None:  # a client-only app: every partition, as Faust does
+            return await super()._fetch_records(consumer, active_partitions, timeout=timeout,
+                                                max_records=max_records)
+        wanted = set(active_partitions)
+        if not wanted:
+            return {}
+        records = await super()._fetch_records(consumer, wanted, timeout=timeout, max_records=max_records)
+        flowing, buffered = self.consumer.flow_active, self.consumer._buffered_partitions
+        for tp in [tp for tp in records if not flowing or (tp not in active_partitions and tp not in buffered)]:
+            consumer.seek(tp, records.pop(tp)[0].offset)  # back to before this fetch handed them out
+        return records
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         reported = await super()._highwaters(partitions)

@@ -108,20 +108,7 @@ async def reader_windows(cfg: Config, users: list[str]) -> dict:
         await reader.stop()
 
 
-# OPEN DEFECT (issue #9), found by this test once the simulator's defaults changed (so the tiny log
-# did): with this log one event partition (4 of 6) stops being consumed after the first rebalance, in
-# both variants and on a quiet machine (7 of 8 runs). All 20,000 events are in the broker and the
-# changelog is read to its true end, yet the users first seen in that partition's later events never
-# reach the changelog and the workers' applied count stays ~5 k short (held 0: the aligner does not
-# hold them). Worker a keeps that partition through every generation and each recovery completes;
-# suspects: the delivery loop's read-offset check (stream/consumer.py) and the aligner's abandon-on-
-# revoke for a partition the worker keeps. Marked xfail,
-# not strict (it passed 1 run in 8), until fixed; the assertion message tells where the events stopped.
-STALL = "an event partition stops being consumed after a rebalance (open defect, issue #9)"
-
-
 @pytest.mark.timeout(240)
-@pytest.mark.xfail(reason=STALL, strict=False)
 @pytest.mark.parametrize("crash", [False, True], ids=["graceful", "kill-9"])
 def test_workers_join_leave_and_crash_mid_stream_and_the_windows_equal_one_uninterrupted_run(six_partitions,
                                                                                             tiny_log, crash):

@@ -236,3 +236,44 @@ def test_after_a_rebalance_a_partition_never_committed_is_read_again_from_its_be
     rewound.clear()
     asyncio.run(consumer("latest").seek_to_committed())
     assert rewound == []
+
+
+def test_records_faust_would_drop_after_the_fetch_waited_are_given_back():
+    # issue #9: Faust fetched with its live set of active partitions and dropped the records of a partition
+    # paused meanwhile, after aiokafka had moved past them; a standby changelog replica skipped them for good
+    import asyncio
+    import contextlib
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    from stream.recovery import ProbingConsumerThread
+
+    standby, stream_tp, other = TP("cl", 1), TP("xdm.clicks", 0), TP("cl", 2)
+    asked: list[set] = []
+    sought: list[tuple] = []
+    thread = object.__new__(ProbingConsumerThread)  # only what _fetch_records uses
+    thread.consumer = SimpleNamespace(flow_active=True, _buffered_partitions=set())
+
+    def fetch(active: set, meanwhile) -> dict:
+        class Fetcher:
+            _closed = False
+            _subscriptions = SimpleNamespace(fetch_context=contextlib.nullcontext)
+
+            async def fetched_records(self, partitions, timeout=None, max_records=None):
+                asked.append(partitions)
+                meanwhile()  # what the main thread does while the fetch waits
+                return {tp: [SimpleNamespace(offset=o) for o in (7, 8)] for tp in (standby, stream_tp, other)
+                        if tp in partitions}
+
+        kafka = SimpleNamespace(_fetcher=Fetcher(), _closed=False, seek=lambda tp, at: sought.append((tp, at)))
+        return asyncio.run(thread._fetch_records(kafka, active, timeout=1.0))
+
+    active = {standby, stream_tp}
+    got = fetch(active, lambda: active.discard(standby))  # recovery pauses the standby partition
+    assert asked == [{standby, stream_tp}] and asked[0] is not active  # a copy: emptied, it is not "all"
+    assert list(got) == [stream_tp] and sought == [(standby, 7)]
+
+    sought.clear()
+    got = fetch({standby, stream_tp}, lambda: setattr(thread.consumer, "flow_active", False))  # a rebalance
+    assert got == {} and sorted(sought) == sorted([(standby, 7), (stream_tp, 7)])
