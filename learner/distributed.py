@@ -401,6 +401,7 @@ class DistributedLearner(OnlineLearner):
         self.trainer.load_state_dict(state["trainer"])
         self.covered = {int(p): int(o) for p, o in state["offsets"].items()}
         self.version = state["version"]
+        self.seen.load_state_dict(_seen_for(self.comm.rank, self.comm.world_size, state))
         log.info("resumed", extra={"arm": self.arm, "rank": self.comm.rank, "steps": self.trainer.steps,
                                    "version": self.version})
 
@@ -474,18 +475,18 @@ class DistributedLearner(OnlineLearner):
     def _checkpoint(self, consumer: KafkaConsumer) -> None:
         """Gather every rank's offsets and checksum; rank 0 writes the one checkpoint of the arm."""
         mine = {p: o for p, o in self.covered.items() if p in self.status.partitions}
-        gathered = self.comm.all_gather_object((mine, self.trainer.parameter_checksum()))
-        sums = [c for _, c in gathered]
+        gathered = self.comm.all_gather_object((mine, self.trainer.parameter_checksum(), self.seen.state_dict()))
+        sums = [c for _, c, _ in gathered]
         if any(c != sums[0] for c in sums):
             raise RuntimeError(f"data-parallel replicas drifted apart at step {self.trainer.steps}: {sums}")
         if self.comm.rank == 0:
             offsets: dict[int, int] = {}
-            for part, _ in gathered:
+            for part, _, _ in gathered:
                 offsets.update(part)
             save_checkpoint(self.cfg.learner.checkpoint_dir, self.arm, {
                 "trainer": self.trainer.state_dict(), "offsets": offsets, "version": self.version,
                 "variant": self.variant, "model_config": asdict(self.trainer.model.cfg),
-                "world_size": self.comm.world_size,
+                "world_size": self.comm.world_size, "seen_by_rank": [ids for _, _, ids in gathered],
             })
         topic = self.cfg.kafka.samples_topic
         try:  # each rank commits its own partitions; the checkpoint is what resumes
@@ -511,3 +512,12 @@ def run_distributed_learner(cfg: Config, settings: DistributedSettings, arm: str
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: learner.stop())
         return learner.run(max_steps, idle_exit_s)
+
+
+def _seen_for(rank: int, world_size: int, state: dict) -> list[str]:
+    """The sample ids this rank had taken: its own list when the group kept its size (same partitions),
+    else every rank's (ids of other partitions never arrive, so they only take room)."""
+    by_rank = state.get("seen_by_rank") or []
+    if len(by_rank) == world_size:
+        return by_rank[rank]
+    return [sample_id for ids in by_rank for sample_id in ids]

@@ -9,6 +9,8 @@ LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 STEPS = Counter("xdm_learner_steps_total", "Optimiser steps", ["arm"])
 SAMPLES = Counter("xdm_learner_samples_total", "Samples trained on", ["arm"])
 SKIPPED = Counter("xdm_learner_skipped_steps_total", "Steps skipped for a non-finite loss", ["arm"])
+DUPLICATES = Counter("xdm_learner_duplicate_samples_total", "Samples skipped: already trained on (re-emitted)",
+                     ["arm"])
 DEAD_LETTERS = Counter("xdm_learner_dead_letters_total", "Samples sent to the dead-letter topic", ["arm"])
 LOSS = Gauge("xdm_learner_loss", "Loss of the latest step", ["arm"])
 HR50 = Gauge("xdm_learner_progressive_hr50", "Progressive-validation HR@50, running mean", ["arm"])

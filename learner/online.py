@@ -23,6 +23,7 @@ from prometheus_client import start_http_server
 
 from learner import instruments as m
 from learner.checkpoint import load_checkpoint, save_checkpoint
+from learner.dedup import SeenSamples
 from learner.model import config_for
 from learner.publish import Publisher
 from learner.trainer import Trainer
@@ -42,6 +43,7 @@ class LearnerStatus:
     samples: int = 0
     versions: list[int] = field(default_factory=list)
     dead_letters: int = 0
+    duplicates: int = 0  # samples skipped as repeats of one already taken (learner/dedup.py)
     skipped_steps: int = 0
     evicted_items: int = 0
     hr50: float = 0.0  # running mean over RUNNING_STEPS
@@ -73,6 +75,7 @@ class OnlineLearner:
         self.status = LearnerStatus()
         self.version = 0
         self.covered: dict[int, int] = {}  # partition -> next offset covered by trained samples
+        self.seen = SeenSamples(lc.dedup_samples)
         self._recent: deque[tuple[float, float]] = deque(maxlen=RUNNING_STEPS)
         self._unpublished_since: float | None = None  # wall time of the oldest step not yet published
         self._stop = threading.Event()
@@ -88,6 +91,7 @@ class OnlineLearner:
             self.trainer.load_state_dict(state["trainer"])
             self.covered = {int(p): int(o) for p, o in state["offsets"].items()}
             self.version = state["version"]
+            self.seen.load_state_dict(state.get("seen", []))
             log.info("resumed from checkpoint", extra={"arm": self.arm, "steps": self.trainer.steps,
                                                         "version": self.version})
             return
@@ -163,10 +167,14 @@ class OnlineLearner:
         try:
             sample, times = decode_sample(record.value)
             validate_sample(sample)
-            return sample, times
         except MalformedEvent as exc:
             self._dead_letter(record, str(exc))
             return None
+        if not self.seen.first_time(sample.sample_id):
+            self.status.duplicates += 1
+            m.DUPLICATES.labels(self.arm).inc()
+            return None
+        return sample, times
 
     def _train(self, buffer: list[tuple[Sample, SampleTimes]]) -> None:
         stats = self.trainer.step([s for s, _ in buffer])
@@ -208,7 +216,7 @@ class OnlineLearner:
     def _checkpoint(self, consumer: KafkaConsumer) -> None:
         save_checkpoint(self.cfg.learner.checkpoint_dir, self.arm, {
             "trainer": self.trainer.state_dict(), "offsets": dict(self.covered), "version": self.version,
-            "variant": self.variant, "model_config": asdict(self.trainer.model.cfg),
+            "variant": self.variant, "model_config": asdict(self.trainer.model.cfg), "seen": self.seen.state_dict(),
         })
         topic = self.cfg.kafka.samples_topic
         try:

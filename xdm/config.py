@@ -80,6 +80,7 @@ class LearnerConfig:
     seed: int = 7  # random seed (deterministic on CPU)
     checkpoint_dir: str = "var/checkpoints"  # one sub-folder per arm
     checkpoint_every_steps: int = 50  # checkpoint after this many optimiser steps
+    dedup_samples: int = 200_000  # newest sample ids remembered to skip repeats after a worker restart (0 = off)
     publish_every_steps: int = 20  # publish a model version after this many steps
     publish_every_s: float = 30.0  # ... or after this many seconds with new steps
     model_store: str = "var/models"  # folder that holds one user tower per published version

@@ -93,6 +93,25 @@ def test_killed_and_resumed_learner_ends_with_the_parameters_of_an_uninterrupted
 
 
 @pytest.mark.timeout(120)
+def test_samples_a_restarted_worker_emits_again_are_trained_on_once(stack, tiny_log):
+    """A worker killed before committing emits its last samples again, with the same ids."""
+    cfg = apply_overrides(_learner_cfg(stack, "dup"), {"learner.max_wait_ms": 200})
+    first = samples_from_log(tiny_log, cfg)[:48]
+    _produce_samples(cfg, first)
+    _produce_samples(cfg, first[32:])  # the re-emitted tail, as after a worker restart
+    learner = OnlineLearner(cfg, "dup", "xdm")
+    status = learner.run(idle_exit_s=3.0)
+    assert status.samples == 48 and status.duplicates == 16
+
+    # a restarted learner remembers what it took: the same tail once more is skipped too
+    _produce_samples(cfg, first[32:])
+    again = OnlineLearner(cfg, "dup", "xdm")
+    again.restore()
+    status = again.run(idle_exit_s=3.0)
+    assert status.samples == 0 and status.duplicates == 16
+
+
+@pytest.mark.timeout(120)
 def test_bad_samples_go_to_the_dead_letter_topic_and_training_goes_on(stack, tiny_log):
     cfg = apply_overrides(_learner_cfg(stack, "dlq"), {"learner.max_wait_ms": 200})
     good = samples_from_log(tiny_log, cfg)[:40]
