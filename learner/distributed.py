@@ -398,10 +398,7 @@ class DistributedLearner(OnlineLearner):
         state = self.comm.broadcast_object(state)
         if state is None:
             return
-        self.trainer.load_state_dict(state["trainer"])
-        self.covered = {int(p): int(o) for p, o in state["offsets"].items()}
-        self.version = state["version"]
-        self.seen.load_state_dict(_seen_for(self.comm.rank, self.comm.world_size, state))
+        self._resume(state, _seen_for(self.comm.rank, self.comm.world_size, state))
         log.info("resumed", extra={"arm": self.arm, "rank": self.comm.rank, "steps": self.trainer.steps,
                                    "version": self.version})
 

@@ -88,10 +88,7 @@ class OnlineLearner:
         """Resume from this arm's checkpoint; else warm-start weights from an offline run."""
         state = load_checkpoint(self.cfg.learner.checkpoint_dir, self.arm)
         if state is not None:
-            self.trainer.load_state_dict(state["trainer"])
-            self.covered = {int(p): int(o) for p, o in state["offsets"].items()}
-            self.version = state["version"]
-            self.seen.load_state_dict(state.get("seen", []))
+            self._resume(state, state.get("seen", []))
             log.info("resumed from checkpoint", extra={"arm": self.arm, "steps": self.trainer.steps,
                                                         "version": self.version})
             return
@@ -112,6 +109,13 @@ class OnlineLearner:
             if self._producer:
                 self._producer.close(timeout=5)
         return self.status
+
+    def _resume(self, state: dict, seen_ids: list[str]) -> None:
+        """Take trainer, covered offsets, version and the sample ids already taken from a checkpoint."""
+        self.trainer.load_state_dict(state["trainer"])
+        self.covered = {int(p): int(o) for p, o in state["offsets"].items()}
+        self.version = state["version"]
+        self.seen.load_state_dict(seen_ids)
 
     # --- the loop
 
