@@ -6,7 +6,8 @@
     OUT/ablation.json         every row's summary and its paired-bootstrap lift vs SDM with the interval
     OUT/ablation.png          bars with 95% bootstrap intervals
 A popularity row (the most clicked training labels for everyone) is added as a floor; `peers=True`
-adds torch-rechub's GRU4Rec, NARM and SASRec (learner/peers.py) trained on the same samples.
+adds torch-rechub's GRU4Rec, NARM and SASRec (learner/peers.py) trained on the same samples. Rows are
+independent, so `workers` > 1 trains them side by side (learner/run_pool.py); the figures do not change.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from learner.data import build_offline_data
+from learner.data import DEFAULT_TEST_DAYS, build_offline_data
 from learner.evaluation_stats import DEFAULT_BOOT
 from learner.model import ModelConfig
 from learner.offline import (
@@ -30,8 +31,8 @@ from learner.offline import (
     evaluate,
     metric_key,
     popularity_baseline,
-    train_offline,
 )
+from learner.run_pool import PEER, VARIANT, Job, JobResult, run_jobs
 from stream.samples import SampleRules
 from stream.windows import WindowRules
 
@@ -61,14 +62,15 @@ def ablate(
     model_overrides: dict[str, Any] | None = None,
     wrules: WindowRules | None = None,
     srules: SampleRules | None = None,
-    test_days: float = 1.0,
+    test_days: float = DEFAULT_TEST_DAYS,
     cache_dir: str | Path | None = None,
     peers: bool = False,
     n_boot: int = DEFAULT_BOOT,
     seed: int = 0,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """Train and score every row on one split; returns what ablation.json holds."""
+    """Train and score every row on one split, `workers` rows at a time; returns what ablation.json holds."""
     if BASELINE not in variants:
         raise ValueError(f"the ablation compares against {BASELINE!r}: include it in the variants")
     settings = settings or TrainSettings()
@@ -80,22 +82,13 @@ def ablate(
     data = build_offline_data(data_dir, wrules, srules, test_days, cache_dir, progress)
     evals: dict[str, dict[str, Any]] = {"pop": popularity_baseline(data, n_boot, seed)}
     timings: dict[str, float] = {"data_s": round(time.monotonic() - started, 1)}
-    if peers:
-        from learner.peers import PEERS, train_and_evaluate_peer
-
-        for name in PEERS:
-            t0 = time.monotonic()
-            evals[name] = train_and_evaluate_peer(name, data, out / name, settings, n_boot, seed, progress)
-            timings[name] = round(time.monotonic() - t0, 1)
-    for variant in variants:
-        t0 = time.monotonic()
-        run = train_offline(data_dir, variant, out / variant, settings, model_overrides, wrules, srules,
-                            test_days, data=data, progress=progress)
-        evals[variant] = evaluate(run, data=data, n_boot=n_boot, seed=seed)
-        (run / "eval.json").write_text(json.dumps(evals[variant]))
-        timings[variant] = round(time.monotonic() - t0, 1)
-        log.info("variant done", extra={"variant": variant, "seconds": timings[variant],
-                                        "hr50": round(evals[variant]["summary"]["hr@50"]["mean"], 4)})
+    jobs = [Job(name, name, out / name, PEER) for name in (_peer_names() if peers else ())]
+    jobs += [Job(variant, variant, out / variant, VARIANT, dict(model_overrides or {})) for variant in variants]
+    results = run_jobs(jobs, data, settings, n_boot, seed, workers, progress, _log_done,
+                       (wrules or WindowRules(), srules or SampleRules()))
+    for name, result in results.items():
+        evals[name] = result.evaluation
+        timings[name] = result.seconds
     lifts = {name: compare(evals[BASELINE], result, n_boot, seed)["lift"]
              for name, result in evals.items() if name != BASELINE}
     timings["total_s"] = round(time.monotonic() - started, 1)
@@ -108,11 +101,23 @@ def ablate(
         "summary": {name: result["summary"] for name, result in evals.items()},
         "lift_vs_baseline": lifts,
         "timings": timings,
+        "workers": workers,  # rows trained side by side: each row's seconds are its own wall time
     }
     (out / "ablation.json").write_text(json.dumps(report, indent=2))
     (out / "ablation.md").write_text(format_table(report))
     plot_ablation(report, out / "ablation.png")
     return report
+
+
+def _peer_names() -> tuple[str, ...]:
+    from learner.peers import PEERS  # torch-rechub is the optional bench extra
+
+    return tuple(PEERS)
+
+
+def _log_done(result: JobResult) -> None:
+    log.info("row done", extra={"row": result.name, "seconds": result.seconds,
+                                "hr50": round(result.evaluation["summary"]["hr@50"]["mean"], 4)})
 
 
 def format_table(report: dict[str, Any]) -> str:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from learner.batch import Vocabulary, collate, length_buckets
 from learner.checkpoint import load_checkpoint, save_checkpoint
-from learner.data import OfflineData, SampleTable, build_offline_data
+from learner.data import DEFAULT_TEST_DAYS, OfflineData, SampleTable, build_offline_data
 from learner.evaluation_stats import DEFAULT_BOOT, bootstrap_ci, paired_lift, random_hit_rate
 from learner.metrics import metrics_at
 from learner.model import ModelConfig, config_for
@@ -111,17 +111,18 @@ def train_offline(
     model_overrides: dict[str, Any] | None = None,
     wrules: WindowRules | None = None,
     srules: SampleRules | None = None,
-    test_days: float = 1.0,
+    test_days: float = DEFAULT_TEST_DAYS,
     cache_dir: str | Path | None = None,
     data: OfflineData | None = None,
     progress: bool = True,
+    holdout_days: float = 0.0,
 ) -> Path:
     """Train `variant` on the log's training samples; returns the run directory `out_dir`."""
     settings = settings or TrainSettings()
     model_cfg = config_for(variant, **(model_overrides or {}))
     started = time.monotonic()
     if data is None:
-        data = build_offline_data(data_dir, wrules, srules, test_days, cache_dir, progress)
+        data = build_offline_data(data_dir, wrules, srules, test_days, cache_dir, progress, holdout_days)
     data_s = time.monotonic() - started
     trainer = Trainer(model_cfg, lr=settings.lr, clip_norm=settings.clip_norm, seed=settings.seed,
                       device=settings.device, vocab=MemoVocabulary(model_cfg.profile_field_names),
@@ -203,13 +204,14 @@ def evaluate(
 ) -> dict[str, Any]:
     """Per-user metrics of the run on the test users of `data_dir` (or `data`), with bootstrap intervals.
 
-    The split is rebuilt with the run's own window rules, sample rules and test_days.
+    The split is rebuilt with the run's own window rules, sample rules, test_days and holdout_days.
     """
     run, trainer = load_run(run_dir)
     if data is None:
         source = data_dir or run["data"]["data_dir"]
         data = build_offline_data(source, WindowRules(**run["window_rules"]), SampleRules(**run["sample_rules"]),
-                                  run["data"]["test_days"], cache_dir, progress)
+                                  run["data"]["test_days"], cache_dir, progress,
+                                  run["data"].get("holdout_days", 0.0))
     per_user = score_test_users(trainer, data.test)
     n_items = trainer.vocab.size("item") - 1
     known = [sum(trainer.vocab.lookup("item", i) > 0 for i in set(data.test.label_items(u)))

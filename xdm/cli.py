@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from learner.data import DEFAULT_TEST_DAYS
 from xdm.config import Config, as_dict, load_config, parse_set_options
 from xdm.errors import XdmError
 from xdm.log import setup_logging
@@ -370,8 +371,10 @@ def closed_loop(ctx: click.Context, arms: str, out_dir: Path, users: int, items:
 
 _DATA_OPTION = click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
                             required=True, help="Log directory in the plain format.")
-_TEST_DAYS_OPTION = click.option("--test-days", type=click.FloatRange(min=0, min_open=True), default=1.0,
+_TEST_DAYS_OPTION = click.option("--test-days", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TEST_DAYS,
                                  show_default=True, help="Last days of the log used as the test period.")
+_JOBS_OPTION = click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+                            help="Models trained side by side, one process and learner.torch_threads threads each.")
 _CACHE_OPTION = click.option("--cache", "cache_dir", default="var/offline-cache", show_default=True,
                              help="Folder that keeps built splits for reuse ('' = no cache).")
 _EPOCHS_OPTION = click.option("--epochs", type=click.IntRange(min=1), default=None,
@@ -482,10 +485,11 @@ def compare_cmd(run_a: Path, run_b: Path, boot: int, json_out: Path | None) -> N
 @_TEST_DAYS_OPTION
 @_CACHE_OPTION
 @click.option("--boot", type=click.IntRange(min=100), default=2000, show_default=True, help="Bootstrap resamples.")
+@_JOBS_OPTION
 @click.pass_context
 @friendly
 def ablate(ctx: click.Context, data_dir: Path, out: Path, variants: str | None, peers: bool, epochs: int | None,
-           batch_size: int | None, test_days: float, cache_dir: str, boot: int) -> None:
+           batch_size: int | None, test_days: float, cache_dir: str, boot: int, jobs: int) -> None:
     """Train every Table 2 row on one split and write the table with lifts vs SDM and their intervals."""
     from learner.ablation import TABLE2
     from learner.ablation import ablate as run_ablation
@@ -493,10 +497,45 @@ def ablate(ctx: click.Context, data_dir: Path, out: Path, variants: str | None, 
     cfg = _cfg(ctx)
     names = tuple(_check_variant(v.strip()) for v in variants.split(",") if v.strip()) if variants else TABLE2
     report = run_ablation(data_dir, out, names, _train_settings(cfg, epochs, batch_size, 3), model_overrides(cfg),
-                          cfg.windows, cfg.samples, test_days, cache_dir or None, peers, n_boot=boot)
+                          cfg.windows, cfg.samples, test_days, cache_dir or None, peers, n_boot=boot, workers=jobs)
     click.echo((out / "ablation.md").read_text())
     click.echo(f"written: {out / 'ablation.md'}, {out / 'ablation.json'}, {out / 'ablation.png'} "
                f"in {report['timings']['total_s']:.0f} s")
+
+
+@cli.command()
+@_DATA_OPTION
+@click.option("--param", required=True, help="Model setting to choose, e.g. model.triplet_weight.")
+@click.option("--values", required=True, help="Comma-separated values to try, e.g. 10,1,0.3,0.1.")
+@click.option("--model", "variant", default="xdm", show_default=True, help="Variant trained with each value.")
+@click.option("--baseline", default="sdm", show_default=True, help="Row every value is compared with ('' = none).")
+@click.option("--select", default="hr@50", show_default=True, help="Metric that picks the best value.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("var/tuning"),
+              show_default=True, help="Folder for the runs, tune.md/.json/.png.")
+@_EPOCHS_OPTION
+@_BATCH_OPTION
+@_TEST_DAYS_OPTION
+@_CACHE_OPTION
+@click.option("--boot", type=click.IntRange(min=100), default=2000, show_default=True, help="Bootstrap resamples.")
+@_JOBS_OPTION
+@click.pass_context
+@friendly
+def tune(ctx: click.Context, data_dir: Path, param: str, values: str, variant: str, baseline: str, select: str,
+         out: Path, epochs: int | None, batch_size: int | None, test_days: float, cache_dir: str, boot: int,
+         jobs: int) -> None:
+    """Pick a model setting on a validation split cut before the test period (the test days are never read)."""
+    from learner.tuning import parse_grid
+    from learner.tuning import tune as run_tuning
+
+    cfg = _cfg(ctx)
+    name, grid = parse_grid(param, values)
+    report = run_tuning(data_dir, out, name, grid, _check_variant(variant),
+                        _check_variant(baseline) if baseline else None, _train_settings(cfg, epochs, batch_size, 3),
+                        model_overrides(cfg), cfg.windows, cfg.samples, test_days, cache_dir or None, select.lower(),
+                        n_boot=boot, workers=jobs)
+    click.echo((out / "tune.md").read_text())
+    click.echo(f"best: --set model.{name}={report['best']['value']}; written: {out / 'tune.md'}, "
+               f"{out / 'tune.json'}, {out / 'tune.png'}")
 
 
 def _print_answer(user_id: str, answer) -> None:

@@ -77,3 +77,45 @@ def test_cli_compare_prints_the_lift_and_rejects_a_missing_evaluation(ablation, 
     assert "xdm vs sdm" in result.output and "HR@50" in result.output
     bad = runner.invoke(cli, ["compare", str(tmp_path), str(root / "ablation" / "xdm")])
     assert bad.exit_code == 2 and "no evaluation" in bad.output
+
+
+@pytest.mark.timeout(180)
+def test_rows_trained_in_two_processes_score_exactly_as_one_by_one(ablation, tmp_path):
+    root, report = ablation
+    again = ablate(root / "world", tmp_path / "parallel", ("sdm", "xdm"),
+                   TrainSettings(epochs=3, batch_size=64, device="cpu", lr_warmup_steps=10), SMALL_MODEL,
+                   test_days=1.0, n_boot=300, progress=False, workers=2)
+    assert again["workers"] == 2
+    for row in ("sdm", "xdm"):
+        assert load_evaluation(tmp_path / "parallel" / row)["users"] == load_evaluation(root / "ablation" / row)["users"]
+    assert again["summary"] == report["summary"]
+    assert not list((tmp_path / "parallel").glob(".split-*"))  # the split handed to the workers is removed
+
+
+@pytest.mark.timeout(180)
+def test_cli_tune_scores_the_days_before_the_test_period_and_picks_a_value(ablation, tmp_path):
+    root, report = ablation
+    out = tmp_path / "tune"
+    result = CliRunner().invoke(cli, [
+        "--set", "model.embed_dim=16", "--set", "model.n_negatives=100", "--set", "learner.lr_warmup_steps=10",
+        "tune", "--data", str(root / "world"), "--param", "model.triplet_weight", "--values", "1,0.1",
+        "--epochs", "1", "--batch-size", "64", "--test-days", "1", "--cache", "", "--boot", "200", "--jobs", "2",
+        "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    tuned = json.loads((out / "tune.json").read_text())
+    assert tuned["data"]["end_ms"] == report["data"]["cut_ms"]  # the test period was never read
+    assert tuned["data"]["holdout_days"] == 1.0 and tuned["data"]["test_users"] > 0
+    assert tuned["best"]["value"] in (1.0, 0.1) and set(tuned["summary"]) == {"triplet_weight=1.0",
+                                                                              "triplet_weight=0.1", "sdm"}
+    assert f"--set model.triplet_weight={tuned['best']['value']}" in result.output
+    assert (out / "tune.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_tune_rejects_an_unknown_setting_in_one_line(tmp_path):
+    (tmp_path / "events.csv").write_text("")
+    result = CliRunner().invoke(cli, ["tune", "--data", str(tmp_path), "--param", "model.nope", "--values", "1"])
+    assert result.exit_code != 0 and "unknown model setting 'model.nope'" in result.output
+    assert "Traceback" not in result.output
+    bad = CliRunner().invoke(cli, ["tune", "--data", str(tmp_path), "--param", "model.triplet_weight",
+                                   "--values", "1,ten"])
+    assert bad.exit_code != 0 and "'ten' is not a float" in bad.output

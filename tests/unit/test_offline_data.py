@@ -141,3 +141,30 @@ def test_a_log_shorter_than_its_test_period_is_refused_with_a_reason(log_dir):
     root, _ = log_dir
     with pytest.raises(OfflineDataError, match="no training sample"):
         build_offline_data(root, RULES, SRULES, test_days=3.0, progress=False)
+
+
+def test_a_validation_split_never_reads_the_held_out_days(log_dir, tmp_path_factory):
+    root, events = log_dir
+    test_split = build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False)
+    val = build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False, holdout_days=1.0)
+    assert val.end_ms == test_split.cut_ms and val.cut_ms == test_split.cut_ms - DAY_MS
+    assert val.summary()["holdout_days"] == 1.0
+    held_out = {e.item_id for e in events if e.ts_ms >= test_split.cut_ms}
+    behaviours = [b for s in list(val.train) + list(val.test)
+                  for w in (s.windows.short, s.windows.long, s.windows.unclicked, s.labels) for b in w]
+    assert all(b.ts_ms < val.end_ms for b in behaviours)
+    assert all(s.ts_ms < val.end_ms for s in val.test)
+    # the validation users are scored on the day before the test period, with clicks of that day only
+    day_before = [e for e in events if e.kind == "click" and val.cut_ms <= e.ts_ms < val.end_ms]
+    assert {s.user_id for s in val.test} <= {e.user_id for e in day_before}
+    assert held_out  # the test period had events, and none of them got in
+    cache = tmp_path_factory.mktemp("cache")
+    build_offline_data(root, RULES, SRULES, 1.0, cache_dir=cache, progress=False)
+    build_offline_data(root, RULES, SRULES, 1.0, cache_dir=cache, progress=False, holdout_days=1.0)
+    assert len(list(cache.iterdir())) == 2  # a validation split is never served from the test split's cache
+
+
+def test_a_negative_holdout_is_refused(log_dir):
+    root, _ = log_dir
+    with pytest.raises(OfflineDataError, match="holdout_days"):
+        build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False, holdout_days=-1.0)

@@ -1,0 +1,140 @@
+"""Train-and-score jobs (Table 2 rows, tuning grid points) side by side in worker processes.
+
+The jobs of one ablation or one tuning sweep share a split and nothing else: each has its own variant,
+model settings, seed-driven trainer and output folder, so running them in parallel changes the wall time
+and not a figure. Every worker process uses `settings.threads` torch threads (1 by default), so N jobs
+keep N cores busy; a single job (`jobs=1`) runs in this process, as before.
+
+Workers get the split from one pickle that the parent writes next to the runs (and removes after):
+rebuilding it would replay the whole log per worker, and a split is too large to send with each job.
+Processes are spawned, not forked: a forked child inherits torch's thread pool state and hangs.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import pickle
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from learner.data import OfflineData
+from learner.offline import TrainSettings, evaluate, train_offline
+from stream.samples import SampleRules
+from stream.windows import WindowRules
+
+VARIANT = "variant"  # an XDM/SDM variant of learner/model.py, trained by learner/offline.py
+PEER = "peer"  # a torch-rechub peer of learner/peers.py
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row to train and score: `name` keys the result, `model` is the variant or the peer name."""
+
+    name: str
+    model: str
+    out_dir: Path
+    kind: str = VARIANT
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    name: str
+    evaluation: dict[str, Any]
+    seconds: float
+
+
+_worker_data: OfflineData | None = None  # the split, loaded once per worker process
+
+
+def run_jobs(
+    jobs: list[Job],
+    data: OfflineData,
+    settings: TrainSettings,
+    n_boot: int,
+    seed: int,
+    workers: int = 1,
+    progress: bool = True,
+    on_done: Callable[[JobResult], None] | None = None,
+    rules: tuple[WindowRules, SampleRules] | None = None,
+) -> dict[str, JobResult]:
+    """Train and score every job on `data`, `workers` at a time; results by job name, in job order.
+
+    `rules` are the window and sample rules `data` was built with (recorded in each run.json).
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    rules = rules or (WindowRules(), SampleRules())
+    if workers == 1 or len(jobs) == 1:
+        done = {}
+        for job in jobs:
+            done[job.name] = _run(job, data, settings, rules, n_boot, seed, progress)
+            if on_done:
+                on_done(done[job.name])
+        return {job.name: done[job.name] for job in jobs}
+    return _run_in_pool(jobs, data, settings, rules, n_boot, seed, min(workers, len(jobs)), progress, on_done)
+
+
+def _run_in_pool(jobs: list[Job], data: OfflineData, settings: TrainSettings, rules: tuple[WindowRules, SampleRules],
+                 n_boot: int, seed: int, workers: int, progress: bool, on_done: Callable[[JobResult], None] | None) -> dict[str, JobResult]:
+    split_file = Path(jobs[0].out_dir).parent / f".split-{id(data):x}.pkl"
+    split_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(split_file, "wb") as handle:
+        pickle.dump(data, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    done: dict[str, JobResult] = {}
+    bar = tqdm(total=len(jobs), desc=f"training {len(jobs)} models, {workers} at a time", unit="model",
+               disable=not progress)
+    try:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_load_split,
+                                 initargs=(str(split_file),)) as pool:
+            pending = {pool.submit(_run_in_worker, job, settings, rules, n_boot, seed): job for job in jobs}
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    pending.pop(future)
+                    result = future.result()  # a failed job fails the whole run, with its traceback
+                    done[result.name] = result
+                    bar.set_postfix_str(f"{result.name} {result.seconds:.0f} s", refresh=False)
+                    bar.update()
+                    if on_done:
+                        on_done(result)
+    finally:
+        bar.close()
+        split_file.unlink(missing_ok=True)
+    return {job.name: done[job.name] for job in jobs}
+
+
+def _load_split(path: str) -> None:
+    global _worker_data
+    with open(path, "rb") as handle:
+        _worker_data = pickle.load(handle)
+
+
+def _run_in_worker(job: Job, settings: TrainSettings, rules: tuple[WindowRules, SampleRules], n_boot: int,
+                   seed: int) -> JobResult:
+    assert _worker_data is not None, "the pool initializer loads the split"
+    return _run(job, _worker_data, settings, rules, n_boot, seed, progress=False)
+
+
+def _run(job: Job, data: OfflineData, settings: TrainSettings, rules: tuple[WindowRules, SampleRules], n_boot: int,
+         seed: int, progress: bool) -> JobResult:
+    started = time.monotonic()
+    out = Path(job.out_dir)
+    if job.kind == PEER:
+        from learner.peers import train_and_evaluate_peer
+
+        evaluation = train_and_evaluate_peer(job.model, data, out, settings, n_boot, seed, progress)
+    else:
+        run = train_offline(data.data_dir, job.model, out, settings, job.model_overrides, rules[0], rules[1],
+                            data.test_days, data=data, progress=progress, holdout_days=data.holdout_days)
+        evaluation = evaluate(run, data=data, n_boot=n_boot, seed=seed)
+        (run / "eval.json").write_text(json.dumps(evaluation))
+    return JobResult(job.name, evaluation, round(time.monotonic() - started, 1))
