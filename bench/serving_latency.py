@@ -6,14 +6,17 @@ windows changelog (what workers would have written), starts `xdm serve` processe
 then drives each with C concurrent callers (C = 1, 8, 32), bounded in requests and seconds.
 
 Server variants: `exact` (in-memory copy of the version's Milvus collection, float32 full scan: the
-reference), `local` (the server's defaults), `ivf` (serving.local_index=ivf: k-means lists, approximate),
+reference), `local` (the server's defaults: local_index=auto), `ivf` (serving.local_index=ivf: k-means
+lists, approximate, kept whatever its recall), `scan` (serving.local_index=exact with the default scan precision),
 `runners2` (two batches in flight), `nofreeze` (start-up heap left to the garbage collector), `eager` (user tower not traced), `nobatch` (no micro-batching) and `milvus` (search Milvus per
 request, serving.local_index_max_items=0). Every variant's recall@50 against `exact`'s answers for the
 same users is printed. Each row also gives the server's own view, from its metrics: mean batch size and
 mean time per batch queued, in the user tower and in the search, and the full garbage collections (count,
 mean pause); from /proc: server CPU per answer and the event loop's share of it; and the machine's 1-minute load average (other jobs share these machines).
-Last, in process, the full scans and the IVF index on clustered vectors of the largest size (the bench's
-random item vectors have no cluster structure, the worst case for IVF). Writes
+The published item vectors cluster by leaf category (a centre per leaf, items around it), as trained
+output embeddings do; isotropic random vectors, the worst case for IVF, are what `serving.local_index=auto`
+refuses (tests/unit/test_local_index.py). Last, in process, the full scans and the IVF index on clustered
+vectors of the largest size. Writes
 bench/results/serving_latency.json and prints a table with the ratio to echo.
 
     .venv/bin/python bench/serving_latency.py [--requests 2000] [--seconds 20] [--quick]
@@ -43,11 +46,13 @@ from xdm.config import apply_overrides, load_config  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "serving_latency.json"
 USERS = 2000
+LEAVES = 500  # leaf categories of the bench catalogue; item vectors cluster around one centre per leaf
 RECALL_USERS = 200  # users whose top-50 an approximate server is compared on
 SERVERS = {  # "exact" first: it is the reference the others' recall@50 is measured against
     "exact": {"serving.local_index": "exact", "serving.local_index_scan": "float32"},
     "local": {},
     "ivf": {"serving.local_index": "ivf"},
+    "scan": {"serving.local_index": "exact"},
     "runners2": {"serving.batch_runners": 2},
     "nofreeze": {"serving.gc_freeze": False},
     "eager": {"serving.trace_tower": False},
@@ -122,8 +127,13 @@ def _publish(cfg, n: int) -> float:
     for i in range(n):
         trainer.vocab.add_item(_item(i))
     trainer.model.grow_to(trainer.vocab.sizes())
-    with torch.no_grad():
-        trainer.model.item_out.weight.normal_(0, 0.3)
+    with torch.no_grad():  # trained item vectors cluster by category: one centre per leaf, items around it
+        weight = trainer.model.item_out.weight
+        rng = np.random.default_rng(n)
+        centres = rng.normal(0, 0.3, size=(LEAVES, weight.shape[1]))
+        rows = [trainer.vocab.lookup("item", f"i{i}") for i in range(n)]
+        vectors = centres[np.arange(n) % LEAVES] + rng.normal(0, 0.15, size=(n, weight.shape[1]))
+        weight[torch.tensor(rows)] = torch.from_numpy(vectors.astype(np.float32))
     publisher = Publisher(cfg, f"n{n}", "xdm")
     started = time.perf_counter()
     publisher.publish(trainer, 1)
@@ -134,7 +144,7 @@ def _publish(cfg, n: int) -> float:
 def _item(i: int):
     from xdm.records import Item
 
-    return Item(f"i{i}", f"leaf{i % 500}", f"top{i % 20}", f"brand{i % 2000}", f"shop{i % 3000}")
+    return Item(f"i{i}", f"leaf{i % LEAVES}", f"top{i % 20}", f"brand{i % 2000}", f"shop{i % 3000}")
 
 
 def _write_windows(cfg, n_items: int) -> None:

@@ -55,6 +55,7 @@ class IVFIndex:
     def __init__(self, ids: list[str], vectors: np.ndarray, nlist: int, nprobe: int, seed: int = 0) -> None:
         matrix = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)) if ids else torch.zeros(0, 1)
         self.ids = ids
+        self.probe_recall: float | None = None  # recall@50 against the full scan, when serving.local_index="auto"
         self.nlist = max(1, min(nlist, len(ids) // POINTS_PER_CENTROID))
         # A catalogue too small for nlist lists keeps the scanned share, and so about the recall.
         self.nprobe = max(1, min(self.nlist, math.ceil(nprobe * self.nlist / max(nlist, 1))))

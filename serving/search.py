@@ -5,7 +5,9 @@ a 15 ms p99 budget, and an HNSW index there was slower still. So for catalogues 
 `serving.local_index_max_items` the server copies a version's vectors out of that version's Milvus
 collection once, when it loads the version, and answers in memory: by default a full scan (in bfloat16
 where that is faster on the CPU, then an exact float32 re-score of the shortlist), or an IVF index
-(serving/ivf.py) when `serving.local_index = "ivf"`. The copy is taken from the same collection the
+(serving/ivf.py). `serving.local_index = "auto"` (the default) builds the IVF index for a large catalogue
+and keeps it only if it finds, on probe queries, at least `serving.ivf_min_recall` of the full scan's
+top 50 (`choose_local_index`); otherwise it scans in full. The copy is taken from the same collection the
 version announces, so it can never pair a tower with another version's vectors; larger catalogues search
 Milvus per request, the path that scales out with a Milvus cluster.
 """
@@ -13,6 +15,7 @@ Milvus per request, the path that scales out with a Milvus cluster.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import numpy as np
@@ -24,6 +27,7 @@ from serving.ivf import IVFIndex
 from xdm.config import MilvusConfig, ServingConfig
 from xdm.errors import ConfigError
 
+log = logging.getLogger(__name__)
 
 class SearchUnavailable(RuntimeError):
     """The vector store did not answer in time or at all."""
@@ -44,6 +48,7 @@ class LocalIndex:
         self.ids = ids
         self.matrix = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
         self.scan = scan
+        self.probe_recall: float | None = None  # set when "auto" compared it with an IVF index
         self._scan_matrix = self.matrix.to(torch.bfloat16) if scan == "bfloat16" and ids else None
 
     def __len__(self) -> int:
@@ -88,7 +93,9 @@ def _best_time(run, repeats: int) -> float:
     return best
 
 
-LOCAL_INDEX_KINDS = ("exact", "ivf")
+LOCAL_INDEX_KINDS = ("exact", "ivf", "auto")
+PROBE_QUERIES = 256  # item vectors used as queries when "auto" checks an IVF index against the full scan
+PROBE_K = 50
 SCANS = ("float32", "bfloat16", "auto")
 AUTO_SCAN_MIN_ITEMS = 20_000  # below this a float32 scan takes well under a millisecond: nothing to win
 
@@ -105,9 +112,11 @@ def load_local_index(cfg: MilvusConfig, serving: ServingConfig, collection: str,
 
 
 def check_local_index(serving: ServingConfig) -> None:
-    """Raise ConfigError for an unknown serving.local_index or local_index_scan (checked at server start)."""
+    """Raise ConfigError for a bad serving.local_index, local_index_scan or ivf_min_recall (at server start)."""
     if serving.local_index not in LOCAL_INDEX_KINDS:
         raise ConfigError(f"serving.local_index is {serving.local_index!r}; use one of {', '.join(LOCAL_INDEX_KINDS)}")
+    if not 0.0 <= serving.ivf_min_recall <= 1.0:
+        raise ConfigError(f"serving.ivf_min_recall is {serving.ivf_min_recall}; it is a share, between 0 and 1")
     if serving.local_index_scan not in SCANS:
         raise ConfigError(f"serving.local_index_scan is {serving.local_index_scan!r}; use one of {', '.join(SCANS)}")
 
@@ -115,12 +124,41 @@ def check_local_index(serving: ServingConfig) -> None:
 def build_local_index(ids: list[str], vectors: np.ndarray, serving: ServingConfig) -> LocalIndex | IVFIndex:
     """The in-memory index serving.local_index asks for; small catalogues are always scanned in full."""
     check_local_index(serving)
-    if serving.local_index == "ivf" and len(ids) >= serving.ivf_min_items:
-        return IVFIndex(ids, vectors, serving.ivf_nlist, serving.ivf_nprobe)
+    if serving.local_index == "exact" or len(ids) < serving.ivf_min_items:
+        return _full_scan(ids, vectors, serving)
+    ivf = IVFIndex(ids, vectors, serving.ivf_nlist, serving.ivf_nprobe)
+    if serving.local_index == "ivf":
+        return ivf
+    return choose_local_index(ivf, _full_scan(ids, vectors, serving), vectors, serving.ivf_min_recall)
+
+
+def _full_scan(ids: list[str], vectors: np.ndarray, serving: ServingConfig) -> LocalIndex:
     scan = serving.local_index_scan
     if scan == "auto":
         scan = faster_scan(vectors) if len(ids) >= AUTO_SCAN_MIN_ITEMS else "float32"
     return LocalIndex(ids, vectors, scan)
+
+
+def choose_local_index(ivf: IVFIndex, scan: LocalIndex, vectors: np.ndarray, min_recall: float,
+                       seed: int = 0) -> LocalIndex | IVFIndex:
+    """The IVF index if its recall@50 against the full scan reaches min_recall on probe queries, else the scan.
+
+    The probe queries are item vectors of this version: a trained user vector z is pulled towards the
+    output vectors of the items its user clicks (eq. 2's softmax), so queries near items are what the
+    index will be asked. Vectors without cluster structure (random ones) fail the check and get scanned.
+    """
+    rng = np.random.default_rng(seed)
+    queries = vectors[rng.choice(len(vectors), size=min(PROBE_QUERIES, len(vectors)), replace=False)]
+    k = min(PROBE_K, len(vectors))
+    truth = [{item for item, _ in row} for row in scan.top_k(queries, k)]
+    got = [{item for item, _ in row} for row in ivf.top_k(queries, k)]
+    recall = float(np.mean([len(g & t) / k for g, t in zip(got, truth)]))
+    chosen: LocalIndex | IVFIndex = ivf if recall >= min_recall else scan
+    chosen.probe_recall = recall
+    log.info("local index for %d items: %s (IVF recall@%d %.3f on %d probe queries, threshold %.3f)",
+             len(vectors), "ivf" if chosen is ivf else f"full {scan.scan} scan", k, recall, len(queries),
+             min_recall)
+    return chosen
 
 
 class VectorSearch:

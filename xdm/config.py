@@ -108,11 +108,13 @@ class ServingConfig:
     metrics_port: int = 0  # Prometheus metrics port (0 = disabled)
     batch_max: int = 32  # most concurrent requests answered by one tower call and one search
     local_index_max_items: int = 2_000_000  # up to this many items a version's vectors are searched in memory
-    local_index: str = "exact"  # in-memory search: "exact" (full scan) or "ivf" (k-means lists, approximate)
+    local_index: str = "auto"  # in-memory search: "exact" (full scan), "ivf" (k-means lists), "auto" (ivf if it
+    #                            finds ivf_min_recall of the full scan's answers, else the scan: serving/search.py)
     local_index_scan: str = "auto"  # full-scan precision: float32, bfloat16 (then float32 re-score), auto (faster here)
     ivf_nlist: int = 1024  # ivf: k-means lists per version (fewer when a list would hold < 39 items)
     ivf_nprobe: int = 16  # ivf: lists scanned per query, then re-scored exactly; recall: bench/serving_latency.py
     ivf_min_items: int = 50_000  # ivf: smaller catalogues are searched exactly (a full scan is already cheap)
+    ivf_min_recall: float = 0.99  # auto: the IVF index must find this share of the full scan's top 50 on probe queries
     batch_runners: int = 1  # batches in flight at once, each on its own compute thread; at most one per core
     trace_tower: bool = True  # serve each version's user tower traced and frozen (serving/compiled_tower.py)
     gc_freeze: bool = True  # freeze the start-up heap out of garbage collection (full collections took 120-230 ms)

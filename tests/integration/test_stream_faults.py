@@ -186,8 +186,12 @@ def wait_changelog_equals(want: dict[str, UserState], cfg: Config, stack: Stream
         if not bad:
             return
         time.sleep(0.5)
+    # Everything needed to tell a slow worker from a stalled one, since the tmp dir goes with the test.
+    logs = "\n".join(f"--- {name} ({'alive' if proc.alive() else proc.popen.returncode}):\n{proc.log_tail(60)}"
+                     for name, proc in stack.workers.items())
     raise AssertionError(f"{len(bad)} of {len(want)} users differ from the rules, e.g. {bad[:5]}; first: "
-                         f"{describe_difference(want.get(bad[0]), got.get(bad[0]), cfg)}")
+                         f"{describe_difference(want.get(bad[0]), got.get(bad[0]), cfg)}\n"
+                         f"{changelog_census(cfg)}\n{logs}")
 
 
 def changelog_census(cfg: Config) -> str:

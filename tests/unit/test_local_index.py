@@ -1,5 +1,6 @@
 import asyncio
 import threading
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -116,6 +117,21 @@ def test_build_local_index_follows_the_config():
         check_local_index(ServingConfig(local_index="hnsw"))
     with pytest.raises(ConfigError, match="local_index_scan"):
         check_local_index(ServingConfig(local_index_scan="int8"))
+
+
+def test_auto_keeps_ivf_where_it_finds_the_full_scans_answers_and_scans_where_it_does_not():
+    auto = ServingConfig(local_index="auto", ivf_min_items=1_000, ivf_nlist=64, ivf_nprobe=8, ivf_min_recall=0.95)
+    ids, clustered = _clustered(4_000)
+    kept = build_local_index(ids, clustered, auto)
+    assert isinstance(kept, IVFIndex) and kept.probe_recall >= 0.95
+    ids, isotropic = _catalogue(4_000, dim=32)  # no cluster structure: eight lists of 64 miss most of the top 50
+    refused = build_local_index(ids, isotropic, auto)
+    assert isinstance(refused, LocalIndex) and refused.probe_recall < 0.95
+    assert isinstance(build_local_index(ids, isotropic, replace(auto, local_index="ivf")), IVFIndex)  # as asked
+    small = build_local_index(ids[:500], isotropic[:500], auto)
+    assert isinstance(small, LocalIndex) and small.probe_recall is None  # below ivf_min_items: never compared
+    with pytest.raises(ConfigError, match="ivf_min_recall"):
+        check_local_index(replace(auto, ivf_min_recall=1.5))
 
 
 def test_faster_scan_names_a_scan_the_index_accepts():
