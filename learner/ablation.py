@@ -28,7 +28,7 @@ from learner.offline import (
     METRICS,
     TrainSettings,
     compare,
-    evaluate,
+    format_lift,
     metric_key,
     popularity_baseline,
 )
@@ -139,8 +139,7 @@ def format_table(report: dict[str, Any]) -> str:
         if name == report["baseline"]:
             continue
         lifts = report["lift_vs_baseline"][name]
-        lines.append("| " + " | ".join([ROW_NAMES.get(name, name)] + [
-            f"{lifts[k]['lift']:+.1%} [{lifts[k]['low']:+.1%}, {lifts[k]['high']:+.1%}]" for k in keys]) + " |")
+        lines.append("| " + " | ".join([ROW_NAMES.get(name, name)] + [format_lift(lifts[k]) for k in keys]) + " |")
     d, s = report["data"], report["settings"]
     lines += ["", f"Data: {d['data_dir']}, {d['train_samples']:,} training samples, {d['test_users']:,} test "
               f"users, last {d['test_days']:g} day(s) as test. Training: {s['epochs']} epoch(s), batch "

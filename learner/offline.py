@@ -307,6 +307,13 @@ def compare(eval_a: dict[str, Any], eval_b: dict[str, Any], n_boot: int = DEFAUL
     return {"a": eval_a["variant"], "b": eval_b["variant"], "users": len(common), "lift": lifts}
 
 
+def format_lift(lift: dict[str, float] | None) -> str:
+    """'+8.3% [+0.5%, +17.4%]': a lift and its 95% interval, as the tables print it."""
+    if lift is None:
+        return "–"
+    return f"{lift['lift']:+.1%} [{lift['low']:+.1%}, {lift['high']:+.1%}]"
+
+
 def format_comparison(result: dict[str, Any]) -> str:
     """Plain-text table of `compare`'s result."""
     lines = [f"{result['b']} vs {result['a']} on {result['users']:,} common test users (paired bootstrap, 95%)",

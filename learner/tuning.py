@@ -22,7 +22,7 @@ from typing import Any
 from learner.data import DEFAULT_TEST_DAYS, build_offline_data
 from learner.evaluation_stats import DEFAULT_BOOT
 from learner.model import VARIANTS, ModelConfig
-from learner.offline import CUTOFFS, METRICS, TrainSettings, compare, metric_key
+from learner.offline import CUTOFFS, METRIC_LABELS, METRICS, TrainSettings, compare, format_lift, metric_key
 from learner.run_pool import VARIANT, Job, run_jobs
 from stream.samples import SampleRules
 from stream.windows import WindowRules
@@ -128,13 +128,13 @@ def format_tuning(report: dict[str, Any]) -> str:
     """Markdown: each value's validation metrics at 50 and the lift vs the baseline with its interval."""
     keys = [metric_key(m, 50) for m in METRICS]
     lifts = report["lift_vs_baseline"]
-    head = "| Row | " + " | ".join(k.upper() for k in keys) + (" | HR@50 lift | MRR@50 lift |" if lifts else " |")
+    head = "| Row | " + " | ".join(f"{METRIC_LABELS[m]}@50" for m in METRICS) + (" | HR@50 lift | MRR@50 lift |" if lifts else " |")
     lines = [head, "|---|" + "---:|" * (len(keys) + (2 if lifts else 0))]
     for name, summary in report["summary"].items():
         cells = [name + (" **(best)**" if name == report["best"]["row"] else "")]
         cells += [f"{summary[k]['mean']:.2%}" for k in keys]
         if lifts:
-            cells += [_lift(lifts.get(name, {}).get(k)) for k in ("hr@50", "mrr@50")]
+            cells += [format_lift(lifts.get(name, {}).get(k)) for k in ("hr@50", "mrr@50")]
         lines.append("| " + " | ".join(cells) + " |")
     d, s = report["data"], report["settings"]
     lines += ["", f"Validation split of {d['data_dir']}: the last {d['holdout_days']:g} day(s) (the test period) "
@@ -144,12 +144,6 @@ def format_tuning(report: dict[str, Any]) -> str:
               f"Best by {report['select']}: {report['param']} = {report['best']['value']}. Intervals: 95% paired "
               f"bootstrap over validation users. Total {report['timings']['total_s']:.0f} s."]
     return "\n".join(lines) + "\n"
-
-
-def _lift(lift: dict[str, float] | None) -> str:
-    if lift is None:
-        return "–"
-    return f"{lift['lift']:+.1%} [{lift['low']:+.1%}, {lift['high']:+.1%}]"
 
 
 def plot_tuning(report: dict[str, Any], path: Path) -> None:

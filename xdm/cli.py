@@ -100,7 +100,7 @@ def codegen() -> None:
 
 
 @cli.command()
-@click.option("--users", type=click.IntRange(min=1), default=2000, show_default=True, help="Number of users.")
+@click.option("--users", type=click.IntRange(min=1), default=6000, show_default=True, help="Number of users.")
 @click.option("--items", type=click.IntRange(min=10), default=5000, show_default=True, help="Catalogue size.")
 @click.option("--days", type=click.IntRange(min=1), default=14, show_default=True, help="Days of traffic.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Random seed.")
@@ -373,6 +373,8 @@ _DATA_OPTION = click.option("--data", "data_dir", type=click.Path(exists=True, f
                             required=True, help="Log directory in the plain format.")
 _TEST_DAYS_OPTION = click.option("--test-days", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TEST_DAYS,
                                  show_default=True, help="Last days of the log used as the test period.")
+_BOOT_OPTION = click.option("--boot", type=click.IntRange(min=100), default=2000, show_default=True,
+                            help="Bootstrap resamples.")
 _JOBS_OPTION = click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
                             help="Models trained side by side, one process and learner.torch_threads threads each.")
 _CACHE_OPTION = click.option("--cache", "cache_dir", default="var/offline-cache", show_default=True,
@@ -439,7 +441,7 @@ def train(ctx: click.Context, data_dir: Path, variant: str, out: Path, epochs: i
               help="Log directory (default: the one the run was trained on).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the evaluation (with per-user values) here (default: RUN_DIR/eval.json).")
-@click.option("--boot", type=click.IntRange(min=100), default=2000, show_default=True, help="Bootstrap resamples.")
+@_BOOT_OPTION
 @_CACHE_OPTION
 @friendly
 def evaluate(run_dir: Path, data_dir: Path | None, json_out: Path | None, boot: int, cache_dir: str) -> None:
@@ -460,7 +462,7 @@ def evaluate(run_dir: Path, data_dir: Path | None, json_out: Path | None, boot: 
 @cli.command("compare")
 @click.argument("run_a", type=click.Path(exists=True, path_type=Path))
 @click.argument("run_b", type=click.Path(exists=True, path_type=Path))
-@click.option("--boot", type=click.IntRange(min=100), default=2000, show_default=True, help="Bootstrap resamples.")
+@_BOOT_OPTION
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the comparison here.")
 @friendly
@@ -484,7 +486,7 @@ def compare_cmd(run_a: Path, run_b: Path, boot: int, json_out: Path | None) -> N
 @_BATCH_OPTION
 @_TEST_DAYS_OPTION
 @_CACHE_OPTION
-@click.option("--boot", type=click.IntRange(min=100), default=2000, show_default=True, help="Bootstrap resamples.")
+@_BOOT_OPTION
 @_JOBS_OPTION
 @click.pass_context
 @friendly
@@ -516,7 +518,7 @@ def ablate(ctx: click.Context, data_dir: Path, out: Path, variants: str | None, 
 @_BATCH_OPTION
 @_TEST_DAYS_OPTION
 @_CACHE_OPTION
-@click.option("--boot", type=click.IntRange(min=100), default=2000, show_default=True, help="Bootstrap resamples.")
+@_BOOT_OPTION
 @_JOBS_OPTION
 @click.pass_context
 @friendly
