@@ -119,3 +119,16 @@ def test_cli_tune_rejects_an_unknown_setting_in_one_line(tmp_path):
     bad = CliRunner().invoke(cli, ["tune", "--data", str(tmp_path), "--param", "model.triplet_weight",
                                    "--values", "1,ten"])
     assert bad.exit_code != 0 and "'ten' is not a float" in bad.output
+
+
+@pytest.mark.timeout(120)
+def test_a_failing_row_in_a_worker_fails_the_run_and_leaves_no_split_behind(ablation, tmp_path):
+    from learner.data import build_offline_data
+    from learner.run_pool import Job, run_jobs
+
+    root, _ = ablation
+    data = build_offline_data(root / "world", test_days=1.0, progress=False)
+    jobs = [Job("broken", "no_such_variant", tmp_path / "broken"), Job("other", "no_such_either", tmp_path / "other")]
+    with pytest.raises(ValueError, match="unknown model variant 'no_such"):
+        run_jobs(jobs, data, TrainSettings(epochs=1, device="cpu"), n_boot=100, seed=0, workers=2, progress=False)
+    assert not list(tmp_path.glob(".split-*"))
