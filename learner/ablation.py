@@ -5,6 +5,7 @@
     OUT/ablation.md           Table 2's shape: each metric at 50 and 80, the value and the lift vs SDM
     OUT/ablation.json         every row's summary and its paired-bootstrap lift vs SDM with the interval
     OUT/ablation.png          bars with 95% bootstrap intervals
+    OUT/ablation_lift.png     each row's lift vs SDM on HR@50 and MRR@50 with its paired interval
 A popularity row (the most clicked training labels for everyone) is added as a floor; `peers=True`
 adds torch-rechub's GRU4Rec, NARM and SASRec (learner/peers.py) trained on the same samples. Rows are
 independent, so `workers` > 1 trains them side by side (learner/run_pool.py); the figures do not change.
@@ -106,6 +107,7 @@ def ablate(
     (out / "ablation.json").write_text(json.dumps(report, indent=2))
     (out / "ablation.md").write_text(format_table(report))
     plot_ablation(report, out / "ablation.png")
+    plot_lifts(report, out / "ablation_lift.png")
     return report
 
 
@@ -186,6 +188,37 @@ def plot_ablation(report: dict[str, Any], path: Path) -> None:
         ax.set_title(f"Top-{n} (95% bootstrap intervals over test users)")
         ax.grid(axis="y", alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_lifts(report: dict[str, Any], path: Path, keys: tuple[str, ...] = ("hr@50", "mrr@50")) -> None:
+    """Each row's lift vs the baseline with its 95% paired interval, one panel per metric (a forest plot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [name for name in report["rows"] if name != report["baseline"]]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 0.45 * len(rows) + 1.5), squeeze=False,
+                             sharey=True)
+    for ax, key in zip(axes[0], keys):
+        lifts = [report["lift_vs_baseline"][name][key] for name in rows]
+        y = range(len(rows))
+        mean = [100 * lift["lift"] for lift in lifts]
+        err = [[100 * (lift["lift"] - lift["low"]) for lift in lifts],
+               [100 * (lift["high"] - lift["lift"]) for lift in lifts]]
+        colors = ["tab:green" if lift["low"] > 0 else "tab:red" if lift["high"] < 0 else "tab:grey" for lift in lifts]
+        for row, (m, low, high, color) in enumerate(zip(mean, err[0], err[1], colors)):
+            ax.errorbar([m], [row], xerr=[[low], [high]], fmt="o", color=color, capsize=3)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(list(y), [ROW_NAMES.get(name, name) for name in rows])
+        ax.invert_yaxis()
+        ax.set_xlabel(f"lift of {_label(key)} vs {ROW_NAMES[report['baseline']]} (%)")
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"95% paired-bootstrap intervals over {report['data']['test_users']:,} test users "
+                 "(green: above, red: below, grey: includes 0)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

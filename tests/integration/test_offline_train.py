@@ -54,6 +54,7 @@ def test_ablation_writes_table_json_and_chart(ablation):
     assert "| SDM |" in table and "| XDM |" in table and "HR@50" in table and "F1@80" in table
     assert set(report["lift_vs_baseline"]) == {"pop", "xdm"}
     assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "ablation_lift.png").read_bytes()[:4] == b"\x89PNG"
     lift = report["lift_vs_baseline"]["xdm"]["mrr@50"]
     assert lift["low"] <= lift["lift"] <= lift["high"]
 
