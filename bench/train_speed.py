@@ -8,7 +8,8 @@ is what training adds. Writes bench/results/train_speed.json and prints a table 
 
     .venv/bin/python bench/train_speed.py [--data LOG_DIR] [--steps 30] [--batch 256] [--cache DIR]
 
-Without --data it simulates the default world (2000 users, 5000 items, 14 days) into var/bench-world.
+Without --data it simulates a 2000-user world (5000 items, 14 days, the default per-user behaviour) into
+var/bench-world.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def _peers_available() -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=None, help="log directory (default: simulate the default world)")
+    parser.add_argument("--data", default=None, help="log directory (default: simulate a 2000-user world)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--cache", default=str(ROOT / "var" / "offline-cache"), help="split cache folder")
