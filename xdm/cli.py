@@ -385,6 +385,14 @@ _BATCH_OPTION = click.option("--batch-size", type=click.IntRange(min=1), default
                              help="Samples per step (default: learner.batch_size).")
 
 
+def _many_rows_options(fn):
+    """Options and wrappers shared by the commands that train and score several rows (ablate, tune)."""
+    for decorate in reversed((_EPOCHS_OPTION, _BATCH_OPTION, _TEST_DAYS_OPTION, _CACHE_OPTION, _BOOT_OPTION,
+                              _JOBS_OPTION, click.pass_context, friendly)):
+        fn = decorate(fn)
+    return fn
+
+
 def _train_settings(cfg: Config, epochs: int | None, batch_size: int | None, default_epochs: int):
     from learner.offline import TrainSettings
 
@@ -482,14 +490,7 @@ def compare_cmd(run_a: Path, run_b: Path, boot: int, json_out: Path | None) -> N
               show_default=True, help="Folder for the runs, ablation.md/.json/.png.")
 @click.option("--variants", default=None, help="Comma-separated variants (default: every Table 2 row).")
 @click.option("--peers", is_flag=True, help="Add torch-rechub GRU4Rec, NARM and SASRec rows (bench extra).")
-@_EPOCHS_OPTION
-@_BATCH_OPTION
-@_TEST_DAYS_OPTION
-@_CACHE_OPTION
-@_BOOT_OPTION
-@_JOBS_OPTION
-@click.pass_context
-@friendly
+@_many_rows_options
 def ablate(ctx: click.Context, data_dir: Path, out: Path, variants: str | None, peers: bool, epochs: int | None,
            batch_size: int | None, test_days: float, cache_dir: str, boot: int, jobs: int) -> None:
     """Train every Table 2 row on one split and write the table with lifts vs SDM and their intervals."""
@@ -514,14 +515,7 @@ def ablate(ctx: click.Context, data_dir: Path, out: Path, variants: str | None, 
 @click.option("--select", default="hr@50", show_default=True, help="Metric that picks the best value.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("var/tuning"),
               show_default=True, help="Folder for the runs, tune.md/.json/.png.")
-@_EPOCHS_OPTION
-@_BATCH_OPTION
-@_TEST_DAYS_OPTION
-@_CACHE_OPTION
-@_BOOT_OPTION
-@_JOBS_OPTION
-@click.pass_context
-@friendly
+@_many_rows_options
 def tune(ctx: click.Context, data_dir: Path, param: str, values: str, variant: str, baseline: str, select: str,
          out: Path, epochs: int | None, batch_size: int | None, test_days: float, cache_dir: str, boot: int,
          jobs: int) -> None:
