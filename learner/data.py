@@ -2,9 +2,9 @@
 
 The protocol follows SDM [25], which SRU2B §4.1 "directly followed":
 
-- Cut time. The log's last `test_days` days (DEFAULT_TEST_DAYS = 2) are the test period: cut = t_end − test_days · 24 h, where
-  t_end is one millisecond after the last event. (Real exports rarely start at midnight, so the cut
-  is measured from the end of the log, not from calendar days.) SDM scored the last day; two days
+- Cut time. The log's last `test_days` days (DEFAULT_TEST_DAYS = 2) are the test period:
+  cut = t_end − test_days · 24 h, where t_end is one millisecond after the last event. (Real exports
+  rarely start at midnight, so the cut is measured from the end of the log, not from calendar days.) SDM scored the last day; two days
   nearly double the test users of the simulated world (a user clicks on ~18 % of days), which narrows
   every interval by ~√2. `test_days=1` gives SDM's split.
 - Training samples. Every event before the cut goes, in time order, through `stream.samples.step` with
@@ -153,8 +153,8 @@ class OfflineData:
 
     def summary(self) -> dict[str, object]:
         return {"data_dir": self.data_dir, "cut_ms": self.cut_ms, "end_ms": self.end_ms,
-                "test_days": self.test_days, "holdout_days": self.holdout_days, "train_samples": len(self.train), "test_users": len(self.test),
-                "items": len(self.items), **self.stats}
+                "test_days": self.test_days, "holdout_days": self.holdout_days, "train_samples": len(self.train),
+                "test_users": len(self.test), "items": len(self.items), **self.stats}
 
 
 def build_offline_data(

@@ -78,12 +78,13 @@ def run_jobs(
             done[job.name] = _run(job, data, settings, rules, n_boot, seed, progress)
             if on_done:
                 on_done(done[job.name])
-        return {job.name: done[job.name] for job in jobs}
+        return done
     return _run_in_pool(jobs, data, settings, rules, n_boot, seed, min(workers, len(jobs)), progress, on_done)
 
 
-def _run_in_pool(jobs: list[Job], data: OfflineData, settings: TrainSettings, rules: tuple[WindowRules, SampleRules],
-                 n_boot: int, seed: int, workers: int, progress: bool, on_done: Callable[[JobResult], None] | None) -> dict[str, JobResult]:
+def _run_in_pool(jobs: list[Job], data: OfflineData, settings: TrainSettings,
+                 rules: tuple[WindowRules, SampleRules], n_boot: int, seed: int, workers: int, progress: bool,
+                 on_done: Callable[[JobResult], None] | None) -> dict[str, JobResult]:
     split_file = Path(jobs[0].out_dir).parent / f".split-{id(data):x}.pkl"
     split_file.parent.mkdir(parents=True, exist_ok=True)
     with open(split_file, "wb") as handle:
@@ -95,11 +96,10 @@ def _run_in_pool(jobs: list[Job], data: OfflineData, settings: TrainSettings, ru
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_load_split,
                                  initargs=(str(split_file),)) as pool:
-            pending = {pool.submit(_run_in_worker, job, settings, rules, n_boot, seed): job for job in jobs}
+            pending = {pool.submit(_run_in_worker, job, settings, rules, n_boot, seed) for job in jobs}
             while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    pending.pop(future)
                     result = future.result()  # a failed job fails the whole run, with its traceback
                     done[result.name] = result
                     bar.set_postfix_str(f"{result.name} {result.seconds:.0f} s", refresh=False)

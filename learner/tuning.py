@@ -102,7 +102,7 @@ def tune(
         "data": data.summary(),
         "settings": asdict(settings),
         "param": param,
-        "values": {name: value for name, value in rows.items()},
+        "values": dict(rows),
         "variant": variant,
         "baseline": baseline,
         "select": select,
@@ -128,7 +128,8 @@ def format_tuning(report: dict[str, Any]) -> str:
     """Markdown: each value's validation metrics at 50 and the lift vs the baseline with its interval."""
     keys = [metric_key(m, 50) for m in METRICS]
     lifts = report["lift_vs_baseline"]
-    head = "| Row | " + " | ".join(f"{METRIC_LABELS[m]}@50" for m in METRICS) + (" | HR@50 lift | MRR@50 lift |" if lifts else " |")
+    head = ("| Row | " + " | ".join(f"{METRIC_LABELS[m]}@50" for m in METRICS)
+            + (" | HR@50 lift | MRR@50 lift |" if lifts else " |"))
     lines = [head, "|---|" + "---:|" * (len(keys) + (2 if lifts else 0))]
     for name, summary in report["summary"].items():
         cells = [name + (" **(best)**" if name == report["best"]["row"] else "")]

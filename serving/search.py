@@ -29,6 +29,7 @@ from xdm.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+
 class SearchUnavailable(RuntimeError):
     """The vector store did not answer in time or at all."""
 

@@ -371,8 +371,9 @@ def closed_loop(ctx: click.Context, arms: str, out_dir: Path, users: int, items:
 
 _DATA_OPTION = click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
                             required=True, help="Log directory in the plain format.")
-_TEST_DAYS_OPTION = click.option("--test-days", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TEST_DAYS,
-                                 show_default=True, help="Last days of the log used as the test period.")
+_TEST_DAYS_OPTION = click.option("--test-days", type=click.FloatRange(min=0, min_open=True),
+                                 default=DEFAULT_TEST_DAYS, show_default=True,
+                                 help="Last days of the log used as the test period.")
 _BOOT_OPTION = click.option("--boot", type=click.IntRange(min=100), default=2000, show_default=True,
                             help="Bootstrap resamples.")
 _JOBS_OPTION = click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,

@@ -114,7 +114,7 @@ class ServingConfig:
     ivf_nlist: int = 1024  # ivf: k-means lists per version (fewer when a list would hold < 39 items)
     ivf_nprobe: int = 16  # ivf: lists scanned per query, then re-scored exactly; recall: bench/serving_latency.py
     ivf_min_items: int = 50_000  # ivf: smaller catalogues are searched exactly (a full scan is already cheap)
-    ivf_min_recall: float = 0.99  # auto: the IVF index must find this share of the full scan's top 50 on probe queries
+    ivf_min_recall: float = 0.99  # auto: share of the full scan's top 50 the IVF index must find on probe queries
     batch_runners: int = 1  # batches in flight at once, each on its own compute thread; at most one per core
     trace_tower: bool = True  # serve each version's user tower traced and frozen (serving/compiled_tower.py)
     gc_freeze: bool = True  # freeze the start-up heap out of garbage collection (full collections took 120-230 ms)
