@@ -1,7 +1,11 @@
 """Closed-loop A/B: the simulator is the audience and each arm's recall decides what its users see.
 
 1. Warm-up: the first `warm_days` of a simulated log (the simulator's own exposure policy, the same for
-   every user) go through the live system, so every arm starts from a trained model.
+   every user) go through the live system, so every arm starts from a trained model; the A/B days start
+   once the workers hold every warm-up event and every arm's learner has trained on every warm-up
+   sample (replay.learner_sync), so no arm starts behind because its steps cost more. With the default
+   options the world is `xdm simulate`'s default world: its first 10 days are the warm-up, and its last
+   4 days are replaced by the A/B days.
 2. A/B days: users open sessions; each page of a session asks the live Recall server (sticky arm by user
    hash) for candidates, shows the first `page_size` not yet shown in the session, and the world's click
    model (hidden interests, drift, position bias, session mood) decides the clicks. Impressions and
@@ -29,9 +33,11 @@ from tqdm import tqdm
 
 from replay.abstats import compare_ratios, ratio_estimate
 from replay.format import read_events
+from replay.learner_sync import LearnerProgress, wait_learners_idle
 from replay.replayer import _max_ts
 from replay.simulate import simulate, world_for
 from replay.world import DAY_MS, World
+from serving.arms import Arms
 from stream.mirror import TopicMirror
 from stream.topics import changelog_topic
 from stream.wire import encode_event
@@ -44,11 +50,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ClosedLoopOptions:
-    users: int = 600
-    items: int = 3000
-    warm_days: int = 6
+    users: int = 6000  # these five: the default world of `xdm simulate` (14 days)
+    items: int = 5000
+    warm_days: int = 10
     ab_days: int = 4
     seed: int = 1
+    learner_wait_s: float = 3600.0  # longest wait for the learners to finish the warm-up samples
     active_day_prob: float = 0.6  # chance a user opens a session on an A/B day
     pages: int = 6  # pages per session
     page_size: int = 10  # items shown per page
@@ -69,9 +76,10 @@ def run_closed_loop(cfg: Config, out_dir: Path, opts: ClosedLoopOptions, recall_
     days = opts.warm_days + opts.ab_days
     log_dir = out_dir / "warmup-log"
     # The world that wrote the warm-up log carries on into the A/B days (its users' satisfied interests
-    # included), so the audience is the same population the models were warmed up on.
+    # included), so the audience is the same population the models were warmed up on. Only the warm-up
+    # days are simulated: the world's state is then the one at the start of the A/B days.
     world = world_for(opts.users, opts.items, days, opts.seed)
-    simulate(opts.users, opts.items, days, opts.seed, log_dir, progress=progress, world=world)
+    simulate(opts.users, opts.items, opts.warm_days, opts.seed, log_dir, progress=progress, world=world)
     return asyncio.run(_run(cfg, out_dir, opts, recall_address, world, log_dir, progress))
 
 
@@ -87,6 +95,7 @@ async def _run(cfg: Config, out_dir: Path, opts: ClosedLoopOptions, address: str
     mirror = TopicMirror(cfg.kafka.bootstrap, changelog_topic(cfg), _max_ts, name="closed-loop-sync")
     await mirror.start()
     await _wait_users(mirror, _last_ts(warm), timeout_s=600)
+    learners = await wait_learners_idle(cfg, Arms.parse(cfg.serving.arms).learners, opts.learner_wait_s)
     rng = np.random.default_rng([opts.seed, 7])
     daily: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     users_seen: dict[str, ArmTally] = defaultdict(lambda: ArmTally(defaultdict(int), defaultdict(int)))
@@ -101,7 +110,7 @@ async def _run(cfg: Config, out_dir: Path, opts: ClosedLoopOptions, address: str
         await channel.close()
         await mirror.stop()
         producer.close(timeout=10)
-    return _report(out_dir, opts, daily, users_seen)
+    return _report(out_dir, opts, daily, users_seen, learners)
 
 
 async def _day(cfg, opts, world, stub, producer, mirror, rng, day, daily, tallies, bar) -> None:
@@ -177,10 +186,12 @@ async def _wait_users(mirror: TopicMirror, last: dict[str, int], timeout_s: floa
         log.warning("workers behind after the sync timeout", extra={"users_behind": len(pending)})
 
 
-def _report(out_dir: Path, opts: ClosedLoopOptions, daily, tallies) -> dict:
+def _report(out_dir: Path, opts: ClosedLoopOptions, daily, tallies, learners: LearnerProgress) -> dict:
     arms = sorted(tallies)
     base = opts.baseline if opts.baseline in arms else arms[0]
-    report: dict = {"options": asdict(opts), "baseline": base, "arms": {}, "comparisons": [], "daily": {}}
+    report: dict = {"options": asdict(opts), "baseline": base, "arms": {}, "comparisons": [], "daily": {},
+                    "warm_up": {"learners_idle": learners.idle, "waited_s": round(learners.waited_s, 1),
+                                "trained_samples": learners.trained_samples, "versions": learners.versions}}
     arrays = {}
     for arm in arms:
         users = sorted(tallies[arm].impressions)
@@ -202,7 +213,14 @@ def _report(out_dir: Path, opts: ClosedLoopOptions, daily, tallies) -> dict:
 
 
 def _markdown(report: dict) -> str:
+    o, w = report["options"], report["warm_up"]
+    trained = ", ".join(f"{arm} {n:,}" for arm, n in sorted(w["trained_samples"].items()))
+    start = (f"the A/B days started once every learner had trained on the warm-up samples ({trained}; "
+             f"waited {w['waited_s']:.0f} s)" if w["learners_idle"] else
+             f"**the learners were still training when the A/B days started** ({trained or 'no version yet'})")
     lines = ["# Closed-loop A/B (the simulator as audience)", "",
+             f"{o['users']:,} users, {o['items']:,} items, seed {o['seed']}: {o['warm_days']} warm-up days, then "
+             f"{o['ab_days']} A/B days; {start}.", "",
              "| arm | users | impressions | clicks | CTR [95 % CI] |", "|---|---|---|---|---|"]
     for arm, a in sorted(report["arms"].items()):
         lines.append(f"| {arm} | {a['users']} | {a['impressions']:,} | {a['clicks']:,} | "

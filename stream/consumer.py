@@ -28,6 +28,7 @@ The worker's own counters (stream.metrics) replace what the monitor would report
 from __future__ import annotations
 
 import asyncio
+from time import monotonic
 from typing import Any, AsyncIterator, Callable, Mapping, cast
 
 import faust
@@ -143,7 +144,9 @@ class CountingMonitor(Monitor):
         pass
 
     def on_stream_event_in(self, tp: TP, offset: int, stream: Any, event: Any) -> None:
-        return None
+        # Faust's liveness probe reads this: without it every partition is reported as "not started
+        # processing" (an ERROR with a traceback-like text) once stream_processing_timeout has passed.
+        self.stream_inbound_time[tp] = monotonic()
 
     def on_stream_event_out(self, tp: TP, offset: int, stream: Any, event: Any, state: Any = None) -> None:
         pass

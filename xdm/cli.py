@@ -346,23 +346,28 @@ def report(out_dir: Path, baseline: str | None) -> None:
 @click.option("--arms", default="xdm:50,sdm:50", show_default=True, help="Arms and their shares (sticky by user).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Report folder (closed_loop.md, closed_loop.json, ctr.png).")
-@click.option("--users", type=click.IntRange(min=10), default=600, show_default=True, help="Simulated users.")
-@click.option("--items", type=click.IntRange(min=50), default=3000, show_default=True, help="Catalogue size.")
-@click.option("--warm-days", type=click.IntRange(min=1), default=6, show_default=True,
+# The defaults are `xdm simulate`'s default world (6,000 users, 5,000 items, 14 days, seed 1): its first 10
+# days warm the arms up, its last 4 are replaced by the A/B days.
+@click.option("--users", type=click.IntRange(min=10), default=6000, show_default=True, help="Simulated users.")
+@click.option("--items", type=click.IntRange(min=50), default=5000, show_default=True, help="Catalogue size.")
+@click.option("--warm-days", type=click.IntRange(min=1), default=10, show_default=True,
               help="Days of the simulator's own feed replayed first, so every arm starts trained.")
 @click.option("--ab-days", type=click.IntRange(min=1), default=4, show_default=True,
               help="Days in which each arm's recall decides what its users see.")
 @click.option("--seed", type=int, default=1, show_default=True, help="World and audience seed.")
+@click.option("--learner-wait", type=click.FloatRange(min=0), default=3600, show_default=True,
+              help="Longest wait (s) for the learners to finish the warm-up samples before the A/B days.")
 @click.pass_context
 @friendly
 def closed_loop(ctx: click.Context, arms: str, out_dir: Path, users: int, items: int, warm_days: int, ab_days: int,
-                seed: int) -> None:
+                seed: int, learner_wait: float) -> None:
     """Closed-loop A/B: simulated users click on what each arm recalls; report CTR per arm."""
     from replay.closed_loop import ClosedLoopOptions
     from replay.run import closed_loop_embedded
 
     signal.signal(signal.SIGTERM, _interrupt)
-    opts = ClosedLoopOptions(users=users, items=items, warm_days=warm_days, ab_days=ab_days, seed=seed)
+    opts = ClosedLoopOptions(users=users, items=items, warm_days=warm_days, ab_days=ab_days, seed=seed,
+                             learner_wait_s=learner_wait)
     closed_loop_embedded(_cfg(ctx), ctx.meta["profile"], out_dir.resolve(), arms, opts)
     click.echo((out_dir / "closed_loop.md").read_text())
 

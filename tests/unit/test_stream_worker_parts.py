@@ -277,3 +277,16 @@ def test_records_faust_would_drop_after_the_fetch_waited_are_given_back():
     sought.clear()
     got = fetch({standby, stream_tp}, lambda: setattr(thread.consumer, "flow_active", False))  # a rebalance
     assert got == {} and sorted(sought) == sorted([(standby, 7), (stream_tp, 7)])
+
+
+def test_counting_monitor_keeps_faust_liveness_probe_fed():
+    # Faust's consumer thread logs "Stream has not started processing" for a partition with no inbound time
+    # once stream_processing_timeout has passed; the slimmed monitor must still record it.
+    from faust.types import TP
+
+    from stream.consumer import CountingMonitor
+
+    monitor = CountingMonitor()
+    tp = TP("xdm.clicks", 0)
+    monitor.on_stream_event_in(tp, 5, stream=None, event=None)
+    assert tp in monitor.stream_inbound_time
