@@ -47,6 +47,9 @@ class ModelConfig:
     # data; on the default simulated world `xdm tune` picks 0.3 on the validation split (README, Table 2).
     triplet_weight: float = 0.3
     triplet_warmup_steps: int = 0  # λ ramps linearly from 0 over this many optimiser steps (0 = full λ at once)
+    # Added to the confidence gate's initial bias b (eq. 7). At 0 (PyTorch's init) G starts near 0.5, so z
+    # starts as h minus half of an untrained n; a negative shift starts z near h, SDM's user vector.
+    gate_bias_shift: float = 0.0
     tie_item_embeddings: bool = False  # v_i (eq. 2) IS the item-id input embedding: n, c and z share one space
     n_negatives: int = 1000  # j, log-uniform negatives per batch for the sampled softmax (papers: 20000)
     remove_accidental_hits: bool = True  # drop sampled negatives equal to one of the user's labels
@@ -232,9 +235,11 @@ class UnclickedEncoder(nn.Module):
 class ConfidenceFusion(nn.Module):
     """Eqs. 7-8: G = sigmoid(W[h; n] + b) (sigmoid per §4.3), z = h - G ⊙ n."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, bias_shift: float = 0.0) -> None:
         super().__init__()
         self.confidence = nn.Linear(2 * dim, dim)
+        with torch.no_grad():
+            self.confidence.bias += bias_shift
 
     def forward(self, h: Tensor, n: Tensor) -> Tensor:
         g = torch.sigmoid(self.confidence(torch.cat([h, n], dim=-1)))  # eq. 7
@@ -275,7 +280,7 @@ class XDM(nn.Module):
         shared = cfg.share_label_encoder and self.unclicked is not None
         self.label_encoder = UnclickedEncoder(d) if needs_c and not shared else None
         self._needs_c = needs_c
-        self.confidence = ConfidenceFusion(d) if cfg.fusion == "confidence" else None
+        self.confidence = ConfidenceFusion(d, cfg.gate_bias_shift) if cfg.fusion == "confidence" else None
 
     # --- towers
 

@@ -146,6 +146,18 @@ def test_confidence_fusion_eqs_7_8_by_hand():
     assert torch.allclose(out.z, model.confidence(out.h, out.n))
 
 
+def test_gate_bias_shift_moves_only_the_initial_gate_bias():
+    torch.manual_seed(3)
+    plain = ConfidenceFusion(4)
+    torch.manual_seed(3)
+    shifted = ConfidenceFusion(4, bias_shift=-4.0)
+    assert torch.equal(plain.confidence.weight, shifted.confidence.weight)
+    assert torch.allclose(shifted.confidence.bias, plain.confidence.bias - 4.0)
+    h, n = torch.randn(3, 4), torch.randn(3, 4)
+    # G = sigmoid(W[h; n] + b) near 0: z starts near h instead of near h - n / 2
+    assert (shifted(h, n) - h).abs().max() < 0.2 * (plain(h, n) - h).abs().max()
+
+
 def test_without_fusion_the_user_vector_is_h():
     model, _, batch = build("xdm_wo_fusion_sym")
     out = model(batch)
