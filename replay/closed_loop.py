@@ -91,11 +91,14 @@ async def _run(cfg: Config, out_dir: Path, opts: ClosedLoopOptions, address: str
     produce_catalogue(producer, cfg.kafka, log_dir)
     warm_end = world.cfg.start_ms + opts.warm_days * DAY_MS
     warm = [e for e in read_events(log_dir) if e.ts_ms < warm_end]
-    _send(producer, cfg, warm)
+    _send(producer, cfg, warm, "warm-up events sent" if progress else None)
     mirror = TopicMirror(cfg.kafka.bootstrap, changelog_topic(cfg), _max_ts, name="closed-loop-sync")
     await mirror.start()
-    await _wait_users(mirror, _last_ts(warm), timeout_s=600)
-    learners = await wait_learners_idle(cfg, Arms.parse(cfg.serving.arms).learners, opts.learner_wait_s)
+    # the workers need about a second per 5,000 events on two shared cores
+    await _wait_users(mirror, _last_ts(warm), timeout_s=max(600.0, len(warm) / 2000),
+                      since_ms=warm[0].ts_ms if progress and warm else None)
+    learners = await wait_learners_idle(cfg, Arms.parse(cfg.serving.arms).learners, opts.learner_wait_s,
+                                        show=progress)
     rng = np.random.default_rng([opts.seed, 7])
     daily: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     users_seen: dict[str, ArmTally] = defaultdict(lambda: ArmTally(defaultdict(int), defaultdict(int)))
@@ -160,9 +163,9 @@ async def _ask(stub, user: str, k: int) -> tuple[str, list[str]] | None:
     return answer.arm, [i.item_id for i in answer.items]
 
 
-def _send(producer, cfg: Config, events: list[Event]) -> None:
+def _send(producer, cfg: Config, events: list[Event], label: str | None = None) -> None:
     k = cfg.kafka
-    for e in events:
+    for e in tqdm(events, desc=label, unit="ev", disable=label is None, mininterval=1.0):
         producer.send(k.clicks_topic if e.kind == "click" else k.impressions_topic, key=e.user_id.encode(),
                       value=encode_event(e))
     producer.flush()
@@ -175,13 +178,23 @@ def _last_ts(events: list[Event]) -> dict[str, int]:
     return last
 
 
-async def _wait_users(mirror: TopicMirror, last: dict[str, int], timeout_s: float) -> None:
+async def _wait_users(mirror: TopicMirror, last: dict[str, int], timeout_s: float, since_ms: int | None = None) -> None:
+    """Wait until each user's windows reflect their last sent event. With `since_ms`, a bar shows the
+    event time the workers have reached (they apply events in event-time order), in hours since then."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     pending = dict(last)
-    while pending and loop.time() < deadline:
-        pending = {u: t for u, t in pending.items() if (mirror.get(u) or 0) < t}
-        await asyncio.sleep(0.05)
+    show = since_ms is not None
+    first = since_ms or 0
+    hours = (max(last.values(), default=first) - first) / 3_600_000
+    with tqdm(total=round(hours, 1), desc="workers' event time", unit="h", disable=not show) as bar:
+        while pending and loop.time() < deadline:
+            pending = {u: t for u, t in pending.items() if (mirror.get(u) or 0) < t}
+            if show:
+                reached = max(mirror.values.values(), default=first)
+                bar.n = round(min(hours, max(0.0, (reached - first) / 3_600_000)), 1)
+                bar.refresh()
+            await asyncio.sleep(0.05 if not show else 0.5)
     if pending:
         log.warning("workers behind after the sync timeout", extra={"users_behind": len(pending)})
 

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer
+from tqdm import tqdm
 
 from xdm.config import Config
 from xdm.v1 import events_pb2
@@ -42,7 +43,7 @@ def quiet_period_s(cfg: Config) -> float:
 
 
 async def wait_learners_idle(cfg: Config, learners: tuple[str, ...], timeout_s: float,
-                             quiet_s: float | None = None) -> LearnerProgress:
+                             quiet_s: float | None = None, show: bool = False) -> LearnerProgress:
     """Block until each learner has announced a version and none announced more samples for `quiet_s`."""
     quiet_s = quiet_period_s(cfg) if quiet_s is None else quiet_s
     consumer = AIOKafkaConsumer(cfg.kafka.versions_topic, bootstrap_servers=cfg.kafka.bootstrap,
@@ -51,6 +52,7 @@ async def wait_learners_idle(cfg: Config, learners: tuple[str, ...], timeout_s: 
     progress = LearnerProgress()
     started = time.monotonic()
     changed_at = started
+    bar = tqdm(desc="learners: samples trained (slowest)", unit="sample", disable=not show)
     try:
         while True:
             now = time.monotonic()
@@ -64,7 +66,10 @@ async def wait_learners_idle(cfg: Config, learners: tuple[str, ...], timeout_s: 
                 for record in records:
                     if _take(progress, record.value, learners):
                         changed_at = time.monotonic()
+                        bar.n = min(progress.trained_samples.values())
+                        bar.set_postfix(progress.trained_samples)
     finally:
+        bar.close()
         await consumer.stop()
     progress.waited_s = time.monotonic() - started
     _log_outcome(progress, learners, timeout_s)
