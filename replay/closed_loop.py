@@ -60,6 +60,9 @@ class ClosedLoopOptions:
     pages: int = 6  # pages per session
     page_size: int = 10  # items shown per page
     candidates: int = 60  # items asked from Recall per page
+    # Recall calls in flight, as a backend's connection pool would hold: a page of thousands of users at
+    # once overflowed the gRPC server's queue of calls not yet taken, and the overflow came back CANCELLED
+    concurrency: int = 32
     baseline: str = "sdm"
 
 
@@ -102,21 +105,24 @@ async def _run(cfg: Config, out_dir: Path, opts: ClosedLoopOptions, address: str
     rng = np.random.default_rng([opts.seed, 7])
     daily: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     users_seen: dict[str, ArmTally] = defaultdict(lambda: ArmTally(defaultdict(int), defaultdict(int)))
+    failed = 0
     channel = grpc.aio.insecure_channel(address)
     stub = recall_pb2_grpc.RecallStub(channel)
     bar = tqdm(total=opts.ab_days * opts.pages, desc="closed-loop pages", disable=not progress)
     try:
         for day in range(opts.warm_days, opts.warm_days + opts.ab_days):
-            await _day(cfg, opts, world, stub, producer, mirror, rng, day, daily, users_seen, bar)
+            failed += await _day(cfg, opts, world, stub, producer, mirror, rng, day, daily, users_seen, bar)
     finally:
         bar.close()
         await channel.close()
         await mirror.stop()
         producer.close(timeout=10)
-    return _report(out_dir, opts, daily, users_seen, learners)
+    return _report(out_dir, opts, daily, users_seen, learners, failed)
 
 
-async def _day(cfg, opts, world, stub, producer, mirror, rng, day, daily, tallies, bar) -> None:
+async def _day(cfg, opts, world, stub, producer, mirror, rng, day, daily, tallies, bar) -> int:
+    """One A/B day; returns the Recall calls that failed (those users saw no page)."""
+    failed = 0
     active = np.flatnonzero(rng.random(opts.users) < opts.active_day_prob * world.users.activity)
     start = world.cfg.start_ms + day * DAY_MS + rng.integers(8, 22, len(active)) * 3_600_000
     mood = world.session_engagement(len(active), rng)
@@ -124,7 +130,9 @@ async def _day(cfg, opts, world, stub, producer, mirror, rng, day, daily, tallie
     user_ids = world.user_id(active).tolist()
     for page in range(opts.pages):
         ts = start + page * 30_000
-        answers = await asyncio.gather(*(_ask(stub, u, opts.candidates) for u in user_ids))
+        gate = asyncio.Semaphore(opts.concurrency)
+        answers = await asyncio.gather(*(_ask(stub, u, opts.candidates, gate) for u in user_ids))
+        failed += sum(answer is None for answer in answers)
         events: list[Event] = []
         for i, answer in enumerate(answers):
             if answer is None:
@@ -152,11 +160,13 @@ async def _day(cfg, opts, world, stub, producer, mirror, rng, day, daily, tallie
         _send(producer, cfg, sorted(events, key=lambda e: e.ts_ms))
         await _wait_users(mirror, _last_ts(events), timeout_s=60)
         bar.update(1)
+    return failed
 
 
-async def _ask(stub, user: str, k: int) -> tuple[str, list[str]] | None:
+async def _ask(stub, user: str, k: int, gate: asyncio.Semaphore) -> tuple[str, list[str]] | None:
     try:
-        answer = await stub.Recall(recall_pb2.RecallRequest(user_id=user, k=k), timeout=10)
+        async with gate:
+            answer = await stub.Recall(recall_pb2.RecallRequest(user_id=user, k=k), timeout=10)
     except grpc.aio.AioRpcError as err:
         log.warning("recall failed in the closed loop", extra={"code": err.code().name})
         return None
@@ -199,10 +209,12 @@ async def _wait_users(mirror: TopicMirror, last: dict[str, int], timeout_s: floa
         log.warning("workers behind after the sync timeout", extra={"users_behind": len(pending)})
 
 
-def _report(out_dir: Path, opts: ClosedLoopOptions, daily, tallies, learners: LearnerProgress) -> dict:
+def _report(out_dir: Path, opts: ClosedLoopOptions, daily, tallies, learners: LearnerProgress,
+            failed: int) -> dict:
     arms = sorted(tallies)
     base = opts.baseline if opts.baseline in arms else arms[0]
     report: dict = {"options": asdict(opts), "baseline": base, "arms": {}, "comparisons": [], "daily": {},
+                    "failed_requests": failed,
                     "warm_up": {"learners_idle": learners.idle, "waited_s": round(learners.waited_s, 1),
                                 "trained_samples": learners.trained_samples, "versions": learners.versions}}
     arrays = {}
@@ -239,6 +251,8 @@ def _markdown(report: dict) -> str:
         lines.append(f"| {arm} | {a['users']} | {a['impressions']:,} | {a['clicks']:,} | "
                      f"{a['ctr']:.2%} [{a['low']:.2%}, {a['high']:.2%}] |")
     lines.append("")
+    if report["failed_requests"]:
+        lines += [f"**{report['failed_requests']:,} Recall calls failed** (those users saw no page; see the log).", ""]
     for c in report["comparisons"]:
         lines.append(f"CTR lift {c['candidate']} vs {c['baseline']}: {c['lift']:+.1%} "
                      f"[{c['low']:+.1%}, {c['high']:+.1%}], p = {c['p_value']:.3f}"

@@ -66,7 +66,7 @@ def test_closed_loop_reports_ctr_per_arm_from_the_events_it_sent(tmp_path: Path,
     opts = ClosedLoopOptions(users=80, items=400, warm_days=3, ab_days=1, pages=3, seed=2)
     report = closed_loop_embedded(test_config, "test", out, "xdm:50,sdm:50", opts, progress_bar=False)
     assert {"closed_loop.json", "closed_loop.md", "ctr.png"} <= {p.name for p in out.iterdir()}
-    assert set(report["arms"]) == {"xdm", "sdm"}
+    assert set(report["arms"]) == {"xdm", "sdm"} and report["failed_requests"] == 0
     warm_up = report["warm_up"]  # the A/B days began with both learners through the same warm-up samples
     assert warm_up["learners_idle"] and set(warm_up["trained_samples"]) == {"xdm", "sdm"}
     assert len(set(warm_up["trained_samples"].values())) == 1 and min(warm_up["trained_samples"].values()) > 0
