@@ -8,7 +8,7 @@ then drives each with C concurrent callers (C = 1, 8, 32), bounded in requests a
 Server variants: `exact` (in-memory copy of the version's Milvus collection, float32 full scan: the
 reference), `local` (the server's defaults: local_index=auto), `ivf` (serving.local_index=ivf: k-means
 lists, approximate, kept whatever its recall), `scan` (serving.local_index=exact with the default scan precision),
-`runners2` (two batches in flight), `nofreeze` (start-up heap left to the garbage collector), `eager` (user tower not traced), `nobatch` (no micro-batching) and `milvus` (search Milvus per
+`runners2` (two batches in flight), `switch5` (Python's default 5 ms GIL switch interval instead of the server's 1 ms), `nofreeze` (start-up heap left to the garbage collector), `eager` (user tower not traced), `nobatch` (no micro-batching) and `milvus` (search Milvus per
 request, serving.local_index_max_items=0). Every variant's recall@50 against `exact`'s answers for the
 same users is printed. Each row also gives the server's own view, from its metrics: mean batch size and
 mean time per batch queued, in the user tower and in the search, and the full garbage collections (count,
@@ -20,7 +20,7 @@ vectors of the largest size. Writes
 bench/results/serving_latency.json and prints a table with the ratio to echo.
 
     .venv/bin/python bench/serving_latency.py [--requests 2000] [--seconds 20] [--quick]
-        [--servers exact,local,ivf,runners2,nofreeze,eager,nobatch,milvus] [--sizes 10000,100000] [--concurrency 1,8,32]
+        [--servers exact,local,ivf,runners2,switch5,nofreeze,eager,nobatch,milvus] [--sizes 10000,100000] [--concurrency 1,8,32]
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ SERVERS = {  # "exact" first: it is the reference the others' recall@50 is measu
     "ivf": {"serving.local_index": "ivf"},
     "scan": {"serving.local_index": "exact"},
     "runners2": {"serving.batch_runners": 2},
+    "switch5": {"serving.switch_interval_ms": 5.0},
     "nofreeze": {"serving.gc_freeze": False},
     "eager": {"serving.trace_tower": False},
     "nobatch": {"serving.batch_max": 1, "serving.batch_runners": 1},

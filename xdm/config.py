@@ -118,6 +118,8 @@ class ServingConfig:
     batch_runners: int = 1  # batches in flight at once, each on its own compute thread; at most one per core
     trace_tower: bool = True  # serve each version's user tower traced and frozen (serving/compiled_tower.py)
     gc_freeze: bool = True  # freeze the start-up heap out of garbage collection (full collections took 120-230 ms)
+    max_pending_calls: int = 20_000  # calls queued before the server takes them; gRPC cancels the overflow
+    switch_interval_ms: float = 1.0  # Python's GIL switch interval in the server (its default: 5 ms); serving/server.py
     popular_half_life_ms: int = 86_400_000  # decay of click counts behind cold-start answers (event time)
     tls_cert: str = ""  # PEM certificate file; with tls_key, the server speaks TLS only
     tls_key: str = ""  # PEM private key file

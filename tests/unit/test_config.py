@@ -47,3 +47,11 @@ def test_config_is_frozen():
     cfg = Config()
     with pytest.raises(AttributeError):
         cfg.kafka.partitions = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("ms", [0, -1, 1000])
+def test_server_rejects_a_gil_switch_interval_out_of_range(ms):
+    from serving.server import _set_switch_interval
+
+    with pytest.raises(ConfigError, match="switch_interval_ms"):
+        _set_switch_interval(ms)
