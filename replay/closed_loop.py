@@ -266,11 +266,13 @@ def _plot(report: dict, out_dir: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for arm, days in sorted(report["daily"].items()):
         ax.plot([int(d) for d in days], list(days.values()), marker="o", label=arm)
     ax.set_xlabel("simulated day")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("CTR")
     ax.set_title("Closed-loop CTR per arm and day")
     ax.grid(alpha=0.3)
