@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from xdm.v1 import events_pb2
+
 
 @dataclass(frozen=True)
 class VersionInfo:
@@ -26,6 +28,21 @@ class VersionInfo:
     published_ms: int
     trained_samples: int
     items: int
+
+
+def encode_announcement(info: VersionInfo) -> bytes:
+    """The versions-topic record that announces a published version."""
+    return events_pb2.ModelVersion(arm=info.arm, version=info.version, collection=info.collection,
+                                   tower_uri=info.tower_uri, published_ms=info.published_ms,
+                                   trained_samples=info.trained_samples, items=info.items).SerializeToString()
+
+
+def decode_announcement(payload: bytes) -> VersionInfo:
+    """Inverse of encode_announcement; raises google.protobuf's DecodeError on a malformed record."""
+    msg = events_pb2.ModelVersion()
+    msg.ParseFromString(payload)
+    return VersionInfo(arm=msg.arm, version=msg.version, collection=msg.collection, tower_uri=msg.tower_uri,
+                       published_ms=msg.published_ms, trained_samples=msg.trained_samples, items=msg.items)
 
 
 def tower_path(store: str, arm: str, version: int) -> Path:

@@ -13,7 +13,6 @@ from learner import model_store, vector_store
 from learner.model_store import VersionInfo
 from learner.trainer import Trainer
 from xdm.config import Config
-from xdm.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +53,8 @@ class Publisher:
     def _announce(self, info: VersionInfo) -> None:
         if self._producer is None:
             self._producer = KafkaProducer(bootstrap_servers=self.cfg.kafka.bootstrap, acks="all")
-        msg = events_pb2.ModelVersion(arm=info.arm, version=info.version, collection=info.collection,
-                                      tower_uri=info.tower_uri, published_ms=info.published_ms,
-                                      trained_samples=info.trained_samples, items=info.items)
-        self._producer.send(self.cfg.kafka.versions_topic, key=info.arm.encode(), value=msg.SerializeToString())
+        self._producer.send(self.cfg.kafka.versions_topic, key=info.arm.encode(),
+                            value=model_store.encode_announcement(info))
         self._producer.flush(timeout=10)
 
     def close(self) -> None:

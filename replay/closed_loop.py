@@ -204,7 +204,7 @@ async def _wait_users(mirror: TopicMirror, last: dict[str, int], timeout_s: floa
                 reached = max(mirror.values.values(), default=first)
                 bar.n = round(min(hours, max(0.0, (reached - first) / 3_600_000)), 1)
                 bar.refresh()
-            await asyncio.sleep(0.05 if not show else 0.5)
+            await asyncio.sleep(0.05)
     if pending:
         log.warning("workers behind after the sync timeout", extra={"users_behind": len(pending)})
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer
 from tqdm import tqdm
 
+from learner.model_store import decode_announcement
 from xdm.config import Config
-from xdm.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 QUIET_MARGIN_S = 15.0  # beyond the learner's publish interval, for a step in progress and the announcement
@@ -78,16 +78,15 @@ async def wait_learners_idle(cfg: Config, learners: tuple[str, ...], timeout_s: 
 
 def _take(progress: LearnerProgress, payload: bytes, learners: tuple[str, ...]) -> bool:
     """Record one announcement; True when it moved a learner's trained-sample count."""
-    msg = events_pb2.ModelVersion()
     try:
-        msg.ParseFromString(payload)
+        info = decode_announcement(payload)
     except Exception:  # not ours to judge here; the server logs bad announcements
         return False
-    if msg.arm not in learners or msg.version <= progress.versions.get(msg.arm, 0):
+    if info.arm not in learners or info.version <= progress.versions.get(info.arm, 0):
         return False
-    progress.versions[msg.arm] = msg.version
-    moved = progress.trained_samples.get(msg.arm) != msg.trained_samples
-    progress.trained_samples[msg.arm] = msg.trained_samples
+    progress.versions[info.arm] = info.version
+    moved = progress.trained_samples.get(info.arm) != info.trained_samples
+    progress.trained_samples[info.arm] = info.trained_samples
     return moved
 
 

@@ -11,12 +11,12 @@ import logging
 
 from aiokafka import AIOKafkaConsumer
 
-from learner.model_store import Tower, VersionInfo, load_tower, read_latest, tower_from_payload
+from learner.model_store import (Tower, VersionInfo, decode_announcement, load_tower, read_latest,
+                                 tower_from_payload)
 from serving.compiled_tower import compile_tower
 from serving.search import load_local_index
 from stream.mirror import stop_background
 from xdm.config import Config
-from xdm.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 STORE_POLL_MS = 5000  # with no announcement for this long, re-read the store
@@ -83,12 +83,7 @@ class TowerRegistry:
                     await self._on_announcement(record.value)
 
     async def _on_announcement(self, payload: bytes) -> None:
-        msg = events_pb2.ModelVersion()
         try:
-            msg.ParseFromString(payload)
-            info = VersionInfo(arm=msg.arm, version=msg.version, collection=msg.collection,
-                               tower_uri=msg.tower_uri, published_ms=msg.published_ms,
-                               trained_samples=msg.trained_samples, items=msg.items)
-            await self.load(info)
+            await self.load(decode_announcement(payload))
         except Exception:  # a bad announcement must not stop hot reload of later ones
             log.exception("could not load announced version")

@@ -81,3 +81,15 @@ def test_sample_round_trip():
     sample = Sample("s1", "u1", 5, w, (Behavior(6, item),), (("age", "3"),))
     decoded, times = decode_sample(encode_sample(sample, SampleTimes(source_ms=70, emitted_ms=77)))
     assert decoded == sample and times == SampleTimes(source_ms=70, emitted_ms=77)
+
+
+def test_version_announcements_round_trip_and_reject_garbage():
+    from google.protobuf.message import DecodeError
+
+    from learner.model_store import VersionInfo, decode_announcement, encode_announcement
+
+    info = VersionInfo(arm="xdm", version=7, collection="xdm_xdm_v7", tower_uri="/m/xdm/tower-v000007.pt",
+                       published_ms=1_800_000_000_000, trained_samples=129_761, items=5000)
+    assert decode_announcement(encode_announcement(info)) == info
+    with pytest.raises(DecodeError):
+        decode_announcement(b"\xff\xff\xff")
