@@ -207,10 +207,11 @@ class Vocabulary:
             raise ValueError(f"unknown vocabulary kind {kind!r}; known: {', '.join(self.kinds)}") from None
 
 
-def collate(samples: Sequence[Any], vocab: Vocabulary, grow: bool) -> Batch:
+def collate(samples: Sequence[Any], vocab: Vocabulary, grow: bool, count: bool = True) -> Batch:
     """Pad a list of samples into a Batch.
 
-    grow=True (training) adds unseen ids to `vocab` and counts every label item in `vocab.counts`;
+    grow=True (training) adds unseen ids to `vocab` and, unless count=False (a rehearsal step over
+    samples already counted), counts every label item in `vocab.counts`;
     grow=False (evaluation, serving) maps unseen ids to 0. An unseen item keeps its known side-info ids
     in the windows (its q_i still carries leaf, brand, ...), but is dropped from the labels: row 0 cannot
     be a softmax target.
@@ -225,7 +226,7 @@ def collate(samples: Sequence[Any], vocab: Vocabulary, grow: bool) -> Batch:
         long_.append([to_ids(b.item) for b in w.long])
         unclicked.append([to_ids(b.item) for b in w.unclicked])
         row_labels = [ids for ids in (to_ids(b.item) for b in s.labels) if ids[0] != 0]
-        if grow:
+        if grow and count:
             for ids in row_labels:
                 vocab.observe(ids[0])
         labels.append(row_labels)

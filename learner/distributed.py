@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,11 +42,9 @@ from torch import Tensor, nn
 from learner.batch import ITEM_KINDS, Vocabulary, collate, profile_kind
 from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.model import ModelConfig, config_for, pick_device
-from learner.online import (LearnerStatus, OnlineLearner, assign_from, model_overrides, samples_consumer,
+from learner.online import (LearnerStatus, OnlineLearner, Taken, assign_from, model_overrides, samples_consumer,
                             wait_partitions)
 from learner.trainer import StepStats, Trainer
-from stream.samples import Sample
-from stream.wire import SampleTimes
 from xdm.config import Config
 
 log = logging.getLogger(__name__)
@@ -164,8 +163,9 @@ class Footprint:
     samples: int = 0
 
 
-def footprint(samples: Sequence[Any], vocab: Vocabulary) -> Footprint:
-    """The ids of `samples` that `vocab` does not know, in the order collate would meet them."""
+def footprint(samples: Sequence[Any], vocab: Vocabulary, count: bool = True) -> Footprint:
+    """The ids of `samples` that `vocab` does not know, in the order collate would meet them; their
+    label items unless count=False (a rehearsal batch, counted when it was new)."""
     out = Footprint(samples=len(samples))
     seen_items: set[tuple[str, ...]] = set()
     seen_profile: set[tuple[str, str]] = set()
@@ -179,7 +179,8 @@ def footprint(samples: Sequence[Any], vocab: Vocabulary) -> Footprint:
             seen_items.add(keys)
             if any(key and vocab.lookup(kind, key) == 0 for kind, key in zip(ITEM_KINDS, keys)):
                 out.items.append(keys)
-        out.labels.extend(b.item.item_id for b in s.labels if b.item.item_id)
+        if count:
+            out.labels.extend(b.item.item_id for b in s.labels if b.item.item_id)
         fields = dict(s.profile)
         for name in vocab.profile_fields:
             pair = (profile_kind(name), fields.get(name, ""))
@@ -240,11 +241,11 @@ class DistributedTrainer(Trainer):
         torch.manual_seed(seed)
         self.generator.manual_seed(seed)
 
-    def step(self, samples: Sequence[Any]) -> StepStats:
+    def step(self, samples: Sequence[Any], rehearsal: bool = False) -> StepStats:
         comm = self.comm
         emb = embedding_parameters(self.model)
         rows_before = {name: p.shape[0] for name, p in emb.items()}
-        footprints = comm.all_gather_object(footprint(samples, self.vocab))
+        footprints = comm.all_gather_object(footprint(samples, self.vocab, count=not rehearsal))
         apply_footprints(self.vocab, footprints)
         recycled = sorted(set(self.vocab.recycled))
         self.follow_vocabulary()
@@ -257,7 +258,7 @@ class DistributedTrainer(Trainer):
         parts = None
         if batch is not None:
             batch = batch.to(self.device)
-            hr, mrr = self.progressive_validation(batch)
+            hr, mrr = (0.0, 0.0) if rehearsal else self.progressive_validation(batch)
             self.model.train()
             parts = self.model.calculate_loss(batch, self.sampler, self.generator, step=self.steps)
             finite = bool(torch.isfinite(parts.total))
@@ -266,7 +267,7 @@ class DistributedTrainer(Trainer):
                                    float(parts.triplet.detach()) * n_local if finite else 0.0,
                                    hr * n_local, mrr * n_local], dtype=torch.float64, device=comm.device)
         comm.all_reduce(stats)
-        self.samples_seen += n_total
+        self.samples_seen += 0 if rehearsal else n_total
         self.optimizer.zero_grad(set_to_none=True)
         weight = n_total or 1
         if stats[0] > 0:  # some rank's loss is not finite: every rank skips this update
@@ -281,6 +282,8 @@ class DistributedTrainer(Trainer):
         self.optimizer.step()
         self.steps += 1
         s = (stats[1:] / weight).tolist()
+        if rehearsal:
+            s[3] = s[4] = math.nan
         return StepStats(s[0], s[1], s[2], s[3], s[4], n_local, skipped=False)
 
     def parameter_checksum(self) -> list[float]:
@@ -398,7 +401,8 @@ class DistributedLearner(OnlineLearner):
         state = self.comm.broadcast_object(state)
         if state is None:
             return
-        self._resume(state, _seen_for(self.comm.rank, self.comm.world_size, state))
+        self._resume(state, _seen_for(self.comm.rank, self.comm.world_size, state),
+                     _rehearsal_for(self.comm.rank, self.comm.world_size, state))
         log.info("resumed", extra={"arm": self.arm, "rank": self.comm.rank, "steps": self.trainer.steps,
                                    "version": self.version})
 
@@ -418,7 +422,7 @@ class DistributedLearner(OnlineLearner):
 
     def _loop(self, consumer: KafkaConsumer, max_steps: int | None, idle_exit_s: float | None) -> None:
         lc = self.cfg.learner
-        buffer: list[tuple[Sample, SampleTimes]] = []
+        buffer: list[Taken] = []
         pending: dict[int, int] = {}
         batch_started = last_data = last_publish = time.monotonic()
         at_publish = at_checkpoint = at_evict = self.trainer.steps
@@ -449,7 +453,7 @@ class DistributedLearner(OnlineLearner):
                 self._train(buffer)  # every rank, its buffer possibly empty: one group step
                 self.status.local_samples += len(buffer)
                 if self.record_ids:
-                    self.status.trained_ids.extend(s.sample_id for s, _ in buffer)
+                    self.status.trained_ids.extend(t.sample.sample_id for t in buffer)
                 buffer = []
                 batch_started = now
                 self.covered.update(pending)  # dead letters included: they are handled for good
@@ -472,18 +476,20 @@ class DistributedLearner(OnlineLearner):
     def _checkpoint(self, consumer: KafkaConsumer) -> None:
         """Gather every rank's offsets and checksum; rank 0 writes the one checkpoint of the arm."""
         mine = {p: o for p, o in self.covered.items() if p in self.status.partitions}
-        gathered = self.comm.all_gather_object((mine, self.trainer.parameter_checksum(), self.seen.state_dict()))
-        sums = [c for _, c, _ in gathered]
+        gathered = self.comm.all_gather_object((mine, self.trainer.parameter_checksum(), self.seen.state_dict(),
+                                                self.rehearsal.state_dict()))
+        sums = [c for _, c, _, _ in gathered]
         if any(c != sums[0] for c in sums):
             raise RuntimeError(f"data-parallel replicas drifted apart at step {self.trainer.steps}: {sums}")
         if self.comm.rank == 0:
             offsets: dict[int, int] = {}
-            for part, _, _ in gathered:
+            for part, _, _, _ in gathered:
                 offsets.update(part)
             save_checkpoint(self.cfg.learner.checkpoint_dir, self.arm, {
                 "trainer": self.trainer.state_dict(), "offsets": offsets, "version": self.version,
                 "variant": self.variant, "model_config": asdict(self.trainer.model.cfg),
-                "world_size": self.comm.world_size, "seen_by_rank": [ids for _, _, ids in gathered],
+                "world_size": self.comm.world_size, "seen_by_rank": [ids for _, _, ids, _ in gathered],
+                "rehearsal_by_rank": [memory for _, _, _, memory in gathered],
             })
         topic = self.cfg.kafka.samples_topic
         try:  # each rank commits its own partitions; the checkpoint is what resumes
@@ -518,3 +524,14 @@ def _seen_for(rank: int, world_size: int, state: dict) -> list[str]:
     if len(by_rank) == world_size:
         return by_rank[rank]
     return [sample_id for ids in by_rank for sample_id in ids]
+
+
+def _rehearsal_for(rank: int, world_size: int, state: dict) -> dict | None:
+    """This rank's rehearsal memory when the group kept its size; else none (its partitions changed, and
+    a memory drawn from other partitions would make the ranks' batches depend on the old layout)."""
+    by_rank = state.get("rehearsal_by_rank") or []
+    if len(by_rank) == world_size:
+        return by_rank[rank]
+    if by_rank:
+        log.warning("group size changed: rehearsal memory starts empty", extra={"rank": rank})
+    return None

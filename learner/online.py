@@ -5,7 +5,9 @@ the offsets stored in its last checkpoint (else the beginning). Offsets are comm
 checkpoint covers, and a checkpoint is only taken between batches, so after a crash the learner replays
 exactly the samples its checkpoint does not cover: with the same samples it ends with the same
 parameters as a run that never stopped (CPU, same seed; one samples partition makes batch boundaries
-independent of poll timing when batches fill up).
+independent of poll timing when batches fill up). After each step on new samples it takes
+`learner.rehearsal_steps` more on random batches of the last `learner.rehearsal_window` samples
+(learner/rehearsal.py: why, and how a restart draws the same batches).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
@@ -26,7 +29,8 @@ from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.dedup import SeenSamples
 from learner.model import config_for
 from learner.publish import Publisher
-from learner.trainer import Trainer
+from learner.rehearsal import Ref, Rehearsal, read_back
+from learner.trainer import StepStats, Trainer
 from stream.samples import Sample
 from stream.wire import MalformedEvent, SampleTimes, decode_sample
 from xdm.config import Config, KafkaConfig
@@ -37,6 +41,14 @@ MAX_WINDOW = 1000  # a window longer than this is not one the stream can produce
 RUNNING_STEPS = 50  # progressive-validation figures are means over this many recent steps
 
 
+class Taken(NamedTuple):
+    """A sample taken for training, with its timings and where it lies in the samples topic."""
+
+    sample: Sample
+    times: SampleTimes
+    ref: Ref
+
+
 @dataclass
 class LearnerStatus:
     steps: int = 0
@@ -45,6 +57,7 @@ class LearnerStatus:
     dead_letters: int = 0
     duplicates: int = 0  # samples skipped as repeats of one already taken (learner/dedup.py)
     skipped_steps: int = 0
+    rehearsal_steps: int = 0  # steps on remembered samples (learner/rehearsal.py), included in steps
     evicted_items: int = 0
     hr50: float = 0.0  # running mean over RUNNING_STEPS
     mrr50: float = 0.0
@@ -76,6 +89,7 @@ class OnlineLearner:
         self.version = 0
         self.covered: dict[int, int] = {}  # partition -> next offset covered by trained samples
         self.seen = SeenSamples(lc.dedup_samples)
+        self.rehearsal = Rehearsal(lc.rehearsal_steps, lc.rehearsal_window, lc.seed)
         self._recent: deque[tuple[float, float]] = deque(maxlen=RUNNING_STEPS)
         self._unpublished_since: float | None = None  # wall time of the oldest step not yet published
         self._stop = threading.Event()
@@ -88,7 +102,7 @@ class OnlineLearner:
         """Resume from this arm's checkpoint; else warm-start weights from an offline run."""
         state = load_checkpoint(self.cfg.learner.checkpoint_dir, self.arm)
         if state is not None:
-            self._resume(state, state.get("seen", []))
+            self._resume(state, state.get("seen", []), state.get("rehearsal"))
             log.info("resumed from checkpoint", extra={"arm": self.arm, "steps": self.trainer.steps,
                                                         "version": self.version})
             return
@@ -110,12 +124,17 @@ class OnlineLearner:
                 self._producer.close(timeout=5)
         return self.status
 
-    def _resume(self, state: dict, seen_ids: list[str]) -> None:
-        """Take trainer, covered offsets, version and the sample ids already taken from a checkpoint."""
+    def _resume(self, state: dict, seen_ids: list[str], rehearsal: dict | None) -> None:
+        """Take trainer, covered offsets, version, the sample ids already taken and the rehearsal memory
+        (read back from the samples topic) from a checkpoint."""
         self.trainer.load_state_dict(state["trainer"])
         self.covered = {int(p): int(o) for p, o in state["offsets"].items()}
         self.version = state["version"]
         self.seen.load_state_dict(seen_ids)
+        if rehearsal and self.rehearsal.steps:
+            k = self.cfg.kafka
+            samples = read_back(lambda: reader_consumer(k), k.samples_topic, rehearsal["refs"])
+            self.rehearsal.load_state_dict(rehearsal, samples)
 
     # --- the loop
 
@@ -126,7 +145,7 @@ class OnlineLearner:
 
     def _loop(self, consumer: KafkaConsumer, max_steps: int | None, idle_exit_s: float | None) -> None:
         lc = self.cfg.learner
-        buffer: list[tuple[Sample, SampleTimes]] = []
+        buffer: list[Taken] = []
         pending: dict[int, int] = {}
         batch_started = last_data = last_publish = time.monotonic()
         at_publish = at_checkpoint = at_evict = self.trainer.steps
@@ -167,7 +186,7 @@ class OnlineLearner:
             if self.trainer.steps > at_checkpoint or pending:
                 self._checkpoint(consumer)
 
-    def _decode(self, record) -> tuple[Sample, SampleTimes] | None:
+    def _decode(self, record) -> Taken | None:
         try:
             sample, times = decode_sample(record.value)
             validate_sample(sample)
@@ -178,12 +197,24 @@ class OnlineLearner:
             self.status.duplicates += 1
             m.DUPLICATES.labels(self.arm).inc()
             return None
-        return sample, times
+        return Taken(sample, times, (record.partition, record.offset))
 
-    def _train(self, buffer: list[tuple[Sample, SampleTimes]]) -> None:
-        stats = self.trainer.step([s for s, _ in buffer])
+    def _train(self, buffer: list[Taken]) -> None:
+        """One step on the new samples, then the rehearsal steps (every rank of a group takes as many)."""
+        stats = self.trainer.step([t.sample for t in buffer])
+        self._account(buffer, stats)
+        self.rehearsal.remember((t.ref, t.sample) for t in buffer)
+        for batch in self.rehearsal.batches(self.cfg.learner.batch_size):
+            again = self.trainer.step(batch, rehearsal=True)
+            self.status.rehearsal_steps += 1
+            m.STEPS.labels(self.arm).inc(0 if again.skipped else 1)
+            m.SKIPPED.labels(self.arm).inc(1 if again.skipped else 0)
+        st = self.status
+        st.steps, st.skipped_steps = self.trainer.steps, self.trainer.skipped_steps
+
+    def _account(self, buffer: list[Taken], stats: StepStats) -> None:
         now_s = time.time()
-        for _, times in buffer:
+        for _, times, _ in buffer:
             if times.source_ms and times.emitted_ms:
                 m.EVENT_TO_SAMPLE.labels(self.arm).observe(max(0.0, (times.emitted_ms - times.source_ms) / 1000))
             if times.emitted_ms:
@@ -221,6 +252,7 @@ class OnlineLearner:
         save_checkpoint(self.cfg.learner.checkpoint_dir, self.arm, {
             "trainer": self.trainer.state_dict(), "offsets": dict(self.covered), "version": self.version,
             "variant": self.variant, "model_config": asdict(self.trainer.model.cfg), "seen": self.seen.state_dict(),
+            "rehearsal": self.rehearsal.state_dict(),
         })
         topic = self.cfg.kafka.samples_topic
         try:
@@ -274,6 +306,13 @@ def samples_consumer(k: KafkaConfig, arm: str) -> KafkaConsumer:
                          enable_auto_commit=False, auto_offset_reset="earliest",
                          isolation_level="read_committed" if k.exactly_once else "read_uncommitted",
                          session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_ms,
+                         reconnect_backoff_max_ms=5000)
+
+
+def reader_consumer(k: KafkaConfig) -> KafkaConsumer:
+    """A consumer outside any group, to read given records of the samples topic back."""
+    return KafkaConsumer(bootstrap_servers=k.bootstrap, group_id=None, enable_auto_commit=False,
+                         isolation_level="read_committed" if k.exactly_once else "read_uncommitted",
                          reconnect_backoff_max_ms=5000)
 
 

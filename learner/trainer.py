@@ -64,15 +64,17 @@ class Trainer:
         self.samples_seen = 0
         self.skipped_steps = 0
 
-    def step(self, samples: Sequence[Any]) -> StepStats:
-        batch = collate(samples, self.vocab, grow=True)
+    def step(self, samples: Sequence[Any], rehearsal: bool = False) -> StepStats:
+        """One update on `samples`. A rehearsal step (learner/rehearsal.py) trains on samples taken before:
+        it neither counts their labels again nor scores them (hr50 / mrr50 are NaN), nor adds to samples_seen."""
+        batch = collate(samples, self.vocab, grow=True, count=not rehearsal)
         self.follow_vocabulary()
         self._touch(batch, max(s.ts_ms for s in samples))
         batch = batch.to(self.device)
-        hr, mrr = self.progressive_validation(batch)
+        hr, mrr = (math.nan, math.nan) if rehearsal else self.progressive_validation(batch)
         self.model.train()
         parts = self.model.calculate_loss(batch, self.sampler, self.generator, step=self.steps)
-        self.samples_seen += len(samples)
+        self.samples_seen += 0 if rehearsal else len(samples)
         if not torch.isfinite(parts.total):
             self.skipped_steps += 1
             return StepStats(math.nan, math.nan, math.nan, hr, mrr, len(samples), skipped=True)

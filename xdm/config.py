@@ -87,7 +87,15 @@ class LearnerConfig:
     keep_versions: int = 3  # published versions kept before older ones are dropped
     evict_after_ms: int = 14 * 86_400_000  # free item rows unseen in samples for this long (event time, ms); 0 = never
     evict_every_steps: int = 100  # look for items to evict after this many steps
+    rehearsal_steps: int = 2  # extra steps after each new batch on random batches of recent samples (learner/rehearsal.py)
+    rehearsal_window: int = 20_000  # the last this many samples taken are what rehearsal draws from
     metrics_port: int = 0  # Prometheus metrics port (0 = disabled)
+
+    def __post_init__(self) -> None:
+        if self.rehearsal_steps < 0:
+            raise ValueError(f"rehearsal_steps must be >= 0, got {self.rehearsal_steps}")
+        if self.rehearsal_window < 1:
+            raise ValueError(f"rehearsal_window must be >= 1, got {self.rehearsal_window}")
 
 
 @dataclass(frozen=True)

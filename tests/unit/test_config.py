@@ -55,3 +55,9 @@ def test_server_rejects_a_gil_switch_interval_out_of_range(ms):
 
     with pytest.raises(ConfigError, match="switch_interval_ms"):
         _set_switch_interval(ms)
+
+
+@pytest.mark.parametrize("key, value", [("learner.rehearsal_steps", "-1"), ("learner.rehearsal_window", "0")])
+def test_rehearsal_settings_out_of_range_are_a_config_error_naming_the_key(key, value):
+    with pytest.raises(ConfigError, match=key.split(".")[1]):
+        load_config(overrides={key: value})

@@ -145,3 +145,19 @@ def test_the_warmup_resumes_from_a_checkpoint_at_the_step_it_reached():
     restored.load_state_dict(trainer.state_dict())
     restored.step(_stream(8, offset=40))
     assert restored.optimizer.param_groups[0]["lr"] == pytest.approx(0.04)
+
+
+def test_a_rehearsal_step_trains_without_counting_labels_scoring_or_adding_samples():
+    trainer = _trainer()
+    batch = _stream(8)
+    trainer.step(batch)
+    counts, seen = list(trainer.vocab.counts), trainer.samples_seen
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+
+    stats = trainer.step(batch, rehearsal=True)
+
+    assert trainer.vocab.counts == counts  # the sampler's frequencies stay the stream's
+    assert trainer.samples_seen == seen
+    assert math.isnan(stats.hr50) and math.isnan(stats.mrr50)  # not out of sample: no progressive score
+    assert trainer.steps == 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
