@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 35, 40, 45, 50, 60, 120, 300)
 
 STEPS = Counter("xdm_learner_steps_total", "Optimiser steps", ["arm"])
 SAMPLES = Counter("xdm_learner_samples_total", "Samples trained on", ["arm"])
