@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.processes import ManagedProcess, ensure_alive, free_port, port_open, start_process, wait_until
+from infra.learner_settings import LearnerSettings, learner_config
 from infra.services import start_broker, start_milvus
 from infra.topics import ensure_topics
 from xdm.config import Config, apply_overrides
@@ -31,6 +32,7 @@ class Stack:
     root: Path
     profile: str
     processes: list[ManagedProcess] = field(default_factory=list)
+    learner_settings: LearnerSettings = field(default_factory=dict)  # per-arm learner.* (infra/learner_settings.py)
 
     def by_name(self, name: str) -> ManagedProcess:
         for proc in self.processes:
@@ -60,8 +62,9 @@ class Stack:
         return proc
 
     def start_learner(self, arm: str, variant: str) -> ManagedProcess:
+        env = config_env(learner_config(self.cfg, self.learner_settings, arm))
         proc = start_process(f"learner-{arm}", _xdm(self.profile, "learn", "--arm", arm, "--variant", variant),
-                             self.root / "logs", env=self.child_env())
+                             self.root / "logs", env=env)
         self.processes.append(proc)
         return proc
 

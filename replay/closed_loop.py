@@ -31,6 +31,7 @@ import grpc
 import numpy as np
 from tqdm import tqdm
 
+from infra.learner_settings import describe, recorded
 from replay.abstats import compare_ratios, ratio_estimate
 from replay.format import read_events
 from replay.learner_sync import LearnerProgress, wait_learners_idle
@@ -214,7 +215,7 @@ def _report(out_dir: Path, opts: ClosedLoopOptions, daily, tallies, learners: Le
     arms = sorted(tallies)
     base = opts.baseline if opts.baseline in arms else arms[0]
     report: dict = {"options": asdict(opts), "baseline": base, "arms": {}, "comparisons": [], "daily": {},
-                    "failed_requests": failed,
+                    "failed_requests": failed, "learner_settings": recorded(out_dir),
                     "warm_up": {"learners_idle": learners.idle, "waited_s": round(learners.waited_s, 1),
                                 "trained_samples": learners.trained_samples, "versions": learners.versions}}
     arrays = {}
@@ -257,7 +258,7 @@ def _markdown(report: dict) -> str:
         lines.append(f"CTR lift {c['candidate']} vs {c['baseline']}: {c['lift']:+.1%} "
                      f"[{c['low']:+.1%}, {c['high']:+.1%}], p = {c['p_value']:.3f}"
                      + (" (significant)" if c["significant"] else ""))
-    lines += ["", "![CTR per day](ctr.png)", ""]
+    lines += ["", describe(report.get("learner_settings", {})), "", "![CTR per day](ctr.png)", ""]
     return "\n".join(lines)
 
 

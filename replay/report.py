@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from infra.learner_settings import describe, recorded
 from replay.abstats import arm_estimate, compare_means
 
 METRICS = ("hr50", "mrr50", "r50", "f150", "hr80", "mrr80", "r80", "f180")
@@ -52,7 +53,8 @@ def build_report(out_dir: Path, baseline: str | None = None, seed: int = 0, alph
     arms = sorted({r["arm"] for r in rows})
     base = baseline if baseline in arms else (arms[-1] if "sdm" not in arms else "sdm")
     report: dict = {"requests": len(rows), "arms": {}, "comparisons": [], "baseline": base, "alpha": alpha,
-                    "fallback_share": {a: float(np.mean([r["fallback"] for r in rows if r["arm"] == a])) for a in arms}}
+                    "fallback_share": {a: float(np.mean([r["fallback"] for r in rows if r["arm"] == a])) for a in arms},
+                    "learner_settings": recorded(out_dir)}
     for metric in METRICS:
         values = per_user(rows, metric)
         for arm in arms:
@@ -88,7 +90,8 @@ def summary_markdown(report: dict) -> str:
                 lifts.append(f"{c['lift']:+.1%} [{c['low']:+.1%}, {c['high']:+.1%}] p={c['p_value']:.3f}{mark}")
         lines.append(f"| {LABELS[metric]} | " + " | ".join(cells + lifts) + " |")
     lines += ["", f"`*` significant at alpha = {report['alpha']}. Fallback answers (cold start): "
-              + ", ".join(f"{a} {report['fallback_share'][a]:.1%}" for a in arms) + ".", ""]
+              + ", ".join(f"{a} {report['fallback_share'][a]:.1%}" for a in arms) + ".", "",
+              describe(report.get("learner_settings", {})), ""]
     lines += [f"![{LABELS[m]} over time]({m}.png)" for m in PLOTTED]
     return "\n".join(lines) + "\n"
 

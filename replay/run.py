@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra.learner_settings import LearnerSettings, parse_learner_settings, record
 from replay.replayer import ReplayOptions, ReplayProgress, Replayer, check_log
 from replay.report import build_report
 from xdm.config import Config
@@ -19,15 +20,19 @@ class ReplayRun:
 
 
 def replay_embedded(cfg: Config, profile: str, log_dir: Path, out_dir: Path, arms: str, opts: ReplayOptions,
-                    workers: int = 1, progress_bar: bool = True, limit_events: int | None = None) -> ReplayRun:
+                    workers: int = 1, progress_bar: bool = True, limit_events: int | None = None,
+                    learner_sets: tuple[str, ...] = ()) -> ReplayRun:
+    """learner_sets: `ARM:learner.FIELD=VALUE` items for one arm's learner (infra/learner_settings.py)."""
     from infra.stack import start_services
     from infra.up import start_system
-    from serving.arms import Arms
 
     check_log(log_dir)
-    Arms.parse(arms)
+    settings = _learner_settings(cfg, arms, learner_sets)
     stack = start_services(out_dir / "stack", cfg, profile, arms)
+    stack.learner_settings = settings
     try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        record(out_dir, settings)
         start_system(stack, workers)
         replayer = Replayer(stack.cfg, log_dir, out_dir, f"127.0.0.1:{stack.cfg.serving.port}", opts)
         done = replayer.run(progress_bar, limit_events)
@@ -37,15 +42,25 @@ def replay_embedded(cfg: Config, profile: str, log_dir: Path, out_dir: Path, arm
 
 
 def closed_loop_embedded(cfg: Config, profile: str, out_dir: Path, arms: str, opts, workers: int = 1,
-                         progress_bar: bool = True) -> dict:
+                         progress_bar: bool = True, learner_sets: tuple[str, ...] = ()) -> dict:
     """The closed-loop A/B on a fresh embedded stack (one learner per arm); returns its report."""
     from infra.stack import start_services
     from infra.up import start_system
     from replay.closed_loop import run_closed_loop
 
+    settings = _learner_settings(cfg, arms, learner_sets)
     stack = start_services(out_dir / "stack", cfg, profile, arms)
+    stack.learner_settings = settings
     try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        record(out_dir, settings)
         start_system(stack, workers)
         return run_closed_loop(stack.cfg, out_dir, opts, f"127.0.0.1:{stack.cfg.serving.port}", progress_bar)
     finally:
         stack.stop()
+
+
+def _learner_settings(cfg: Config, arms: str, items: tuple[str, ...]) -> LearnerSettings:
+    from serving.arms import Arms
+
+    return parse_learner_settings(items, Arms.parse(arms).learners, cfg)

@@ -300,6 +300,11 @@ def up(ctx: click.Context, log_dir: Path | None, root: Path, arms: str, workers:
 # ---- replay and A/B
 
 
+_LEARNER_SET_OPTION = click.option(
+    "--learner-set", "learner_sets", multiple=True, metavar="ARM:learner.FIELD=VALUE",
+    help="A learner setting for one arm only (repeatable), e.g. xdm:learner.rehearsal_steps=4.")
+
+
 @cli.command()
 @click.argument("log_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--arms", default="xdm:50,sdm:50", show_default=True, help="Arms and their shares (sticky by user).")
@@ -313,10 +318,11 @@ def up(ctx: click.Context, log_dir: Path | None, root: Path, arms: str, workers:
 @click.option("--workers", type=click.IntRange(1, 8), default=1, show_default=True, help="Stream workers.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after this many events.")
 @click.option("--resume", is_flag=True, help="Continue a stopped replay in the same --out folder.")
+@_LEARNER_SET_OPTION
 @click.pass_context
 @friendly
 def replay(ctx: click.Context, log_dir: Path, arms: str, out_dir: Path, slice_min: float, eval_fraction: float,
-           seed: int, workers: int, limit: int | None, resume: bool) -> None:
+           seed: int, workers: int, limit: int | None, resume: bool, learner_sets: tuple[str, ...]) -> None:
     """Replay a log through the live system as an A/B experiment and write its report."""
     from replay.replayer import ReplayOptions
     from replay.run import replay_embedded
@@ -324,7 +330,7 @@ def replay(ctx: click.Context, log_dir: Path, arms: str, out_dir: Path, slice_mi
     signal.signal(signal.SIGTERM, _interrupt)
     opts = ReplayOptions(slice_ms=int(slice_min * 60_000), eval_fraction=eval_fraction, seed=seed, resume=resume)
     run = replay_embedded(_cfg(ctx), ctx.meta["profile"], log_dir, out_dir.resolve(), arms, opts, workers,
-                          limit_events=limit)
+                          limit_events=limit, learner_sets=learner_sets)
     click.echo((run.out_dir / "summary.md").read_text())
     click.echo(f"report: {run.out_dir / 'summary.md'} ({run.progress.scored:,} scored requests, "
                f"{run.progress.events_sent:,} events)")
@@ -357,10 +363,11 @@ def report(out_dir: Path, baseline: str | None) -> None:
 @click.option("--seed", type=int, default=1, show_default=True, help="World and audience seed.")
 @click.option("--learner-wait", type=click.FloatRange(min=0), default=3600, show_default=True,
               help="Longest wait (s) for the learners to finish the warm-up samples before the A/B days.")
+@_LEARNER_SET_OPTION
 @click.pass_context
 @friendly
 def closed_loop(ctx: click.Context, arms: str, out_dir: Path, users: int, items: int, warm_days: int, ab_days: int,
-                seed: int, learner_wait: float) -> None:
+                seed: int, learner_wait: float, learner_sets: tuple[str, ...]) -> None:
     """Closed-loop A/B: simulated users click on what each arm recalls; report CTR per arm."""
     from replay.closed_loop import ClosedLoopOptions
     from replay.run import closed_loop_embedded
@@ -368,7 +375,7 @@ def closed_loop(ctx: click.Context, arms: str, out_dir: Path, users: int, items:
     signal.signal(signal.SIGTERM, _interrupt)
     opts = ClosedLoopOptions(users=users, items=items, warm_days=warm_days, ab_days=ab_days, seed=seed,
                              learner_wait_s=learner_wait)
-    closed_loop_embedded(_cfg(ctx), ctx.meta["profile"], out_dir.resolve(), arms, opts)
+    closed_loop_embedded(_cfg(ctx), ctx.meta["profile"], out_dir.resolve(), arms, opts, learner_sets=learner_sets)
     click.echo((out_dir / "closed_loop.md").read_text())
 
 

@@ -31,7 +31,8 @@ def test_replay_with_three_arms_writes_a_finite_report_and_aa_is_not_significant
             assert all(math.isfinite(figures[metric][k]) for k in ("mean", "low", "high")), (arm, metric)
     assert all(math.isfinite(c["p_value"]) for c in report["comparisons"])
     assert run.progress.errors == 0 and run.progress.scored > 50
-    assert "| HR@50 |" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "| HR@50 |" in summary and "Every arm's learner ran with the same settings." in summary
 
     # A/A: the twin arm is served by the same learner as xdm, so a user's answers do not depend on which
     # of the two arms holds them, and re-drawing the sticky assignment of their pooled users is the same
@@ -64,8 +65,11 @@ def test_closed_loop_reports_ctr_per_arm_from_the_events_it_sent(tmp_path: Path,
 
     out = tmp_path / "closed"
     opts = ClosedLoopOptions(users=80, items=400, warm_days=3, ab_days=1, pages=3, seed=2)
-    report = closed_loop_embedded(test_config, "test", out, "xdm:50,sdm:50", opts, progress_bar=False)
-    assert {"closed_loop.json", "closed_loop.md", "ctr.png"} <= {p.name for p in out.iterdir()}
+    report = closed_loop_embedded(test_config, "test", out, "xdm:50,sdm:50", opts, progress_bar=False,
+                                  learner_sets=("sdm:learner.rehearsal_steps=1",))
+    assert {"closed_loop.json", "closed_loop.md", "ctr.png", "learner_settings.json"} <= {p.name for p in out.iterdir()}
+    assert report["learner_settings"] == {"sdm": {"learner.rehearsal_steps": "1"}}
+    assert "sdm: learner.rehearsal_steps=1" in (out / "closed_loop.md").read_text()
     assert set(report["arms"]) == {"xdm", "sdm"} and report["failed_requests"] == 0
     warm_up = report["warm_up"]  # the A/B days began with both learners through the same warm-up samples
     assert warm_up["learners_idle"] and set(warm_up["trained_samples"]) == {"xdm", "sdm"}
