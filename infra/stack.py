@@ -33,6 +33,7 @@ class Stack:
     profile: str
     processes: list[ManagedProcess] = field(default_factory=list)
     learner_settings: LearnerSettings = field(default_factory=dict)  # per-arm learner.* (infra/learner_settings.py)
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # process name -> its Prometheus port, set before start
 
     def by_name(self, name: str) -> ManagedProcess:
         for proc in self.processes:
@@ -56,17 +57,27 @@ class Stack:
 
     def start_worker(self, name: str = "worker") -> ManagedProcess:
         data_dir = self.root / name
-        cfg = apply_overrides(self.cfg, {"stream.data_dir": str(data_dir)})
+        cfg = apply_overrides(self.cfg, {"stream.data_dir": str(data_dir), **self._metrics("stream", name)})
         proc = start_process(name, _xdm(self.profile, "worker"), self.root / "logs", env=config_env(cfg))
         self.processes.append(proc)
         return proc
 
     def start_learner(self, arm: str, variant: str) -> ManagedProcess:
-        env = config_env(learner_config(self.cfg, self.learner_settings, arm))
+        cfg = apply_overrides(learner_config(self.cfg, self.learner_settings, arm),
+                              self._metrics("learner", f"learner-{arm}"))
+        env = config_env(cfg)
         proc = start_process(f"learner-{arm}", _xdm(self.profile, "learn", "--arm", arm, "--variant", variant),
                              self.root / "logs", env=env)
         self.processes.append(proc)
         return proc
+
+    def metrics_url(self, name: str) -> str:
+        """The Prometheus endpoint of a worker or learner started with a port in `metrics_ports`."""
+        return f"http://127.0.0.1:{self.metrics_ports[name]}/metrics"
+
+    def _metrics(self, section: str, name: str) -> dict[str, int]:
+        port = self.metrics_ports.get(name)
+        return {f"{section}.metrics_port": port} if port else {}
 
     def start_server(self, timeout_s: float = 120.0) -> ManagedProcess:
         port = self.cfg.serving.port

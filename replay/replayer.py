@@ -9,8 +9,10 @@ Protocol (replay evaluation). The log is cut into event-time slices of `slice_ms
 3. the answer is scored against the user's next 5 clicks after the request in the log (HR, MRR, R, F1
    at 50 and 80, learner.metrics); then the slice's events are produced.
 Answers therefore never see the clicks they are scored on, and see the user's state at most one slice
-old. Users are the unit of the A/B statistics (replay.abstats). Producing waits for the workers
-(back-pressure through step 1), so nothing is dropped however fast the log is replayed.
+old). Users are the unit of the A/B statistics (replay.abstats). Producing waits for the workers
+(back-pressure through step 1), so nothing is dropped however fast the log is replayed; with a gate,
+scoring also waits until every arm's learner is within `max_learner_lag` samples of the workers
+(replay.learner_gate), so a learner slower than its machine does not handicap its arm.
 
 A run keeps its scored requests in `scores.jsonl` and its position in `state.json` in the output folder;
 `--resume` re-sends the events before the position without scoring (rebuilding the same live state on a
@@ -35,6 +37,7 @@ from tqdm import tqdm
 
 from learner.metrics import metrics_at
 from replay.format import read_events, read_items, read_users
+from replay.learner_gate import LearnerGate
 from replay.producer import make_producer, produce_catalogue
 from stream.mirror import TopicMirror
 from stream.state_codec import decode_state
@@ -57,6 +60,7 @@ class ReplayOptions:
     seed: int = 0  # request sampling
     concurrency: int = 8  # Recall calls in flight
     sync_timeout_s: float = 60.0  # longest wait for the workers to catch up with a slice
+    max_learner_lag: int = 2000  # samples a learner may be behind the workers when a slice is scored (replay.learner_gate)
     resume: bool = False
 
 
@@ -152,8 +156,11 @@ def requests_of(batch: list[Event], opts: ReplayOptions) -> list[tuple[str, int]
 
 
 class Replayer:
-    def __init__(self, cfg: Config, log_dir: Path, out_dir: Path, recall_address: str, opts: ReplayOptions) -> None:
+    def __init__(self, cfg: Config, log_dir: Path, out_dir: Path, recall_address: str, opts: ReplayOptions,
+                 gate: LearnerGate | None = None) -> None:
+        """gate: waits for the learners before each scored slice (None: learners are not waited for)."""
         self.cfg = cfg
+        self.gate = gate
         self.log_dir = Path(log_dir)
         self.out_dir = Path(out_dir)
         self.address = recall_address
@@ -183,6 +190,8 @@ class Replayer:
                 skipping = self.progress.events_sent + len(batch) <= resume_at
                 if not skipping:
                     await self._sync(mirror, last_ts)
+                    if self.gate is not None:
+                        await self.gate.wait()
                     await self._score(stub, batch, clicks, scores)
                 self._produce(producer, batch, last_ts)
                 self.progress.events_sent += len(batch)
@@ -260,7 +269,8 @@ class Replayer:
 
     def _save_state(self) -> None:
         tmp = self.out_dir / "state.json.tmp"
-        tmp.write_text(json.dumps(asdict(self.progress) | {"options": asdict(self.opts)}))
+        gate = asdict(self.gate.stats) if self.gate is not None else None
+        tmp.write_text(json.dumps(asdict(self.progress) | {"options": asdict(self.opts), "learner_gate": gate}))
         tmp.replace(self.out_dir / "state.json")
 
 

@@ -54,7 +54,7 @@ def build_report(out_dir: Path, baseline: str | None = None, seed: int = 0, alph
     base = baseline if baseline in arms else (arms[-1] if "sdm" not in arms else "sdm")
     report: dict = {"requests": len(rows), "arms": {}, "comparisons": [], "baseline": base, "alpha": alpha,
                     "fallback_share": {a: float(np.mean([r["fallback"] for r in rows if r["arm"] == a])) for a in arms},
-                    "learner_settings": recorded(out_dir)}
+                    "learner_settings": recorded(out_dir), "learner_gate": _gate_record(out_dir)}
     for metric in METRICS:
         values = per_user(rows, metric)
         for arm in arms:
@@ -91,9 +91,27 @@ def summary_markdown(report: dict) -> str:
         lines.append(f"| {LABELS[metric]} | " + " | ".join(cells + lifts) + " |")
     lines += ["", f"`*` significant at alpha = {report['alpha']}. Fallback answers (cold start): "
               + ", ".join(f"{a} {report['fallback_share'][a]:.1%}" for a in arms) + ".", "",
-              describe(report.get("learner_settings", {})), ""]
+              describe(report.get("learner_settings", {})), "", *_gate_lines(report), ""]
     lines += [f"![{LABELS[m]} over time]({m}.png)" for m in PLOTTED]
     return "\n".join(lines) + "\n"
+
+
+def _gate_record(out_dir: Path) -> dict | None:
+    path = Path(out_dir) / "state.json"
+    if not path.exists():
+        return None
+    state = json.loads(path.read_text())
+    gate = state.get("learner_gate")
+    return None if gate is None else gate | {"max_learner_lag": state["options"].get("max_learner_lag")}
+
+
+def _gate_lines(report: dict) -> list[str]:
+    gate = report.get("learner_gate")
+    if gate is None:
+        return ["The replay did not wait for the learners (their lag behind the log is not known)."]
+    return [f"Before scoring a slice the replay waited until every learner was within {gate['max_learner_lag']:,} "
+            f"samples of the workers: it waited {gate['waits']:,} times, {gate['wait_s']:,.0f} s in all; the "
+            f"largest lag found was {gate['max_lag_seen']:,} samples."]
 
 
 def _over_time(rows: list[dict], arms: list[str]) -> dict:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.learner_settings import LearnerSettings, parse_learner_settings, record
+from replay.learner_gate import LearnerGate
 from replay.replayer import ReplayOptions, ReplayProgress, Replayer, check_log
 from replay.report import build_report
 from xdm.config import Config
@@ -33,8 +34,9 @@ def replay_embedded(cfg: Config, profile: str, log_dir: Path, out_dir: Path, arm
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         record(out_dir, settings)
+        gate = _gate(stack, arms, workers, opts.max_learner_lag)
         start_system(stack, workers)
-        replayer = Replayer(stack.cfg, log_dir, out_dir, f"127.0.0.1:{stack.cfg.serving.port}", opts)
+        replayer = Replayer(stack.cfg, log_dir, out_dir, f"127.0.0.1:{stack.cfg.serving.port}", opts, gate)
         done = replayer.run(progress_bar, limit_events)
     finally:
         stack.stop()
@@ -64,3 +66,16 @@ def _learner_settings(cfg: Config, arms: str, items: tuple[str, ...]) -> Learner
     from serving.arms import Arms
 
     return parse_learner_settings(items, Arms.parse(arms).learners, cfg)
+
+
+def _gate(stack, arms: str, workers: int, max_lag: int) -> LearnerGate:
+    """Give every worker and learner a metrics port (set before they start) and watch them."""
+    from infra.processes import free_port
+    from serving.arms import Arms
+
+    worker_names = [f"worker-{i}" for i in range(workers)]
+    learners = Arms.parse(arms).learners
+    for name in worker_names + [f"learner-{arm}" for arm in learners]:
+        stack.metrics_ports[name] = free_port()
+    return LearnerGate([stack.metrics_url(n) for n in worker_names],
+                       {arm: stack.metrics_url(f"learner-{arm}") for arm in learners}, max_lag)

@@ -318,17 +318,22 @@ _LEARNER_SET_OPTION = click.option(
 @click.option("--workers", type=click.IntRange(1, 8), default=1, show_default=True, help="Stream workers.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after this many events.")
 @click.option("--resume", is_flag=True, help="Continue a stopped replay in the same --out folder.")
+@click.option("--max-learner-lag", type=click.IntRange(min=0), default=2000, show_default=True,
+              help="Samples a learner may be behind the workers when a slice is scored; the replay waits "
+                   "for slower learners (a huge value: never wait).")
 @_LEARNER_SET_OPTION
 @click.pass_context
 @friendly
 def replay(ctx: click.Context, log_dir: Path, arms: str, out_dir: Path, slice_min: float, eval_fraction: float,
-           seed: int, workers: int, limit: int | None, resume: bool, learner_sets: tuple[str, ...]) -> None:
+           seed: int, workers: int, limit: int | None, resume: bool, max_learner_lag: int,
+           learner_sets: tuple[str, ...]) -> None:
     """Replay a log through the live system as an A/B experiment and write its report."""
     from replay.replayer import ReplayOptions
     from replay.run import replay_embedded
 
     signal.signal(signal.SIGTERM, _interrupt)
-    opts = ReplayOptions(slice_ms=int(slice_min * 60_000), eval_fraction=eval_fraction, seed=seed, resume=resume)
+    opts = ReplayOptions(slice_ms=int(slice_min * 60_000), eval_fraction=eval_fraction, seed=seed, resume=resume,
+                         max_learner_lag=max_learner_lag)
     run = replay_embedded(_cfg(ctx), ctx.meta["profile"], log_dir, out_dir.resolve(), arms, opts, workers,
                           limit_events=limit, learner_sets=learner_sets)
     click.echo((run.out_dir / "summary.md").read_text())

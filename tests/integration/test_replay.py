@@ -33,6 +33,9 @@ def test_replay_with_three_arms_writes_a_finite_report_and_aa_is_not_significant
     assert run.progress.errors == 0 and run.progress.scored > 50
     summary = (out / "summary.md").read_text()
     assert "| HR@50 |" in summary and "Every arm's learner ran with the same settings." in summary
+    gate = report["learner_gate"]  # scoring waited for both learners (xdm_twin shares xdm's)
+    assert gate["max_learner_lag"] == opts.max_learner_lag and gate["max_lag_seen"] > 0
+    assert "within 2,000 samples of the workers" in summary
 
     # A/A: the twin arm is served by the same learner as xdm, so a user's answers do not depend on which
     # of the two arms holds them, and re-drawing the sticky assignment of their pooled users is the same
