@@ -34,6 +34,7 @@ from tqdm import tqdm
 from infra.learner_settings import describe, recorded
 from replay.abstats import compare_ratios, ratio_estimate
 from replay.format import read_events
+from replay.learner_gate import LearnerGate
 from replay.learner_sync import LearnerProgress, wait_learners_idle
 from replay.replayer import _max_ts
 from replay.simulate import simulate, world_for
@@ -65,6 +66,7 @@ class ClosedLoopOptions:
     # once overflowed the gRPC server's queue of calls not yet taken, and the overflow came back CANCELLED
     concurrency: int = 32
     baseline: str = "sdm"
+    max_learner_lag: int = 2000  # samples a learner may be behind the workers when a page is asked (replay.learner_gate)
 
 
 @dataclass
@@ -74,8 +76,9 @@ class ArmTally:
 
 
 def run_closed_loop(cfg: Config, out_dir: Path, opts: ClosedLoopOptions, recall_address: str,
-                    progress: bool = True) -> dict:
-    """Warm up, run the A/B days against the live system at recall_address, write and return the report."""
+                    progress: bool = True, gate: LearnerGate | None = None) -> dict:
+    """Warm up, run the A/B days against the live system at recall_address, write and return the report.
+    gate: before each page of the A/B days, waits until every learner is close to the workers."""
     out_dir.mkdir(parents=True, exist_ok=True)
     days = opts.warm_days + opts.ab_days
     log_dir = out_dir / "warmup-log"
@@ -84,11 +87,11 @@ def run_closed_loop(cfg: Config, out_dir: Path, opts: ClosedLoopOptions, recall_
     # days are simulated: the world's state is then the one at the start of the A/B days.
     world = world_for(opts.users, opts.items, days, opts.seed)
     simulate(opts.users, opts.items, opts.warm_days, opts.seed, log_dir, progress=progress, world=world)
-    return asyncio.run(_run(cfg, out_dir, opts, recall_address, world, log_dir, progress))
+    return asyncio.run(_run(cfg, out_dir, opts, recall_address, world, log_dir, progress, gate))
 
 
 async def _run(cfg: Config, out_dir: Path, opts: ClosedLoopOptions, address: str, world: World, log_dir: Path,
-               progress: bool) -> dict:
+               progress: bool, gate: LearnerGate | None) -> dict:
     from replay.producer import make_producer, produce_catalogue
 
     producer = make_producer(cfg.kafka)
@@ -112,16 +115,16 @@ async def _run(cfg: Config, out_dir: Path, opts: ClosedLoopOptions, address: str
     bar = tqdm(total=opts.ab_days * opts.pages, desc="closed-loop pages", disable=not progress)
     try:
         for day in range(opts.warm_days, opts.warm_days + opts.ab_days):
-            failed += await _day(cfg, opts, world, stub, producer, mirror, rng, day, daily, users_seen, bar)
+            failed += await _day(cfg, opts, world, stub, producer, mirror, rng, day, daily, users_seen, bar, gate)
     finally:
         bar.close()
         await channel.close()
         await mirror.stop()
         producer.close(timeout=10)
-    return _report(out_dir, opts, daily, users_seen, learners, failed)
+    return _report(out_dir, opts, daily, users_seen, learners, failed, gate)
 
 
-async def _day(cfg, opts, world, stub, producer, mirror, rng, day, daily, tallies, bar) -> int:
+async def _day(cfg, opts, world, stub, producer, mirror, rng, day, daily, tallies, bar, gate) -> int:
     """One A/B day; returns the Recall calls that failed (those users saw no page)."""
     failed = 0
     active = np.flatnonzero(rng.random(opts.users) < opts.active_day_prob * world.users.activity)
@@ -131,8 +134,10 @@ async def _day(cfg, opts, world, stub, producer, mirror, rng, day, daily, tallie
     user_ids = world.user_id(active).tolist()
     for page in range(opts.pages):
         ts = start + page * 30_000
-        gate = asyncio.Semaphore(opts.concurrency)
-        answers = await asyncio.gather(*(_ask(stub, u, opts.candidates, gate) for u in user_ids))
+        if gate is not None:
+            await gate.wait()
+        in_flight = asyncio.Semaphore(opts.concurrency)
+        answers = await asyncio.gather(*(_ask(stub, u, opts.candidates, in_flight) for u in user_ids))
         failed += sum(answer is None for answer in answers)
         events: list[Event] = []
         for i, answer in enumerate(answers):
@@ -211,11 +216,12 @@ async def _wait_users(mirror: TopicMirror, last: dict[str, int], timeout_s: floa
 
 
 def _report(out_dir: Path, opts: ClosedLoopOptions, daily, tallies, learners: LearnerProgress,
-            failed: int) -> dict:
+            failed: int, gate: LearnerGate | None) -> dict:
     arms = sorted(tallies)
     base = opts.baseline if opts.baseline in arms else arms[0]
     report: dict = {"options": asdict(opts), "baseline": base, "arms": {}, "comparisons": [], "daily": {},
                     "failed_requests": failed, "learner_settings": recorded(out_dir),
+                    "learner_gate": asdict(gate.stats) if gate is not None else None,
                     "warm_up": {"learners_idle": learners.idle, "waited_s": round(learners.waited_s, 1),
                                 "trained_samples": learners.trained_samples, "versions": learners.versions}}
     arrays = {}
@@ -258,7 +264,12 @@ def _markdown(report: dict) -> str:
         lines.append(f"CTR lift {c['candidate']} vs {c['baseline']}: {c['lift']:+.1%} "
                      f"[{c['low']:+.1%}, {c['high']:+.1%}], p = {c['p_value']:.3f}"
                      + (" (significant)" if c["significant"] else ""))
-    lines += ["", describe(report.get("learner_settings", {})), "", "![CTR per day](ctr.png)", ""]
+    lines += ["", describe(report.get("learner_settings", {})), ""]
+    if report.get("learner_gate"):
+        g = report["learner_gate"]
+        lines += [f"Before each A/B page every learner was within {o['max_learner_lag']:,} samples of the workers "
+                  f"(waited {g['waits']} times, {g['wait_s']:.0f} s; largest lag found {g['max_lag_seen']:,}).", ""]
+    lines += ["![CTR per day](ctr.png)", ""]
     return "\n".join(lines)
 
 

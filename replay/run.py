@@ -56,8 +56,9 @@ def closed_loop_embedded(cfg: Config, profile: str, out_dir: Path, arms: str, op
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         record(out_dir, settings)
+        gate = _gate(stack, arms, workers, opts.max_learner_lag)
         start_system(stack, workers)
-        return run_closed_loop(stack.cfg, out_dir, opts, f"127.0.0.1:{stack.cfg.serving.port}", progress_bar)
+        return run_closed_loop(stack.cfg, out_dir, opts, f"127.0.0.1:{stack.cfg.serving.port}", progress_bar, gate)
     finally:
         stack.stop()
 

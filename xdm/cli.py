@@ -300,6 +300,10 @@ def up(ctx: click.Context, log_dir: Path | None, root: Path, arms: str, workers:
 # ---- replay and A/B
 
 
+_MAX_LAG_OPTION = click.option(
+    "--max-learner-lag", type=click.IntRange(min=0), default=2000, show_default=True,
+    help="Samples a learner may be behind the workers when answers are asked and scored; the run waits for "
+         "slower learners (a huge value: never wait).")
 _LEARNER_SET_OPTION = click.option(
     "--learner-set", "learner_sets", multiple=True, metavar="ARM:learner.FIELD=VALUE",
     help="A learner setting for one arm only (repeatable), e.g. xdm:learner.rehearsal_steps=4.")
@@ -318,9 +322,7 @@ _LEARNER_SET_OPTION = click.option(
 @click.option("--workers", type=click.IntRange(1, 8), default=1, show_default=True, help="Stream workers.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after this many events.")
 @click.option("--resume", is_flag=True, help="Continue a stopped replay in the same --out folder.")
-@click.option("--max-learner-lag", type=click.IntRange(min=0), default=2000, show_default=True,
-              help="Samples a learner may be behind the workers when a slice is scored; the replay waits "
-                   "for slower learners (a huge value: never wait).")
+@_MAX_LAG_OPTION
 @_LEARNER_SET_OPTION
 @click.pass_context
 @friendly
@@ -368,18 +370,19 @@ def report(out_dir: Path, baseline: str | None) -> None:
 @click.option("--seed", type=int, default=1, show_default=True, help="World and audience seed.")
 @click.option("--learner-wait", type=click.FloatRange(min=0), default=3600, show_default=True,
               help="Longest wait (s) for the learners to finish the warm-up samples before the A/B days.")
+@_MAX_LAG_OPTION
 @_LEARNER_SET_OPTION
 @click.pass_context
 @friendly
 def closed_loop(ctx: click.Context, arms: str, out_dir: Path, users: int, items: int, warm_days: int, ab_days: int,
-                seed: int, learner_wait: float, learner_sets: tuple[str, ...]) -> None:
+                seed: int, learner_wait: float, max_learner_lag: int, learner_sets: tuple[str, ...]) -> None:
     """Closed-loop A/B: simulated users click on what each arm recalls; report CTR per arm."""
     from replay.closed_loop import ClosedLoopOptions
     from replay.run import closed_loop_embedded
 
     signal.signal(signal.SIGTERM, _interrupt)
     opts = ClosedLoopOptions(users=users, items=items, warm_days=warm_days, ab_days=ab_days, seed=seed,
-                             learner_wait_s=learner_wait)
+                             learner_wait_s=learner_wait, max_learner_lag=max_learner_lag)
     closed_loop_embedded(_cfg(ctx), ctx.meta["profile"], out_dir.resolve(), arms, opts, learner_sets=learner_sets)
     click.echo((out_dir / "closed_loop.md").read_text())
 

@@ -72,7 +72,9 @@ def test_closed_loop_reports_ctr_per_arm_from_the_events_it_sent(tmp_path: Path,
                                   learner_sets=("sdm:learner.rehearsal_steps=1",))
     assert {"closed_loop.json", "closed_loop.md", "ctr.png", "learner_settings.json"} <= {p.name for p in out.iterdir()}
     assert report["learner_settings"] == {"sdm": {"learner.rehearsal_steps": "1"}}
-    assert "sdm: learner.rehearsal_steps=1" in (out / "closed_loop.md").read_text()
+    summary = (out / "closed_loop.md").read_text()
+    assert "sdm: learner.rehearsal_steps=1" in summary and "Before each A/B page every learner was within" in summary
+    assert report["learner_gate"]["waits"] >= 0 and report["options"]["max_learner_lag"] == 2000
     assert set(report["arms"]) == {"xdm", "sdm"} and report["failed_requests"] == 0
     warm_up = report["warm_up"]  # the A/B days began with both learners through the same warm-up samples
     assert warm_up["learners_idle"] and set(warm_up["trained_samples"]) == {"xdm", "sdm"}
