@@ -49,6 +49,7 @@ from xdm.v1 import recall_pb2, recall_pb2_grpc
 
 log = logging.getLogger(__name__)
 N_LABELS = 5
+DAY_MS = 86_400_000
 TOP_N = 80
 CUTS = (50, 80)
 
@@ -60,6 +61,7 @@ class ReplayOptions:
     seed: int = 0  # request sampling
     concurrency: int = 8  # Recall calls in flight
     sync_timeout_s: float = 60.0  # longest wait for the workers to catch up with a slice
+    warm_days: float = 0.0  # the log's first days train the system unscored (an A/B starts from trained arms)
     max_learner_lag: int = 2000  # samples a learner may be behind the workers when a slice is scored (replay.learner_gate)
     resume: bool = False
 
@@ -88,6 +90,7 @@ class ReplayProgress:
     scored: int = 0
     errors: int = 0
     sync_timeouts: int = 0
+    log_start_ms: int | None = None  # the first event's time: warm-up days count from it
     started_wall: float = field(default_factory=time.time)
 
 
@@ -187,12 +190,15 @@ class Replayer:
             for batch in slices(read_events(self.log_dir), self.opts.slice_ms):
                 if limit is not None and self.progress.events_sent >= limit:
                     break
+                if self.progress.log_start_ms is None:
+                    self.progress.log_start_ms = batch[0].ts_ms
                 skipping = self.progress.events_sent + len(batch) <= resume_at
                 if not skipping:
                     await self._sync(mirror, last_ts)
                     if self.gate is not None:
                         await self.gate.wait()
-                    await self._score(stub, batch, clicks, scores)
+                    if batch[0].ts_ms >= self.progress.log_start_ms + self.opts.warm_days * DAY_MS:
+                        await self._score(stub, batch, clicks, scores)
                 self._produce(producer, batch, last_ts)
                 self.progress.events_sent += len(batch)
                 self.progress.slices += 1

@@ -48,11 +48,16 @@ def per_user(rows: list[dict], metric: str) -> dict[str, np.ndarray]:
     return {arm: np.array(v) for arm, v in by_arm.items()}
 
 
-def build_report(out_dir: Path, baseline: str | None = None, seed: int = 0, alpha: float = 0.05) -> dict:
-    rows = load_scores(out_dir)
+def build_report(out_dir: Path, baseline: str | None = None, seed: int = 0, alpha: float = 0.05,
+                 warm_days: float | None = None) -> dict:
+    """warm_days: leave out requests in the log's first days (default: the replay's own --warm-days)."""
+    every = load_scores(out_dir)
+    first_day = min(r["ts_ms"] for r in every) // DAY_MS  # the plots' day 0, whatever the warm-up
+    rows, warm = _after_warm_up(every, _state(out_dir), warm_days)
     arms = sorted({r["arm"] for r in rows})
     base = baseline if baseline in arms else (arms[-1] if "sdm" not in arms else "sdm")
     report: dict = {"requests": len(rows), "arms": {}, "comparisons": [], "baseline": base, "alpha": alpha,
+                    "warm_days": warm,
                     "fallback_share": {a: float(np.mean([r["fallback"] for r in rows if r["arm"] == a])) for a in arms},
                     "learner_settings": recorded(out_dir), "learner_gate": _gate_record(out_dir)}
     for metric in METRICS:
@@ -65,7 +70,7 @@ def build_report(out_dir: Path, baseline: str | None = None, seed: int = 0, alph
             if arm != base:
                 c = compare_means(values[base], values[arm], (base, arm), alpha=alpha, seed=seed)
                 report["comparisons"].append({"metric": metric, **c.as_dict()})
-    report["over_time"] = _over_time(rows, arms)
+    report["over_time"] = _over_time(rows, arms, first_day)
     (Path(out_dir) / "report.json").write_text(json.dumps(report, indent=2))
     (Path(out_dir) / "summary.md").write_text(summary_markdown(report))
     _plots(report, Path(out_dir))
@@ -77,7 +82,10 @@ def summary_markdown(report: dict) -> str:
     lines = [f"# Replay A/B report", "",
              f"{report['requests']:,} scored requests; users per arm: "
              + ", ".join(f"{a} {report['arms'][a]['users']}" for a in arms)
-             + f"; baseline {base}; intervals 95 % (bootstrap over users), p-values two-sided Welch.", "",
+             + f"; baseline {base}; intervals 95 % (bootstrap over users), p-values two-sided Welch."
+             + (f" Requests of the log's first {report['warm_days']:g} days are left out: those days warmed the "
+                "learners up, so the arms are compared as trained models, as in a live A/B test."
+                if report.get("warm_days") else ""), "",
              "| metric | " + " | ".join(arms) + " | " + " | ".join(f"lift {a} vs {base}" for a in arms if a != base) + " |",
              "|---" * (1 + len(arms) + len(arms) - 1) + "|"]
     for metric in METRICS:
@@ -96,11 +104,29 @@ def summary_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _gate_record(out_dir: Path) -> dict | None:
+def _state(out_dir: Path) -> dict:
     path = Path(out_dir) / "state.json"
-    if not path.exists():
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _after_warm_up(rows: list[dict], state: dict, warm_days: float | None) -> tuple[list[dict], float]:
+    """The rows scored after the warm-up days, and the warm-up used."""
+    if warm_days is None:
+        warm_days = float(state.get("options", {}).get("warm_days", 0.0))
+    if warm_days <= 0:
+        return rows, 0.0
+    # Runs recorded before log_start_ms: the first scored request, minutes after the log's first event.
+    start = state.get("log_start_ms") or min(r["ts_ms"] for r in rows)
+    kept = [r for r in rows if r["ts_ms"] >= start + warm_days * DAY_MS]
+    if not kept:
+        raise ReportError(f"no scored request after {warm_days:g} warm-up days")
+    return kept, warm_days
+
+
+def _gate_record(out_dir: Path) -> dict | None:
+    state = _state(out_dir)
+    if not state:
         return None
-    state = json.loads(path.read_text())
     gate = state.get("learner_gate")
     return None if gate is None else gate | {"max_learner_lag": state["options"].get("max_learner_lag")}
 
@@ -114,9 +140,8 @@ def _gate_lines(report: dict) -> list[str]:
             f"largest lag found was {gate['max_lag_seen']:,} samples."]
 
 
-def _over_time(rows: list[dict], arms: list[str]) -> dict:
+def _over_time(rows: list[dict], arms: list[str], first_day: int) -> dict:
     """Per metric and arm: day index -> (mean, low, high) over that day's users."""
-    first_day = min(r["ts_ms"] for r in rows) // DAY_MS
     out: dict = {}
     for metric in PLOTTED:
         out[metric] = {}

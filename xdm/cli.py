@@ -321,13 +321,16 @@ _LEARNER_SET_OPTION = click.option(
 @click.option("--seed", type=int, default=0, show_default=True, help="Request sampling seed.")
 @click.option("--workers", type=click.IntRange(1, 8), default=1, show_default=True, help="Stream workers.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after this many events.")
+@click.option("--warm-days", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="The log's first days train the system without scoring, so the arms are compared as trained "
+                   "models (the closed loop warms up 10 days of the default world).")
 @click.option("--resume", is_flag=True, help="Continue a stopped replay in the same --out folder.")
 @_MAX_LAG_OPTION
 @_LEARNER_SET_OPTION
 @click.pass_context
 @friendly
 def replay(ctx: click.Context, log_dir: Path, arms: str, out_dir: Path, slice_min: float, eval_fraction: float,
-           seed: int, workers: int, limit: int | None, resume: bool, max_learner_lag: int,
+           seed: int, workers: int, limit: int | None, warm_days: float, resume: bool, max_learner_lag: int,
            learner_sets: tuple[str, ...]) -> None:
     """Replay a log through the live system as an A/B experiment and write its report."""
     from replay.replayer import ReplayOptions
@@ -335,7 +338,7 @@ def replay(ctx: click.Context, log_dir: Path, arms: str, out_dir: Path, slice_mi
 
     signal.signal(signal.SIGTERM, _interrupt)
     opts = ReplayOptions(slice_ms=int(slice_min * 60_000), eval_fraction=eval_fraction, seed=seed, resume=resume,
-                         max_learner_lag=max_learner_lag)
+                         max_learner_lag=max_learner_lag, warm_days=warm_days)
     run = replay_embedded(_cfg(ctx), ctx.meta["profile"], log_dir, out_dir.resolve(), arms, opts, workers,
                           limit_events=limit, learner_sets=learner_sets)
     click.echo((run.out_dir / "summary.md").read_text())
@@ -346,12 +349,14 @@ def replay(ctx: click.Context, log_dir: Path, arms: str, out_dir: Path, slice_mi
 @cli.command()
 @click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--baseline", default=None, help="Arm the others are compared with (default: sdm).")
+@click.option("--warm-days", type=click.FloatRange(min=0), default=None,
+              help="Leave out requests of the log's first days (default: the replay's own --warm-days).")
 @friendly
-def report(out_dir: Path, baseline: str | None) -> None:
+def report(out_dir: Path, baseline: str | None, warm_days: float | None) -> None:
     """Rebuild the report of a replay folder from its scores."""
     from replay.report import build_report
 
-    build_report(out_dir, baseline)
+    build_report(out_dir, baseline, warm_days=warm_days)
     click.echo((out_dir / "summary.md").read_text())
 
 

@@ -19,7 +19,7 @@ from replay.run import replay_embedded
 @pytest.mark.timeout(300)
 def test_replay_with_three_arms_writes_a_finite_report_and_aa_is_not_significant(tmp_path: Path, test_config, tiny_log):
     out = tmp_path / "report"
-    opts = ReplayOptions(slice_ms=90 * 60_000, eval_fraction=0.3, seed=4)
+    opts = ReplayOptions(slice_ms=90 * 60_000, eval_fraction=0.3, seed=4, warm_days=1.0)
     run = replay_embedded(test_config, "test", tiny_log, out, "xdm:34,sdm:33,xdm_twin=xdm:33", opts, progress_bar=False)
 
     for name in ("scores.jsonl", "report.json", "summary.md", "hr50.png", "mrr50.png", "state.json"):
@@ -33,6 +33,9 @@ def test_replay_with_three_arms_writes_a_finite_report_and_aa_is_not_significant
     assert run.progress.errors == 0 and run.progress.scored > 50
     summary = (out / "summary.md").read_text()
     assert "| HR@50 |" in summary and "Every arm's learner ran with the same settings." in summary
+    state = json.loads((out / "state.json").read_text())  # the first day trained the arms, unscored
+    assert min(r["ts_ms"] for r in load_scores(out)) >= state["log_start_ms"] + 86_400_000
+    assert report["warm_days"] == 1.0 and "first 1 days are left out" in summary
     gate = report["learner_gate"]  # scoring waited for both learners (xdm_twin shares xdm's)
     assert gate["max_learner_lag"] == opts.max_learner_lag and gate["max_lag_seen"] > 0
     assert "within 2,000 samples of the workers" in summary
