@@ -38,6 +38,7 @@ from tqdm import tqdm
 from learner.metrics import metrics_at
 from replay.format import read_events, read_items, read_users
 from replay.learner_gate import LearnerGate
+from serving.arms import Arms
 from replay.producer import make_producer, produce_catalogue
 from stream.mirror import TopicMirror
 from stream.state_codec import decode_state
@@ -61,6 +62,7 @@ class ReplayOptions:
     seed: int = 0  # request sampling
     concurrency: int = 8  # Recall calls in flight
     sync_timeout_s: float = 60.0  # longest wait for the workers to catch up with a slice
+    paired: bool = False  # every sampled request asks every arm (same users in each arm; replay.abstats)
     warm_days: float = 0.0  # the log's first days train the system unscored (an A/B starts from trained arms)
     max_learner_lag: int = 2000  # samples a learner may be behind the workers when a slice is scored (replay.learner_gate)
     resume: bool = False
@@ -244,12 +246,15 @@ class Replayer:
     async def _score(self, stub, batch: list[Event], clicks: ClickIndex, out) -> None:
         wanted = [(u, t, clicks.next_clicks(u, t)) for u, t in requests_of(batch, self.opts)]
         wanted = [(u, t, labels) for u, t, labels in wanted if labels]
+        # Paired: the log does not depend on the answers and every arm's learner trains on every user,
+        # so each arm can answer each request; otherwise the server's sticky assignment picks one.
+        asked = Arms.parse(self.cfg.serving.arms).names if self.opts.paired else ("",)
         gate = asyncio.Semaphore(self.opts.concurrency)
 
-        async def one(user: str, ts: int, labels: list[str]) -> ScoredRequest | None:
+        async def one(user: str, ts: int, labels: list[str], arm: str) -> ScoredRequest | None:
             async with gate:
                 try:
-                    answer = await stub.Recall(recall_pb2.RecallRequest(user_id=user, k=TOP_N), timeout=10)
+                    answer = await stub.Recall(recall_pb2.RecallRequest(user_id=user, k=TOP_N, arm=arm), timeout=10)
                 except grpc.aio.AioRpcError as err:
                     self.progress.errors += 1
                     log.warning("recall failed during replay", extra={"code": err.code().name})
@@ -259,7 +264,7 @@ class Replayer:
             return ScoredRequest(user, ts, answer.arm, answer.model_version, answer.fallback,
                                  m50.hr, m50.mrr, m50.recall, m50.f1, m80.hr, m80.mrr, m80.recall, m80.f1)
 
-        for scored in await asyncio.gather(*(one(*w) for w in wanted)):
+        for scored in await asyncio.gather(*(one(*w, arm) for w in wanted for arm in asked)):
             if scored is not None:
                 out.write(json.dumps(asdict(scored)) + "\n")
                 self.progress.scored += 1

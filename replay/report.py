@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from infra.learner_settings import describe, recorded
-from replay.abstats import arm_estimate, compare_means
+from replay.abstats import arm_estimate, compare_means, compare_paired
 
 METRICS = ("hr50", "mrr50", "r50", "f150", "hr80", "mrr80", "r80", "f180")
 LABELS = {"hr50": "HR@50", "mrr50": "MRR@50", "r50": "R@50", "f150": "F1@50",
@@ -60,6 +60,8 @@ def build_report(out_dir: Path, baseline: str | None = None, seed: int = 0, alph
                     "warm_days": warm,
                     "fallback_share": {a: float(np.mean([r["fallback"] for r in rows if r["arm"] == a])) for a in arms},
                     "learner_settings": recorded(out_dir), "learner_gate": _gate_record(out_dir)}
+    paired = bool(_state(out_dir).get("options", {}).get("paired"))
+    report["paired"] = paired
     for metric in METRICS:
         values = per_user(rows, metric)
         for arm in arms:
@@ -68,7 +70,8 @@ def build_report(out_dir: Path, baseline: str | None = None, seed: int = 0, alph
             report["arms"][arm][metric] = {"mean": est.mean, "low": est.low, "high": est.high}
         for arm in arms:
             if arm != base:
-                c = compare_means(values[base], values[arm], (base, arm), alpha=alpha, seed=seed)
+                c = (compare_paired(*_aligned(rows, metric, base, arm), (base, arm), alpha=alpha, seed=seed)
+                     if paired else compare_means(values[base], values[arm], (base, arm), alpha=alpha, seed=seed))
                 report["comparisons"].append({"metric": metric, **c.as_dict()})
     report["over_time"] = _over_time(rows, arms, first_day)
     (Path(out_dir) / "report.json").write_text(json.dumps(report, indent=2))
@@ -82,7 +85,10 @@ def summary_markdown(report: dict) -> str:
     lines = [f"# Replay A/B report", "",
              f"{report['requests']:,} scored requests; users per arm: "
              + ", ".join(f"{a} {report['arms'][a]['users']}" for a in arms)
-             + f"; baseline {base}; intervals 95 % (bootstrap over users), p-values two-sided Welch."
+             + f"; baseline {base}; "
+             + ("paired: every sampled request was answered by every arm; intervals 95 % (paired bootstrap over "
+                "users), p-values two-sided paired test." if report.get("paired") else
+                "intervals 95 % (bootstrap over users), p-values two-sided Welch.")
              + (f" Requests of the log's first {report['warm_days']:g} days are left out: those days warmed the "
                 "learners up, so the arms are compared as trained models, as in a live A/B test."
                 if report.get("warm_days") else ""), "",
@@ -102,6 +108,16 @@ def summary_markdown(report: dict) -> str:
               describe(report.get("learner_settings", {})), "", *_gate_lines(report), ""]
     lines += [f"![{LABELS[m]} over time]({m}.png)" for m in PLOTTED]
     return "\n".join(lines) + "\n"
+
+
+def _aligned(rows: list[dict], metric: str, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user means of two arms over the users both answered (a failed call leaves a user out)."""
+    sums: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for r in rows:
+        if r["arm"] in (a, b):
+            sums[(r["arm"], r["user_id"])].append(r[metric])
+    users = sorted({u for arm, u in sums if arm == a} & {u for arm, u in sums if arm == b})
+    return (np.array([np.mean(sums[(a, u)]) for u in users]), np.array([np.mean(sums[(b, u)]) for u in users]))
 
 
 def _state(out_dir: Path) -> dict:

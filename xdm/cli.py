@@ -324,13 +324,16 @@ _LEARNER_SET_OPTION = click.option(
 @click.option("--warm-days", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="The log's first days train the system without scoring, so the arms are compared as trained "
                    "models (the closed loop warms up 10 days of the default world).")
+@click.option("--paired", is_flag=True,
+              help="Every sampled request asks every arm (the same users in each arm: a paired comparison).")
 @click.option("--resume", is_flag=True, help="Continue a stopped replay in the same --out folder.")
 @_MAX_LAG_OPTION
 @_LEARNER_SET_OPTION
 @click.pass_context
 @friendly
 def replay(ctx: click.Context, log_dir: Path, arms: str, out_dir: Path, slice_min: float, eval_fraction: float,
-           seed: int, workers: int, limit: int | None, warm_days: float, resume: bool, max_learner_lag: int,
+           seed: int, workers: int, limit: int | None, warm_days: float, paired: bool, resume: bool,
+           max_learner_lag: int,
            learner_sets: tuple[str, ...]) -> None:
     """Replay a log through the live system as an A/B experiment and write its report."""
     from replay.replayer import ReplayOptions
@@ -338,7 +341,7 @@ def replay(ctx: click.Context, log_dir: Path, arms: str, out_dir: Path, slice_mi
 
     signal.signal(signal.SIGTERM, _interrupt)
     opts = ReplayOptions(slice_ms=int(slice_min * 60_000), eval_fraction=eval_fraction, seed=seed, resume=resume,
-                         max_learner_lag=max_learner_lag, warm_days=warm_days)
+                         max_learner_lag=max_learner_lag, warm_days=warm_days, paired=paired)
     run = replay_embedded(_cfg(ctx), ctx.meta["profile"], log_dir, out_dir.resolve(), arms, opts, workers,
                           limit_events=limit, learner_sets=learner_sets)
     click.echo((run.out_dir / "summary.md").read_text())

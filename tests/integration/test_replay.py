@@ -12,7 +12,7 @@ import pytest
 
 from replay.abstats import compare_means
 from replay.replayer import ReplayOptions
-from replay.report import METRICS, load_scores
+from replay.report import METRICS, build_report, load_scores
 from replay.run import replay_embedded
 
 
@@ -86,3 +86,24 @@ def test_closed_loop_reports_ctr_per_arm_from_the_events_it_sent(tmp_path: Path,
         assert arm["impressions"] > 0 and 0 <= arm["low"] <= arm["ctr"] <= arm["high"] <= 1
     (comparison,) = report["comparisons"]
     assert comparison["baseline"] == "sdm" and math.isfinite(comparison["p_value"])
+
+
+@pytest.mark.timeout(300)
+def test_paired_replay_asks_every_arm_for_every_request_and_a_twin_arm_matches(tmp_path: Path, test_config, tiny_log):
+    out = tmp_path / "paired"
+    opts = ReplayOptions(slice_ms=90 * 60_000, eval_fraction=0.2, seed=5, paired=True)
+    run = replay_embedded(test_config, "test", tiny_log, out, "xdm:50,sdm:25,xdm_twin=xdm:25", opts,
+                          progress_bar=False)
+    rows = load_scores(out)
+    by_request: dict[tuple[str, int], set[str]] = {}
+    for r in rows:
+        by_request.setdefault((r["user_id"], r["ts_ms"]), set()).add(r["arm"])
+    assert run.progress.errors == 0 and len(by_request) > 30
+    assert all(arms == {"xdm", "sdm", "xdm_twin"} for arms in by_request.values())
+    report = json.loads((out / "report.json").read_text())
+    users = {a: report["arms"][a]["users"] for a in report["arms"]}
+    assert report["paired"] and len(set(users.values())) == 1, users
+    # the twin is served by xdm's learner: the same answers, unless a version swap fell between two calls
+    against_xdm = build_report(out, baseline="xdm")
+    (twin,) = [c for c in against_xdm["comparisons"] if c["metric"] == "hr50" and c["candidate"] == "xdm_twin"]
+    assert twin["low"] <= 0 <= twin["high"] and abs(twin["lift"]) < 0.05 and not twin["significant"]

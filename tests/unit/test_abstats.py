@@ -1,6 +1,7 @@
 import numpy as np
 
-from replay.abstats import arm_estimate, compare_means, compare_ratios, ratio_estimate, welch_p_value
+from replay.abstats import (arm_estimate, compare_means, compare_paired, compare_ratios, paired_p_value, ratio_estimate,
+                            welch_p_value)
 
 
 def test_the_test_is_calibrated_on_equal_arms():
@@ -48,3 +49,30 @@ def test_welch_p_value_extremes():
     x = np.array([1.0, 1.0, 1.0])
     assert welch_p_value(x, x) == 1.0
     assert welch_p_value(np.zeros(50) + np.arange(50) % 2, np.ones(50) * 5) < 1e-6
+
+
+def test_paired_test_is_calibrated_when_the_arms_do_not_differ():
+    rng = np.random.default_rng(7)
+    flagged = 0
+    for _ in range(1000):
+        user = rng.beta(2, 3, 300)  # users differ a lot; the arms do not
+        a, b = rng.binomial(4, user) / 4, rng.binomial(4, user) / 4
+        flagged += paired_p_value(a, b) < 0.05
+    assert 0.03 <= flagged / 1000 <= 0.075
+
+
+def test_pairing_finds_a_small_lift_that_the_unpaired_test_misses():
+    rng = np.random.default_rng(8)
+    user = rng.beta(2, 3, 1500)  # between-user spread dwarfs the 3-point lift
+    a = np.clip(user + rng.normal(0, 0.05, 1500), 0, 1)
+    b = np.clip(user + 0.03 + rng.normal(0, 0.05, 1500), 0, 1)
+    paired = compare_paired(a, b, ("a", "b"), n_boot=500)
+    assert paired.significant and paired.low > 0 and abs(paired.lift - 0.03 / a.mean()) < 0.02
+    unpaired = compare_means(a, b, ("a", "b"), n_boot=500)
+    assert (unpaired.high - unpaired.low) > 3 * (paired.high - paired.low)
+
+
+def test_identical_paired_arms_have_zero_lift_and_no_difference():
+    x = np.random.default_rng(9).random(50)
+    c = compare_paired(x, x.copy(), ("a", "b"), n_boot=200)
+    assert (c.lift, c.low, c.high, c.p_value, c.significant) == (0.0, 0.0, 0.0, 1.0, False)

@@ -16,21 +16,21 @@ DAY_MS = 86_400_000
 START = 1_700_000_000_000
 
 
-def write_run(out: Path, warm_days: float = 0.0, gate: dict | None = None) -> None:
+def write_run(out: Path, warm_days: float = 0.0, gate: dict | None = None, paired: bool = False) -> None:
     rng = np.random.default_rng(3)
     rows = []
     for day in range(4):
         for user in range(60):
-            arm = "xdm" if user % 2 else "sdm"
-            hit = float(rng.random() < (0.5 if arm == "xdm" else 0.3))
-            row = {"user_id": f"u{user}", "ts_ms": START + day * DAY_MS + user * 60_000, "arm": arm,
-                   "version": day + 1, "fallback": False}
-            row |= {m: hit * (0.2 if m.startswith("mrr") or m.startswith("f1") else 1.0) for m in METRICS}
-            rows.append(row)
+            for arm in ("sdm", "xdm") if paired else ("xdm" if user % 2 else "sdm",):
+                hit = float(rng.random() < (0.5 if arm == "xdm" else 0.3))
+                row = {"user_id": f"u{user}", "ts_ms": START + day * DAY_MS + user * 60_000, "arm": arm,
+                       "version": day + 1, "fallback": False}
+                row |= {m: hit * (0.2 if m.startswith("mrr") or m.startswith("f1") else 1.0) for m in METRICS}
+                rows.append(row)
     out.mkdir(parents=True, exist_ok=True)
     (out / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     state = {"events_sent": 1, "log_start_ms": START - 3_600_000,
-             "options": {"warm_days": warm_days, "max_learner_lag": 2000}, "learner_gate": gate}
+             "options": {"warm_days": warm_days, "max_learner_lag": 2000, "paired": paired}, "learner_gate": gate}
     (out / "state.json").write_text(json.dumps(state))
 
 
@@ -57,3 +57,13 @@ def test_warm_days_can_be_chosen_when_the_report_is_rebuilt(tmp_path: Path):
     assert "did not wait for the learners" in summary
     with pytest.raises(ReportError, match="no scored request after 9 warm-up days"):
         build_report(tmp_path, warm_days=9)
+
+
+def test_a_paired_run_is_compared_user_by_user(tmp_path: Path):
+    write_run(tmp_path, paired=True)
+    report = build_report(tmp_path)
+    assert report["paired"] and report["requests"] == 480
+    assert report["arms"]["xdm"]["users"] == report["arms"]["sdm"]["users"] == 60
+    (lift,) = [c for c in report["comparisons"] if c["metric"] == "hr50"]
+    assert lift["significant"] and lift["low"] > 0
+    assert "paired: every sampled request was answered by every arm" in (tmp_path / "summary.md").read_text()
