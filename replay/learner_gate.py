@@ -11,19 +11,19 @@ for the slowest one instead; the waits are counted and reported, and `max_lag` s
 Progress is read from Prometheus endpoints: the workers' `xdm_stream_samples_total` (summed) and each
 learner's samples trained + duplicates skipped + dead letters (every sample it has handled for good).
 A learner that stops making progress while behind is an error after `stall_timeout_s`, not a hang.
+The counters live as long as their process: the gate assumes what an experiment does, that no worker
+or learner restarts during the run (a restarted learner would count from zero and look stalled).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import urllib.request
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-log = logging.getLogger(__name__)
 WORKER_SAMPLES = "xdm_stream_samples"
 LEARNER_TAKEN = ("xdm_learner_samples", "xdm_learner_duplicate_samples", "xdm_learner_dead_letters")
 
