@@ -205,7 +205,8 @@ class Replayer:
                 self.progress.events_sent += len(batch)
                 self.progress.slices += 1
                 bar.update(len(batch))
-                bar.set_postfix(scored=self.progress.scored, lag_users=len(last_ts), refresh=False)
+                waits = {"learner_waits": self.gate.stats.waits} if self.gate is not None else {}
+                bar.set_postfix(scored=self.progress.scored, lag_users=len(last_ts), **waits, refresh=False)
                 if not skipping:
                     self._save_state()
             producer.flush()
