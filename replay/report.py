@@ -37,15 +37,24 @@ def load_scores(out_dir: Path) -> list[dict]:
     return rows
 
 
-def per_user(rows: list[dict], metric: str) -> dict[str, np.ndarray]:
-    """Arm -> per-user means of `metric` (users are the unit of randomisation)."""
+def user_means(rows: list[dict], metric: str) -> dict[str, dict[str, float]]:
+    """Arm -> user -> mean of `metric` over the user's requests (users are the unit of randomisation)."""
     sums: dict[tuple[str, str], list[float]] = defaultdict(list)
     for r in rows:
         sums[(r["arm"], r["user_id"])].append(r[metric])
-    by_arm: dict[str, list[float]] = defaultdict(list)
-    for (arm, _), values in sorted(sums.items()):
-        by_arm[arm].append(float(np.mean(values)))
-    return {arm: np.array(v) for arm, v in by_arm.items()}
+    by_arm: dict[str, dict[str, float]] = defaultdict(dict)
+    for (arm, user), values in sorted(sums.items()):
+        by_arm[arm][user] = float(np.mean(values))
+    return dict(by_arm)
+
+
+def per_user(rows: list[dict], metric: str) -> dict[str, np.ndarray]:
+    """Arm -> per-user means of `metric`, users in sorted order."""
+    return _arrays(user_means(rows, metric))
+
+
+def _arrays(means: dict[str, dict[str, float]]) -> dict[str, np.ndarray]:
+    return {arm: np.array(list(by_user.values())) for arm, by_user in means.items()}
 
 
 def build_report(out_dir: Path, baseline: str | None = None, seed: int = 0, alpha: float = 0.05,
@@ -53,24 +62,26 @@ def build_report(out_dir: Path, baseline: str | None = None, seed: int = 0, alph
     """warm_days: leave out requests in the log's first days (default: the replay's own --warm-days)."""
     every = load_scores(out_dir)
     first_day = min(r["ts_ms"] for r in every) // DAY_MS  # the plots' day 0, whatever the warm-up
-    rows, warm = _after_warm_up(every, _state(out_dir), warm_days)
+    state = _state(out_dir)
+    rows, warm = _after_warm_up(every, state, warm_days)
     arms = sorted({r["arm"] for r in rows})
     base = baseline if baseline in arms else (arms[-1] if "sdm" not in arms else "sdm")
     report: dict = {"requests": len(rows), "arms": {}, "comparisons": [], "baseline": base, "alpha": alpha,
                     "warm_days": warm,
                     "fallback_share": {a: float(np.mean([r["fallback"] for r in rows if r["arm"] == a])) for a in arms},
-                    "learner_settings": recorded(out_dir), "learner_gate": _gate_record(out_dir)}
-    paired = bool(_state(out_dir).get("options", {}).get("paired"))
+                    "learner_settings": recorded(out_dir), "learner_gate": _gate_record(state)}
+    paired = bool(state.get("options", {}).get("paired"))
     report["paired"] = paired
     for metric in METRICS:
-        values = per_user(rows, metric)
+        means = user_means(rows, metric)
+        values = _arrays(means)
         for arm in arms:
             est = arm_estimate(values[arm], seed=seed)
             report["arms"].setdefault(arm, {"users": est.users, "requests": sum(r["arm"] == arm for r in rows)})
             report["arms"][arm][metric] = {"mean": est.mean, "low": est.low, "high": est.high}
         for arm in arms:
             if arm != base:
-                c = (compare_paired(*_aligned(rows, metric, base, arm), (base, arm), alpha=alpha, seed=seed)
+                c = (compare_paired(*_aligned(means[base], means[arm]), (base, arm), alpha=alpha, seed=seed)
                      if paired else compare_means(values[base], values[arm], (base, arm), alpha=alpha, seed=seed))
                 report["comparisons"].append({"metric": metric, **c.as_dict()})
     report["over_time"] = _over_time(rows, arms, first_day)
@@ -110,14 +121,10 @@ def summary_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _aligned(rows: list[dict], metric: str, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-user means of two arms over the users both answered (a failed call leaves a user out)."""
-    sums: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for r in rows:
-        if r["arm"] in (a, b):
-            sums[(r["arm"], r["user_id"])].append(r[metric])
-    users = sorted({u for arm, u in sums if arm == a} & {u for arm, u in sums if arm == b})
-    return (np.array([np.mean(sums[(a, u)]) for u in users]), np.array([np.mean(sums[(b, u)]) for u in users]))
+def _aligned(a: dict[str, float], b: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Two arms' per-user means over the users both answered (a failed call leaves a user out)."""
+    users = sorted(a.keys() & b.keys())
+    return np.array([a[u] for u in users]), np.array([b[u] for u in users])
 
 
 def _state(out_dir: Path) -> dict:
@@ -139,10 +146,7 @@ def _after_warm_up(rows: list[dict], state: dict, warm_days: float | None) -> tu
     return kept, warm_days
 
 
-def _gate_record(out_dir: Path) -> dict | None:
-    state = _state(out_dir)
-    if not state:
-        return None
+def _gate_record(state: dict) -> dict | None:
     gate = state.get("learner_gate")
     return None if gate is None else gate | {"max_learner_lag": state["options"].get("max_learner_lag")}
 
