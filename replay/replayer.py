@@ -5,11 +5,11 @@ Protocol (replay evaluation). The log is cut into event-time slices of `slice_ms
    for each user who had events, a state at least as new as that user's last produced event;
 2. every sampled impression request of the slice (a user's impressions sharing a request_id, or a
    timestamp when the log has no request ids) asks the live Recall server for that user's top-80
-   (the server picks the arm by sticky user hash, as in a real A/B test);
+   (the server picks the arm by sticky user hash, as in a real A/B test; `paired`: every arm, by name);
 3. the answer is scored against the user's next 5 clicks after the request in the log (HR, MRR, R, F1
    at 50 and 80, learner.metrics); then the slice's events are produced.
 Answers therefore never see the clicks they are scored on, and see the user's state at most one slice
-old). Users are the unit of the A/B statistics (replay.abstats). Producing waits for the workers
+old. Users are the unit of the A/B statistics (replay.abstats). Producing waits for the workers
 (back-pressure through step 1), so nothing is dropped however fast the log is replayed; with a gate,
 scoring also waits until every arm's learner is within `max_learner_lag` samples of the workers
 (replay.learner_gate), so a learner slower than its machine does not handicap its arm.
@@ -38,8 +38,8 @@ from tqdm import tqdm
 from learner.metrics import metrics_at
 from replay.format import read_events, read_items, read_users
 from replay.learner_gate import LearnerGate
-from serving.arms import Arms
 from replay.producer import make_producer, produce_catalogue
+from serving.arms import Arms
 from stream.mirror import TopicMirror
 from stream.state_codec import decode_state
 from stream.topics import changelog_topic
@@ -166,6 +166,9 @@ class Replayer:
         """gate: waits for the learners before each scored slice (None: learners are not waited for)."""
         self.cfg = cfg
         self.gate = gate
+        # Paired: the log does not depend on the answers and every arm's learner trains on every user,
+        # so each arm can answer each request; otherwise ("") the server's sticky assignment picks one.
+        self.asked_arms = Arms.parse(cfg.serving.arms).names if opts.paired else ("",)
         self.log_dir = Path(log_dir)
         self.out_dir = Path(out_dir)
         self.address = recall_address
@@ -247,9 +250,6 @@ class Replayer:
     async def _score(self, stub, batch: list[Event], clicks: ClickIndex, out) -> None:
         wanted = [(u, t, clicks.next_clicks(u, t)) for u, t in requests_of(batch, self.opts)]
         wanted = [(u, t, labels) for u, t, labels in wanted if labels]
-        # Paired: the log does not depend on the answers and every arm's learner trains on every user,
-        # so each arm can answer each request; otherwise the server's sticky assignment picks one.
-        asked = Arms.parse(self.cfg.serving.arms).names if self.opts.paired else ("",)
         gate = asyncio.Semaphore(self.opts.concurrency)
 
         async def one(user: str, ts: int, labels: list[str], arm: str) -> ScoredRequest | None:
@@ -265,7 +265,7 @@ class Replayer:
             return ScoredRequest(user, ts, answer.arm, answer.model_version, answer.fallback,
                                  m50.hr, m50.mrr, m50.recall, m50.f1, m80.hr, m80.mrr, m80.recall, m80.f1)
 
-        for scored in await asyncio.gather(*(one(*w, arm) for w in wanted for arm in asked)):
+        for scored in await asyncio.gather(*(one(*w, arm) for w in wanted for arm in self.asked_arms)):
             if scored is not None:
                 out.write(json.dumps(asdict(scored)) + "\n")
                 self.progress.scored += 1
