@@ -44,8 +44,7 @@ def main() -> None:
     log_dir = root / "log"
     simulate(args.users, args.items, args.days, 1, log_dir, progress=False)
     metrics_port = free_port()
-    cfg = load_config("local", env={}, overrides=args.overrides)
-    stack = start_services(root / "stack", cfg, "local")
+    stack = start_services(root / "stack", args.cfg, "local")
     stack.cfg = apply_overrides(stack.cfg, {"learner.metrics_port": metrics_port})
     try:
         stack.start_worker()
@@ -151,8 +150,8 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS, help="results file")
     args = parser.parse_args()
     try:
-        args.overrides = parse_set_options(args.overrides)
-        load_config("local", env={}, overrides=args.overrides)  # unknown keys and bad values fail here, before any work
+        # unknown keys and bad values fail here, before any work
+        args.cfg = load_config("local", env={}, overrides=parse_set_options(args.overrides))
     except ConfigError as exc:
         parser.error(str(exc))
     return args
