@@ -75,9 +75,10 @@ class RecallServicer(recall_pb2_grpc.RecallServicer):
         remaining = context.time_remaining()
         deadline_first = remaining is not None and remaining < timeout
         try:
-            hits = await asyncio.wait_for(self.batcher.recall(tower, windows, request.k + len(exclude)),
-                                          min(timeout, remaining) if deadline_first else timeout)
-        except asyncio.TimeoutError:
+            # asyncio.timeout, not wait_for: no extra task per request on the hot path
+            async with asyncio.timeout(min(timeout, remaining) if deadline_first else timeout):
+                hits = await self.batcher.recall(tower, windows, request.k + len(exclude))
+        except TimeoutError:
             if deadline_first:
                 await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the request deadline ran out during search")
             await _abort(context, grpc.StatusCode.UNAVAILABLE, f"vector search took longer than {timeout} s")
