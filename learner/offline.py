@@ -8,7 +8,8 @@
 - `evaluate`: full sort of every item the model knows (its vocabulary) for each test user, metrics at 50
   and 80 (learner/metrics.py), bootstrap 95% intervals over test users; per-user values kept for
   `compare`. Labels the model never saw count as misses.
-- `compare`: paired bootstrap of B's relative lift over A on their common test users.
+- `compare`: paired bootstrap of B's relative lift over A on their common test users; a side may be the
+  per-user mean of several runs (`average_evaluations`: other training seeds on the same split).
 - The ablation (Table 2 rows, one table, chart and JSON) is in learner/ablation.py.
 """
 
@@ -289,9 +290,37 @@ def load_evaluation(source: str | Path) -> dict[str, Any]:
     return result
 
 
+SPLIT_KEYS = ("data_dir", "cut_ms", "end_ms", "test_days", "holdout_days")
+
+
+def average_evaluations(evals: list[dict[str, Any]]) -> dict[str, Any]:
+    """One evaluation from several runs of one variant on one split (other training seeds, say): each
+    test user's value is the mean over the runs, so one run's training noise averages out before users
+    are resampled. Users scored by every run are kept."""
+    if not evals:
+        raise ValueError("average_evaluations needs at least one evaluation")
+    if len(evals) == 1:
+        return evals[0]
+    variants = sorted({e["variant"] for e in evals})
+    if len(variants) > 1:
+        raise RunError(f"runs averaged into one side must be one variant; got {', '.join(variants)}")
+    splits = {tuple(e["data"].get(k) for k in SPLIT_KEYS) for e in evals}
+    if len(splits) > 1:
+        raise RunError("runs averaged into one side must be evaluated on the same log and split "
+                       f"({', '.join(SPLIT_KEYS)} differ)")
+    indexes = [{u: i for i, u in enumerate(e["users"])} for e in evals]
+    users = sorted(set.intersection(*(set(index) for index in indexes)))
+    keys = [k for k in evals[0]["per_user"] if all(k in e["per_user"] for e in evals)]
+    per_user = {k: np.mean([[e["per_user"][k][index[u]] for u in users] for e, index in zip(evals, indexes)],
+                           axis=0).tolist() for k in keys}
+    return {"variant": variants[0], "users": users, "per_user": per_user, "data": evals[0]["data"],
+            "runs": [e.get("run") for e in evals]}
+
+
 def compare(eval_a: dict[str, Any], eval_b: dict[str, Any], n_boot: int = DEFAULT_BOOT,
             seed: int = 0) -> dict[str, Any]:
-    """B's relative lift over A per metric, paired bootstrap over the test users both were scored on."""
+    """B's relative lift over A per metric, paired bootstrap over the test users both were scored on.
+    Either side may be an `average_evaluations` of several runs."""
     index_a = {u: i for i, u in enumerate(eval_a["users"])}
     index_b = {u: i for i, u in enumerate(eval_b["users"])}
     common = sorted(index_a.keys() & index_b.keys())
@@ -304,7 +333,8 @@ def compare(eval_a: dict[str, Any], eval_b: dict[str, Any], n_boot: int = DEFAUL
         a = [eval_a["per_user"][key][index_a[u]] for u in common]
         b = [eval_b["per_user"][key][index_b[u]] for u in common]
         lifts[key] = paired_lift(a, b, n_boot, seed=seed).as_dict()
-    return {"a": eval_a["variant"], "b": eval_b["variant"], "users": len(common), "lift": lifts}
+    return {"a": eval_a["variant"], "b": eval_b["variant"], "users": len(common), "lift": lifts,
+            "runs": {"a": len(eval_a.get("runs", [None])), "b": len(eval_b.get("runs", [None]))}}
 
 
 def format_lift(lift: dict[str, float] | None) -> str:
@@ -316,7 +346,11 @@ def format_lift(lift: dict[str, float] | None) -> str:
 
 def format_comparison(result: dict[str, Any]) -> str:
     """Plain-text table of `compare`'s result."""
-    lines = [f"{result['b']} vs {result['a']} on {result['users']:,} common test users (paired bootstrap, 95%)",
+    runs = result.get("runs", {"a": 1, "b": 1})
+    averaged = (f"; per-user means of {runs['a']} run(s) of {result['a']} and {runs['b']} of {result['b']}"
+                if max(runs.values()) > 1 else "")
+    lines = [f"{result['b']} vs {result['a']} on {result['users']:,} common test users (paired bootstrap, 95%"
+             f"{averaged})",
              f"{'metric':<10}{result['a']:>12}{result['b']:>12}{'lift':>10}  interval"]
     for key, lift in result["lift"].items():
         mark = "*" if lift["low"] > 0 or lift["high"] < 0 else " "

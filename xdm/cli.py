@@ -502,12 +502,19 @@ def evaluate(run_dir: Path, data_dir: Path | None, json_out: Path | None, boot: 
 @_BOOT_OPTION
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the comparison here.")
+@click.option("--more", nargs=2, multiple=True, type=click.Path(exists=True, path_type=Path),
+              metavar="RUN_A RUN_B",
+              help="Another run of each side on the same split (another training seed); each side's "
+                   "per-user values are averaged over its runs. Repeatable.")
 @friendly
-def compare_cmd(run_a: Path, run_b: Path, boot: int, json_out: Path | None) -> None:
+def compare_cmd(run_a: Path, run_b: Path, boot: int, json_out: Path | None,
+                more: tuple[tuple[Path, Path], ...]) -> None:
     """Relative lift of B over A (paired bootstrap); each is a run directory with eval.json or an eval JSON."""
-    from learner.offline import compare, format_comparison, load_evaluation
+    from learner.offline import average_evaluations, compare, format_comparison, load_evaluation
 
-    result = compare(load_evaluation(run_a), load_evaluation(run_b), n_boot=boot)
+    side_a = average_evaluations([load_evaluation(p) for p in (run_a, *(a for a, _ in more))])
+    side_b = average_evaluations([load_evaluation(p) for p in (run_b, *(b for _, b in more))])
+    result = compare(side_a, side_b, n_boot=boot)
     if json_out:
         json_out.write_text(json.dumps(result, indent=2))
     click.echo(format_comparison(result))

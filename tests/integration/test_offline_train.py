@@ -78,6 +78,15 @@ def test_cli_compare_prints_the_lift_and_rejects_a_missing_evaluation(ablation, 
     assert "xdm vs sdm" in result.output and "HR@50" in result.output
     bad = runner.invoke(cli, ["compare", str(tmp_path), str(root / "ablation" / "xdm")])
     assert bad.exit_code == 2 and "no evaluation" in bad.output
+    # a run averaged with itself is that run: the same figures, said to be means of two runs
+    twice = runner.invoke(cli, ["compare", str(root / "ablation" / "sdm"), str(root / "ablation" / "xdm"),
+                                "--more", str(root / "ablation" / "sdm"), str(root / "ablation" / "xdm")])
+    assert twice.exit_code == 0, twice.output
+    assert "per-user means of 2 run(s)" in twice.output
+    assert twice.output.splitlines()[1:] == result.output.splitlines()[1:]
+    mixed = runner.invoke(cli, ["compare", str(root / "ablation" / "sdm"), str(root / "ablation" / "xdm"),
+                                "--more", str(root / "ablation" / "xdm"), str(root / "ablation" / "sdm")])
+    assert mixed.exit_code == 2 and "one variant" in mixed.output
 
 
 @pytest.mark.timeout(180)
