@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from learner.evaluation_stats import paired_lift
+
 N_BOOT = 2000
 
 
@@ -74,16 +76,12 @@ def compare_means(a: np.ndarray, b: np.ndarray, names: tuple[str, str], alpha: f
 
 def compare_paired(a: np.ndarray, b: np.ndarray, names: tuple[str, str], alpha: float = 0.05, seed: int = 0,
                    n_boot: int = N_BOOT) -> Comparison:
-    """Lift of B over A on the same users (a[i], b[i] of user i): paired bootstrap and paired test."""
+    """Lift of B over A on the same users (a[i], b[i] of user i): paired bootstrap (the offline
+    evaluation's `paired_lift`, resamples drawn in bounded chunks) and paired test."""
     x, y = _array(a), _array(b)
-    if x.shape != y.shape:
-        raise ValueError(f"paired values need the same users: got {len(x)} and {len(y)}")
-    rng = np.random.default_rng(seed)
-    idx = [rng.integers(0, len(x), len(x)) for _ in range(n_boot)]
-    lifts = _ratio_lifts(np.array([x[i].mean() for i in idx]), np.array([y[i].mean() for i in idx]))
-    low, high = np.quantile(lifts, [alpha / 2, 1 - alpha / 2]) if len(lifts) else (math.nan, math.nan)
+    lift = paired_lift(x, y, n_boot=n_boot, alpha=alpha, seed=seed)
     p = paired_p_value(x, y)
-    return Comparison(names[0], names[1], _lift(x.mean(), y.mean()), float(low), float(high), p, p < alpha)
+    return Comparison(names[0], names[1], _lift(x.mean(), y.mean()), lift.low, lift.high, p, p < alpha)
 
 
 def paired_p_value(x: np.ndarray, y: np.ndarray) -> float:
