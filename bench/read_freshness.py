@@ -5,7 +5,7 @@ Table-1-sized states first (a backlog the worker works off); then, while backgro
 real time (impressions and clicks of other users, stamped now), probe clicks are produced one at a
 time and the reader (the serving read replica, a mirror of the windows changelog) is watched until
 the probe's user shows that click in its short-term window. Latency = visible - just before the
-send, on one clock. Also measures `WindowsReader.windows(user)` itself over the Table-1-sized users.
+send, on one clock. Also measures `WindowsReader.rows(user)`, the server's read, over the Table-1-sized users.
 Writes bench/results/read_freshness.json and prints a table.
 
     .venv/bin/python bench/read_freshness.py [--probes 300 --background 1000]
@@ -106,7 +106,7 @@ def _read_latency(reader: WindowsReader, users: list[str], n: int) -> list[float
 
 def _timed_read(reader: WindowsReader, user: str) -> float:
     t = time.perf_counter()
-    reader.windows(user)
+    reader.rows(user)
     return (time.perf_counter() - t) * 1e6
 
 
@@ -201,7 +201,7 @@ def _print(r: dict) -> None:
           f"(not seen in 10 s: {r['probes_not_seen']}); {r['users_with_table1_states']} users with Table-1 states")
     print(f"{'':<28} {'p50':>9} {'p90':>9} {'p99':>9} {'max':>9}")
     print(f"{'produce -> readable (ms)':<28} {f['p50']:>9} {f['p90']:>9} {f['p99']:>9} {f['max']:>9}")
-    labels = {"read_us_first": "windows(user), first (µs)", "read_us_repeat": "windows(user), again (µs)"}
+    labels = {"read_us_first": "rows(user), first (µs)", "read_us_repeat": "rows(user), again (µs)"}
     for key, label in labels.items():
         rd = r[key]
         print(f"{label:<28} {rd['p50']:>9} {rd['p90']:>9} {rd['p99']:>9} {rd['max']:>9}")

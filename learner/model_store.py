@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,8 @@ class Tower:
     popular: list[str]  # most frequent label items at publish time (cold-start fallback)
     index: Any = None  # serving's exact in-memory copy of this version's item vectors, when it keeps one
     encode: Any = None  # Batch -> z; serving's traced tower when it made one, else model.user_vector is used
+    # serving's memo: stored item key -> this vocabulary's five rows; a served vocabulary never changes
+    key_rows: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 def tower_payload(model, vocab, info: VersionInfo, variant: str, popular: list[str]) -> dict[str, Any]:

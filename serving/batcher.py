@@ -23,7 +23,7 @@ from prometheus_client import Histogram
 from learner.model_store import Tower
 from serving.search import VectorSearch
 from serving.user_vectors import user_vectors
-from stream.windows import Windows
+from stream.windows import WindowRows
 
 BATCH_SIZE = Histogram("xdm_recall_batch_size", "Requests answered by one tower call and one search",
                        buckets=(1, 2, 4, 8, 16, 32, 64))
@@ -34,7 +34,7 @@ STAGE = Histogram("xdm_recall_stage_seconds", "Time per batch in each stage of a
 @dataclass
 class _Job:
     tower: Tower
-    windows: Windows
+    windows: WindowRows
     k: int
     future: asyncio.Future
     queued: float = field(default_factory=time.perf_counter)
@@ -60,7 +60,7 @@ class MicroBatcher:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def recall(self, tower: Tower, windows: Windows, k: int) -> list[tuple[str, float]]:
+    async def recall(self, tower: Tower, windows: WindowRows, k: int) -> list[tuple[str, float]]:
         """Top-k (item, score) for one user; raises SearchUnavailable when the vector store fails."""
         future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Job(tower, windows, k, future))
@@ -104,14 +104,14 @@ class MicroBatcher:
                 job.future.set_result(row[: job.k])
 
 
-def _tower(tower: Tower, windows: list[Windows]) -> np.ndarray:
+def _tower(tower: Tower, windows: list[WindowRows]) -> np.ndarray:
     started = time.perf_counter()
     z = user_vectors(tower, windows)
     STAGE.labels("tower").observe(time.perf_counter() - started)
     return z
 
 
-def _tower_and_search(tower: Tower, windows: list[Windows], k: int) -> list[list[tuple[str, float]]]:
+def _tower_and_search(tower: Tower, windows: list[WindowRows], k: int) -> list[list[tuple[str, float]]]:
     z = _tower(tower, windows)
     started = time.perf_counter()
     hits = tower.index.top_k(z, k)

@@ -18,7 +18,7 @@ from serving.batcher import MicroBatcher
 from serving.popular import PopularItems
 from serving.registry import TowerRegistry
 from serving.search import SearchUnavailable
-from serving.user_vectors import clicked_items
+from serving.user_vectors import clicked_items, has_clicks
 from stream.reader import WindowsReader
 from xdm.v1 import recall_pb2, recall_pb2_grpc
 
@@ -66,10 +66,10 @@ class RecallServicer(recall_pb2_grpc.RecallServicer):
 
     async def _answer(self, request: recall_pb2.RecallRequest, arm: str, context) -> recall_pb2.RecallResponse:
         tower = self.registry.get(self.arms.model_for(arm))  # taken once: this request stays on this version
-        windows = self.reader.windows(request.user_id)
+        windows = self.reader.rows(request.user_id)
         exclude = clicked_items(windows) if (windows and request.exclude_clicked) else set()
         version = tower.info.version if tower else 0
-        if tower is None or windows is None or not (windows.short or windows.long):
+        if tower is None or not has_clicks(windows):
             return _response(request, arm, self._popular(request.k, exclude, tower), version, fallback=True)
         timeout = self.search_timeout_s
         remaining = context.time_remaining()

@@ -4,8 +4,12 @@ Workers and servers may run on different machines, so the server never opens the
 it mirrors the `windows` table's changelog (every table write is also a changelog record) and decodes a
 user's state only when that user is asked for. Decoding and snapshotting a Table-1-sized state takes
 a few hundred µs, so the windows of recently read users are kept, and recomputed when their next
-changelog record arrives (off the request path): a read of a user read before is a dict lookup.
-The cache costs ~10 KB per user at Table-1 window lengths (the Behavior records; items are shared).
+changelog record arrives (off the request path).
+
+The cache keeps the windows as stored rows (`WindowRows`: tuples of ints and strings), not as Behavior
+records (serving reads the rows; `windows` builds the records, ~40 µs at Table-1 lengths): the garbage
+collector stops tracking plain tuples, while ~110 records a user stay tracked, and every full collection
+walks them all while the whole server waits (bench/gc_pause.py).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections import OrderedDict
 from stream.mirror import TopicMirror
 from stream.state_codec import decode_state
 from stream.topics import changelog_topic
-from stream.windows import NO_EVENTS, WindowRules, Windows, snapshot
+from stream.windows import NO_EVENTS, WindowRows, WindowRules, Windows, snapshot_rows, windows_of
 from xdm.config import Config
 
 
@@ -28,7 +32,7 @@ class WindowsReader:
         self.mirror: TopicMirror[bytes] = TopicMirror(cfg.kafka.bootstrap, changelog_topic(cfg), bytes, name="windows",
                                                       read_committed=cfg.kafka.exactly_once)
         self.cache_users = cache_users
-        self._cache: OrderedDict[str, tuple[bytes, Windows | None]] = OrderedDict()  # user -> (record, windows)
+        self._cache: OrderedDict[str, tuple[bytes, WindowRows | None]] = OrderedDict()  # user -> (record, rows)
         self.mirror.on_update = self._on_record
 
     async def start(self, wait_s: float = 60.0) -> None:
@@ -40,6 +44,11 @@ class WindowsReader:
 
     def windows(self, user_id: str) -> Windows | None:
         """The user's windows at their latest event time (event time, so replays of old logs work)."""
+        rows = self.rows(user_id)
+        return None if rows is None else windows_of(rows)
+
+    def rows(self, user_id: str) -> WindowRows | None:
+        """`windows` as stored rows, what the cache holds: a read of a user read before is a dict lookup."""
         raw = self.mirror.get(user_id)
         if raw is None:
             return None
@@ -49,15 +58,15 @@ class WindowsReader:
             return cached[1]
         return self._compute(user_id, raw)
 
-    def _compute(self, user_id: str, raw: bytes) -> Windows | None:
+    def _compute(self, user_id: str, raw: bytes) -> WindowRows | None:
         state = decode_state(raw)
-        windows = None if state.max_ts == NO_EVENTS else snapshot(state, state.max_ts, self.rules)
+        rows = None if state.max_ts == NO_EVENTS else snapshot_rows(state, state.max_ts, self.rules)
         if self.cache_users > 0:
-            self._cache[user_id] = (raw, windows)
+            self._cache[user_id] = (raw, rows)
             self._cache.move_to_end(user_id)
             if len(self._cache) > self.cache_users:
                 self._cache.popitem(last=False)
-        return windows
+        return rows
 
     def _on_record(self, user_id: str, raw: bytes | None) -> None:
         """A changelog record arrived: refresh a user that is being read, forget a deleted one."""

@@ -167,16 +167,37 @@ def _forget_old_ids(state: UserState, mark: int) -> None:
         del seen[first]
 
 
+# The three windows as stored rows (short, long, unclicked): plain tuples of ints and strings, which the
+# garbage collector stops tracking, so a cache of many users' windows costs no full-collection time.
+WindowRows = tuple[tuple[Row, ...], tuple[Row, ...], tuple[Row, ...]]
+
+
 def snapshot(state: UserState, at_ms: int, rules: WindowRules) -> Windows:
     """The windows at time `at_ms`, from the events with ts <= at_ms."""
+    return windows_of(snapshot_rows(state, at_ms, rules))
+
+
+def snapshot_rows(state: UserState, at_ms: int, rules: WindowRules) -> WindowRows:
+    """`snapshot` as stored rows: what a long-lived cache should keep (see WindowRows)."""
     clicks = state.clicks
     end = bisect_left(clicks, (at_ms + 1,))
     if end:
         start = session_start(clicks, end - 1, rules)
-        short, long = behaviors(clicks[start:end]), behaviors(clicks[_long_term_start(clicks, start, rules):start])
+        short, long = tuple(clicks[start:end]), tuple(clicks[_long_term_start(clicks, start, rules):start])
     else:
         short = long = ()
-    return Windows(short, long, behaviors(_unclicked_rows(state, at_ms, rules)))
+    return short, long, tuple(_unclicked_rows(state, at_ms, rules))
+
+
+def windows_of(rows: WindowRows) -> Windows:
+    short, long, unclicked = rows
+    return Windows(behaviors(short), behaviors(long), behaviors(unclicked))
+
+
+def rows_of(windows: Windows) -> WindowRows:
+    """The inverse of windows_of: Behavior records back to stored rows."""
+    return tuple(tuple((b.ts_ms, item_key(b.item)) for b in w)  # type: ignore[return-value]
+                 for w in (windows.short, windows.long, windows.unclicked))
 
 
 def session_start(clicks: list[Row], last: int, rules: WindowRules) -> int:
@@ -238,7 +259,7 @@ def _merge_keys_of_an_item(distinct: list[str], item_ids: list[str], counts: Cou
     return ids, ids, merged_counts, merged_latest
 
 
-def behaviors(rows: list[Row]) -> tuple[Behavior, ...]:
+def behaviors(rows: list[Row] | tuple[Row, ...]) -> tuple[Behavior, ...]:
     """Stored rows as the Behavior records that leave this module."""
     return tuple([Behavior(ts, item_of(key)) for ts, key in rows])
 

@@ -21,6 +21,7 @@ from learner.model_store import load_tower, read_latest, tower_from_payload
 from learner.online import OnlineLearner
 from learner.publish import Publisher
 from serving.user_vectors import user_vectors
+from stream.windows import rows_of
 from stream.wire import SampleTimes, encode_sample
 from xdm.config import apply_overrides
 from xdm.v1 import events_pb2
@@ -156,7 +157,7 @@ def test_versions_replace_each_other_atomically(stack, tiny_log):
     publish(1)
     info = read_latest(store, "pub")
     tower = tower_from_payload(load_tower(info.tower_uri))
-    z = user_vectors(tower, [samples[0].windows])
+    z = user_vectors(tower, [rows_of(samples[0].windows)])
     client = vector_store.connect(cfg.milvus)
     ids, vectors = learner.trainer.item_vectors()
     base_scores = dict(zip(ids, (vectors.numpy() @ z[0]) / 1))  # vectors are v * base at v = 1 now
