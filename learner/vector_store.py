@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 ID_FIELD = "item_id"
 VECTOR_FIELD = "vector"
 INSERT_CHUNK = 5000
+CONNECT_RETRY_S = 0.5  # pause between connect attempts
 
 
 def collection_name(cfg: MilvusConfig, arm: str, version: int) -> str:
@@ -31,11 +32,24 @@ def alias_name(cfg: MilvusConfig, arm: str) -> str:
     return f"{cfg.collection_prefix}_{arm}"
 
 
-def connect(cfg: MilvusConfig, timeout_s: float = 10.0) -> MilvusClient:
-    try:
-        return MilvusClient(cfg.uri, timeout=timeout_s)
-    except Exception as exc:  # pymilvus raises several types for an unreachable server
-        raise ServiceError(f"cannot reach Milvus at {cfg.uri}: {exc}") from exc
+def connect(cfg: MilvusConfig, timeout_s: float = 10.0, retry: bool = True) -> MilvusClient:
+    """A client; with `retry`, a connect that fails at once is tried again until timeout_s is spent.
+
+    pymilvus shares one gRPC channel per address in a process; when the server resets it (seen: a GOAWAY
+    "too_many_pings" from Milvus Lite while another client of the process was busy), a connect in that
+    instant fails immediately although the server is up. An unreachable server still ends in
+    ServiceError once timeout_s is spent, each retry logged. A request path passes retry=False: it
+    should fail fast and leave the retry to its caller.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return MilvusClient(cfg.uri, timeout=max(deadline - time.monotonic(), CONNECT_RETRY_S))
+        except Exception as exc:  # pymilvus raises several types for an unreachable server
+            if not retry or time.monotonic() + CONNECT_RETRY_S >= deadline:
+                raise ServiceError(f"cannot reach Milvus at {cfg.uri}: {exc}") from exc
+            log.warning("Milvus connect failed; retrying", extra={"uri": cfg.uri, "error": repr(exc)})
+            time.sleep(CONNECT_RETRY_S)
 
 
 def write_version(client: MilvusClient, cfg: MilvusConfig, arm: str, version: int, item_ids: Sequence[str],

@@ -170,7 +170,7 @@ class VectorSearch:
 
     def _connect(self) -> MilvusClient:
         if self._client is None:
-            self._client = vector_store.connect(self.cfg, timeout_s=self.timeout_s)
+            self._client = vector_store.connect(self.cfg, timeout_s=self.timeout_s, retry=False)  # per request
         return self._client
 
     async def top_k(self, collection: str, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
