@@ -31,9 +31,10 @@ BATCH = 256
 
 
 def one_pass(data_dir: str, cache: str, variant: str, rehearsal_steps: int, window: int, seed: int) -> dict:
+    from learner.batch import Vocabulary
     from learner.data import DEFAULT_TEST_DAYS, build_offline_data
     from learner.model import config_for
-    from learner.offline import MemoVocabulary, evaluation_result, score_test_users
+    from learner.offline import evaluation_result, score_test_users
     from learner.rehearsal import Rehearsal
     from learner.trainer import Trainer
     from xdm.config import LearnerConfig
@@ -42,7 +43,7 @@ def one_pass(data_dir: str, cache: str, variant: str, rehearsal_steps: int, wind
     data = build_offline_data(data_dir, test_days=DEFAULT_TEST_DAYS, cache_dir=cache, progress=False,
                               holdout_days=DEFAULT_TEST_DAYS)
     cfg = config_for(variant)
-    trainer = Trainer(cfg, lr=lc.lr, clip_norm=lc.clip_norm, seed=seed, vocab=MemoVocabulary(cfg.profile_field_names),
+    trainer = Trainer(cfg, lr=lc.lr, clip_norm=lc.clip_norm, seed=seed, vocab=Vocabulary(cfg.profile_field_names),
                       threads=1, adagrad_init=lc.adagrad_init, lr_warmup_steps=lc.lr_warmup_steps)
     rehearsal = Rehearsal(rehearsal_steps, window, seed)
     order = sorted(range(len(data.train)), key=lambda i: data.train[i].ts_ms)

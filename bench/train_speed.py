@@ -67,11 +67,11 @@ def child(model: str, data_dir: str, steps: int, batch: int, cache: str) -> dict
             loss.backward()
             optimizer.step()
     else:
+        from learner.batch import Vocabulary
         from learner.model import config_for
-        from learner.offline import MemoVocabulary
         from learner.trainer import Trainer
 
-        trainer = Trainer(config_for(model), device="cpu", vocab=MemoVocabulary())
+        trainer = Trainer(config_for(model), device="cpu", vocab=Vocabulary())
 
         def step(samples):
             trainer.step(samples)

@@ -80,30 +80,6 @@ def metric_keys() -> list[str]:
 # ------------------------------------------------------------------------------------------------ train
 
 
-class MemoVocabulary(Vocabulary):
-    """A Vocabulary that remembers each Item's rows: offline samples share one Item object per item, so
-    collate's five table look-ups per behaviour become one (collate was over half of a training step).
-    Rows only change when items are evicted, which drops the memo; its state_dict is the plain one."""
-
-    def __init__(self, profile_fields=()) -> None:
-        super().__init__(profile_fields)
-        self._memo: dict[object, tuple[int, ...]] = {}
-
-    def add_item(self, item):  # type: ignore[override]
-        rows = self._memo.get(item)
-        if rows is None:
-            rows = self._memo[item] = super().add_item(item)
-        return rows
-
-    def evict_items(self, before_ms: int) -> list[int]:
-        self._memo = {}
-        return super().evict_items(before_ms)
-
-    def load_state_dict(self, state) -> None:  # type: ignore[override]
-        super().load_state_dict(state)
-        self._memo = {}
-
-
 def train_offline(
     data_dir: str | Path,
     variant: str,
@@ -126,7 +102,7 @@ def train_offline(
         data = build_offline_data(data_dir, wrules, srules, test_days, cache_dir, progress, holdout_days)
     data_s = time.monotonic() - started
     trainer = Trainer(model_cfg, lr=settings.lr, clip_norm=settings.clip_norm, seed=settings.seed,
-                      device=settings.device, vocab=MemoVocabulary(model_cfg.profile_field_names),
+                      device=settings.device, vocab=Vocabulary(model_cfg.profile_field_names),
                       threads=settings.threads, adagrad_init=settings.adagrad_init,
                       lr_warmup_steps=settings.lr_warmup_steps)
     rng = random.Random(settings.seed)

@@ -150,3 +150,18 @@ def test_lookup_memo_follows_additions_and_evictions():
     vocab.touch_items([rows[0]], 5)
     vocab.evict_items(before_ms=10)
     assert vocab.lookup_item(item)[0] == 0
+
+
+def test_add_memo_is_dropped_when_items_are_evicted():
+    """An evicted item's row goes to the next new item; the old item, seen again, must get its own row."""
+    vocab = Vocabulary()
+    old, new = Item("old", "leaf"), Item("new", "leaf")
+    old_rows = vocab.add_item(old)
+    assert vocab.add_item(old) is old_rows  # memoised
+    vocab.touch_items([old_rows[0]], 5)
+    assert vocab.evict_items(before_ms=10) == [old_rows[0]]
+    new_rows = vocab.add_item(new)
+    assert new_rows[0] == old_rows[0] and vocab.key("item", new_rows[0]) == "new"  # the row is reused
+    again = vocab.add_item(old)
+    assert again[0] not in (0, new_rows[0]) and vocab.key("item", again[0]) == "old"
+    assert again[1] == old_rows[1]  # side-info rows are never evicted
