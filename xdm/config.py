@@ -104,6 +104,12 @@ class MilvusConfig:
     collection_prefix: str = "xdm"  # collections are <prefix>_<arm>_v<version>
     index_type: str = "FLAT"  # FLAT is exact; HNSW / IVF_FLAT for large catalogues
     lite_data: str = "var/milvus.db"  # Milvus Lite data file when the stack starts one
+    # Client keepalive ping interval (s); 0 sends none. pymilvus pings every 10 s, idle or not, which Milvus
+    # accepts; the Milvus Lite server allows one ping per 5 minutes and none on an idle connection, and
+    # answers more with GOAWAY "too_many_pings" (seen in bench runs under load), dropping the connection
+    # of every client in the process. The stack that starts Milvus Lite sets 0: on loopback a server that
+    # dies resets the connection at once, so nothing needs the pings.
+    keepalive_s: float = 10.0
 
 
 @dataclass(frozen=True)

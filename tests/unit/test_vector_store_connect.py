@@ -9,7 +9,7 @@ import pytest
 
 from learner import vector_store
 from xdm.config import MilvusConfig
-from xdm.errors import ServiceError
+from xdm.errors import ConfigError, ServiceError
 
 
 class _FlakyClient:
@@ -18,7 +18,7 @@ class _FlakyClient:
     failures = 0
     made = 0
 
-    def __init__(self, uri: str, timeout: float) -> None:
+    def __init__(self, uri: str, timeout: float, **options) -> None:
         type(self).made += 1
         if type(self).made <= type(self).failures:
             raise ConnectionError("GOAWAY too_many_pings")
@@ -54,3 +54,18 @@ def test_without_retry_the_first_failure_is_final(flaky):
     with pytest.raises(ServiceError):
         vector_store.connect(MilvusConfig(), timeout_s=5, retry=False)
     assert flaky.made == 1
+
+
+def test_keepalive_setting_becomes_channel_options():
+    assert vector_store.grpc_options(MilvusConfig()) == {"grpc.keepalive_time_ms": 10_000}  # pymilvus's
+    off = vector_store.grpc_options(MilvusConfig(keepalive_s=0))
+    assert off == {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": False}
+    with pytest.raises(ConfigError, match="keepalive_s"):
+        vector_store.grpc_options(MilvusConfig(keepalive_s=-1))
+
+
+def test_every_client_is_made_with_the_keepalive_options(flaky, monkeypatch):
+    made = []
+    monkeypatch.setattr(vector_store, "MilvusClient", lambda uri, timeout, **kw: made.append(kw) or object())
+    vector_store.connect(MilvusConfig(keepalive_s=0), timeout_s=1)
+    assert made == [{"grpc_options": vector_store.grpc_options(MilvusConfig(keepalive_s=0))}]
