@@ -171,7 +171,10 @@ def milvus(port: int, data_dir: Path) -> None:
     """Run a Milvus Lite server process until Ctrl-C."""
     from infra.services import start_milvus
 
-    _run_until_interrupted(start_milvus(data_dir, data_dir, port))
+    proc = start_milvus(data_dir, data_dir, port)
+    click.echo(f"clients of this server: XDM_MILVUS__URI={proc.address} XDM_MILVUS__KEEPALIVE_S=0 "
+               "(Milvus Lite refuses pymilvus's keepalive pings)")
+    _run_until_interrupted(proc)
 
 
 @cli.command()
