@@ -108,7 +108,7 @@ class Vocabulary:
 
     def add_item(self, item: Item) -> tuple[int, ...]:
         """Rows of an item's five ids, adding the new ones; memoised (training collates ~100 items a
-        sample, and the online learner collates every batch again for each rehearsal step: 50 -> 19 ms a
+        sample, and the online learner collates every batch again for each rehearsal step: 50 -> 21 ms a
         batch of 256). Adding ids never moves a row, so only eviction drops the memo."""
         key = _item_keys(item)
         rows = self._add_memo.get(key)
@@ -130,8 +130,8 @@ class Vocabulary:
             self._lookup_version = self._mutations
         get, out = cache.get, []
         for item in items:
-            # keyed by the five strings, not the Item: a tuple of strings and one of ints are not tracked
-            # by the garbage collector, so a memo of 500 k items adds nothing to a full collection
+            # keyed by the five strings, not the Item: tuples of strings or ints are not tracked by the
+            # garbage collector, so the memo holds no tracked object per item for full collections to walk
             key = _item_keys(item)
             ids = get(key)
             if ids is None:

@@ -66,10 +66,10 @@ class RecallServicer(recall_pb2_grpc.RecallServicer):
 
     async def _answer(self, request: recall_pb2.RecallRequest, arm: str, context) -> recall_pb2.RecallResponse:
         tower = self.registry.get(self.arms.model_for(arm))  # taken once: this request stays on this version
-        windows = self.reader.rows(request.user_id)
-        exclude = clicked_items(windows) if (windows and request.exclude_clicked) else set()
+        rows = self.reader.rows(request.user_id)  # the windows as stored rows: no per-item objects
+        exclude = clicked_items(rows) if (rows and request.exclude_clicked) else set()
         version = tower.info.version if tower else 0
-        if tower is None or not has_clicks(windows):
+        if tower is None or not has_clicks(rows):
             return _response(request, arm, self._popular(request.k, exclude, tower), version, fallback=True)
         timeout = self.search_timeout_s
         remaining = context.time_remaining()
@@ -77,7 +77,7 @@ class RecallServicer(recall_pb2_grpc.RecallServicer):
         try:
             # asyncio.timeout, not wait_for: no extra task per request on the hot path
             async with asyncio.timeout(min(timeout, remaining) if deadline_first else timeout):
-                hits = await self.batcher.recall(tower, windows, request.k + len(exclude))
+                hits = await self.batcher.recall(tower, rows, request.k + len(exclude))
         except TimeoutError:
             if deadline_first:
                 await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the request deadline ran out during search")
