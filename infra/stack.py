@@ -17,7 +17,7 @@ from typing import Any
 
 from infra.processes import ManagedProcess, ensure_alive, free_port, port_open, start_process, wait_until
 from infra.learner_settings import LearnerSettings, learner_config
-from infra.services import start_broker, start_milvus
+from infra.services import LITE_KEEPALIVE_S, start_broker, start_milvus
 from infra.topics import ensure_topics
 from xdm.config import Config, apply_overrides
 
@@ -107,7 +107,7 @@ def start_services(root: Path, base: Config, profile: str, arms: str = "xdm:100"
         stack.cfg = apply_overrides(base, {
             "kafka.bootstrap": broker.address,
             "milvus.uri": milvus.address,
-            "milvus.keepalive_s": 0,  # Milvus Lite refuses pymilvus's 10 s pings (config.MilvusConfig)
+            "milvus.keepalive_s": LITE_KEEPALIVE_S,
             "serving.port": free_port(),
             "serving.arms": arms,
             "learner.checkpoint_dir": str(root / "checkpoints"),

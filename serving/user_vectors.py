@@ -10,10 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from learner.batch import LOOKUP_CACHE_MAX, unlabelled_batch
+from learner.batch import ITEM_KINDS, LOOKUP_CACHE_MAX, unlabelled_batch
 from learner.model_store import Tower
-from stream.windows import FIELD_SEP, Row, WindowRows
-from xdm.records import Item
+from stream.windows import FIELD_SEP, Row, WindowRows, item_ids_of
 
 
 def user_vectors(tower: Tower, windows: list[WindowRows]) -> np.ndarray:
@@ -27,7 +26,7 @@ def user_vectors(tower: Tower, windows: list[WindowRows]) -> np.ndarray:
 
 def clicked_items(windows: WindowRows) -> set[str]:
     short, long, _ = windows
-    return {key.split(FIELD_SEP, 1)[0] for _, key in (*short, *long)}
+    return set(item_ids_of([key for _, key in (*short, *long)]))
 
 
 def has_clicks(windows: WindowRows | None) -> bool:
@@ -35,11 +34,11 @@ def has_clicks(windows: WindowRows | None) -> bool:
 
 
 def _rows(tower: Tower, window: tuple[Row, ...]) -> list[tuple[int, ...]]:
-    memo, out = tower.key_rows, []
+    memo, lookup, out = tower.key_rows, tower.vocab.lookup, []
     for _, key in window:
         ids = memo.get(key)
-        if ids is None:
-            ids = tower.vocab.lookup_item(Item(*key.split(FIELD_SEP)))
+        if ids is None:  # straight to the tables: the vocabulary's own Item memo would hold a second copy
+            ids = tuple(lookup(kind, field) for kind, field in zip(ITEM_KINDS, key.split(FIELD_SEP)))
             if len(memo) < LOOKUP_CACHE_MAX:
                 memo[key] = ids
         out.append(ids)

@@ -228,19 +228,19 @@ def _unclicked_rows(state: UserState, at_ms: int, rules: WindowRules) -> list[Ro
     latest = dict(zip(keys, impressions))  # rows are sorted, so the last one per key wins
     counts = Counter(keys)
     distinct = list(latest)
-    item_ids = _item_ids(distinct)
+    item_ids = item_ids_of(distinct)
     if len(set(item_ids)) != len(item_ids):
         distinct, item_ids, counts, latest = _merge_keys_of_an_item(distinct, item_ids, counts, latest)
     clicks = state.clicks
     recent_clicks = clicks[bisect_left(clicks, (since,)):bisect_left(clicks, (at_ms + 1,))]
-    clicked = set(_item_ids(list(set(map(_second, recent_clicks)))))
+    clicked = set(item_ids_of(list(set(map(_second, recent_clicks)))))
     need = rules.unclicked_min_exposures
     rows = [latest[key] for key, item_id in zip(distinct, item_ids) if counts[key] >= need and item_id not in clicked]
     rows.sort()
     return rows[-rules.unclicked_max:] if rules.unclicked_max > 0 else []
 
 
-def _item_ids(keys: list[str]) -> list[str]:
+def item_ids_of(keys: list[str]) -> list[str]:
     """The item id of each item key (every key has exactly five fields, see item_key)."""
     return FIELD_SEP.join(keys).split(FIELD_SEP)[::5] if keys else []
 
