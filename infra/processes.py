@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -27,6 +28,11 @@ log = logging.getLogger(__name__)
 # handlers abort a forked child of a process with live gRPC channels (seen here: epoll_wait EBADF, -6).
 _SETPRIV = shutil.which("setpriv")
 _DIE_WITH_PARENT: tuple[str, ...] = (_SETPRIV, "--pdeathsig", "KILL", "--") if _SETPRIV else ()
+# The death signal follows the parent *thread*, not the process: a child started from a thread that then
+# ends is killed with it (seen: a test launched Milvus Lite from a short-lived thread and the server died
+# at birth, one run in a few). So every child is spawned by this one thread, which lives as long as the
+# process.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xdm-spawner")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -119,7 +125,8 @@ def start_process(
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     handle = open(log_path, "ab")
-    popen = subprocess.Popen(
+    popen = _SPAWNER.submit(
+        subprocess.Popen,
         [*_DIE_WITH_PARENT, *argv],
         stdout=handle,
         stderr=subprocess.STDOUT,
@@ -127,7 +134,7 @@ def start_process(
         start_new_session=True,
         env={**os.environ, **(env or {})},
         cwd=str(cwd) if cwd else None,
-    )
+    ).result()
     handle.close()
     log.info("started", extra={"proc": name, "pid": popen.pid, "address": address})
     return ManagedProcess(name=name, popen=popen, address=address, log_path=log_path, ports=tuple(ports))
