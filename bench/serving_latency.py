@@ -8,7 +8,8 @@ then drives each with C concurrent callers (C = 1, 8, 32), bounded in requests a
 Server variants: `exact` (in-memory copy of the version's Milvus collection, float32 full scan: the
 reference), `local` (the server's defaults: local_index=auto), `ivf` (serving.local_index=ivf: k-means
 lists, approximate, kept whatever its recall), `scan` (serving.local_index=exact with the default scan precision),
-`runners2` (two batches in flight), `switch1` (a 1 ms GIL switch interval instead of Python's 5 ms), `nofreeze` (start-up heap left to the garbage collector), `eager` (user tower not traced), `nobatch` (no micro-batching) and `milvus` (search Milvus per
+`thread` (towers and search on a thread of the server instead of its compute process), `runners2` (two
+batches in flight, on threads), `switch1` (a 1 ms GIL switch interval instead of Python's 5 ms), `nofreeze` (start-up heap left to the garbage collector), `eager` (user tower not traced), `nobatch` (no micro-batching) and `milvus` (search Milvus per
 request, serving.local_index_max_items=0). Every variant's recall@50 against `exact`'s answers for the
 same users is printed. Each row also gives the server's own view, from its metrics: mean batch size and
 mean time per batch queued, in the user tower and in the search, and the full garbage collections (count,
@@ -20,7 +21,7 @@ vectors of the largest size. Writes
 bench/results/serving_latency.json and prints a table with the ratio to echo.
 
     .venv/bin/python bench/serving_latency.py [--requests 2000] [--seconds 20] [--quick]
-        [--servers exact,local,ivf,runners2,switch1,nofreeze,eager,nobatch,milvus] [--sizes 10000,100000] [--concurrency 1,8,32]
+        [--servers exact,local,ivf,thread,runners2,switch1,nofreeze,eager,nobatch,milvus] [--sizes 10000,100000] [--concurrency 1,8,32]
         [--repeats 1] [--out bench/results/serving_latency.json]
 """
 
@@ -54,7 +55,8 @@ SERVERS = {  # "exact" first: it is the reference the others' recall@50 is measu
     "local": {},
     "ivf": {"serving.local_index": "ivf"},
     "scan": {"serving.local_index": "exact"},
-    "runners2": {"serving.batch_runners": 2},
+    "thread": {"serving.compute": "thread"},
+    "runners2": {"serving.batch_runners": 2, "serving.compute": "thread"},
     "switch1": {"serving.switch_interval_ms": 1.0},
     "nofreeze": {"serving.gc_freeze": False},
     "eager": {"serving.trace_tower": False},
@@ -336,17 +338,24 @@ def _batch_stats(before: dict, after: dict) -> dict:
 
 
 def _cpu_seconds(pid: int) -> dict[str, float]:
-    """CPU seconds of the server process and of its main thread (the event loop), from /proc (Linux)."""
+    """CPU seconds of the server process with its children (the compute process) and of its main thread
+    (the event loop), from /proc (Linux)."""
     def seconds(stat_path: str) -> float:
-        with open(stat_path) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+        try:
+            with open(stat_path) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # a child that ended between listing and reading
+            return 0.0
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
-    return {"process": seconds(f"/proc/{pid}/stat"), "loop": seconds(f"/proc/{pid}/task/{pid}/stat")}
+    tasks = Path(f"/proc/{pid}/task")
+    children = {c for task in tasks.iterdir() for c in (task / "children").read_text().split()}
+    return {"process": seconds(f"/proc/{pid}/stat") + sum(seconds(f"/proc/{c}/stat") for c in children),
+            "loop": seconds(f"/proc/{pid}/task/{pid}/stat")}
 
 
 def _cpu_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> dict:
-    """Server CPU ms per answered request: all threads, and the event loop's share."""
+    """Server CPU ms per answered request: all threads and the compute process, and the event loop's share."""
     per = 1000 / max(requests, 1)
     return {"cpu_ms": (after["process"] - before["process"]) * per, "loop_cpu_ms": (after["loop"] - before["loop"]) * per}
 

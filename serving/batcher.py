@@ -6,8 +6,9 @@ the Tower they hold, so a batch never mixes versions.
 
 Each runner owns one compute thread and hands it the whole batch (tower, then the in-memory search) in
 one hop: the event loop keeps receiving and queueing meanwhile, and the next batch is formed only when
-that thread is free, so it holds everything that arrived during the previous one. torch and the matrix
-products release the GIL, so a thread is enough; one runner per core the server may use.
+that thread is free, so it holds everything that arrived during the previous one. With a compute process
+(serving.compute = "process", serving/compute_process.py) that thread only passes the batch to the child
+and waits; otherwise it computes the batch itself, sharing the GIL with the event loop.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
 from prometheus_client import Histogram
 
 from learner.model_store import Tower
+from serving.compute import Computed, compute
+from serving.compute_process import ComputeProcess
 from serving.search import VectorSearch
-from serving.user_vectors import user_vectors
 from stream.windows import WindowRows
 
 BATCH_SIZE = Histogram("xdm_recall_batch_size", "Requests answered by one tower call and one search",
@@ -41,8 +42,10 @@ class _Job:
 
 
 class MicroBatcher:
-    def __init__(self, search: VectorSearch, max_batch: int = 32, runners: int = 1) -> None:
+    def __init__(self, search: VectorSearch, max_batch: int = 32, runners: int = 1,
+                 process: ComputeProcess | None = None) -> None:
         self.search = search
+        self.process = process
         self.max_batch = max_batch
         self.runners = runners
         self.batches = 0
@@ -86,14 +89,20 @@ class MicroBatcher:
         tower = jobs[0].tower
         k = max(j.k for j in jobs)
         loop = asyncio.get_running_loop()
+        windows = [j.windows for j in jobs]
         try:
-            if tower.index is not None:
-                hits = await loop.run_in_executor(self._pool, _tower_and_search, tower, [j.windows for j in jobs], k)
+            if self.process is not None:
+                done: Computed = await loop.run_in_executor(self._pool, self.process.run, tower.info, windows, k)
             else:
-                z = await loop.run_in_executor(self._pool, _tower, tower, [j.windows for j in jobs])
+                done = await loop.run_in_executor(self._pool, compute, tower, windows, k)
+            STAGE.labels("tower").observe(done.tower_s)
+            hits = done.hits
+            if hits is None:  # the version's vectors are not in memory: search the vector store
                 started = time.perf_counter()
-                hits = await self.search.top_k(tower.info.collection, z, k)
+                hits = await self.search.top_k(tower.info.collection, done.z, k)
                 STAGE.labels("search").observe(time.perf_counter() - started)
+            else:
+                STAGE.labels("search").observe(done.search_s)
         except Exception as exc:  # every waiting request gets the failure, the runner goes on
             for job in jobs:
                 if not job.future.done():
@@ -103,17 +112,3 @@ class MicroBatcher:
             if not job.future.done():
                 job.future.set_result(row[: job.k])
 
-
-def _tower(tower: Tower, windows: list[WindowRows]) -> np.ndarray:
-    started = time.perf_counter()
-    z = user_vectors(tower, windows)
-    STAGE.labels("tower").observe(time.perf_counter() - started)
-    return z
-
-
-def _tower_and_search(tower: Tower, windows: list[WindowRows], k: int) -> list[list[tuple[str, float]]]:
-    z = _tower(tower, windows)
-    started = time.perf_counter()
-    hits = tower.index.top_k(z, k)
-    STAGE.labels("search").observe(time.perf_counter() - started)
-    return hits

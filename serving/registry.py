@@ -11,10 +11,9 @@ import logging
 
 from aiokafka import AIOKafkaConsumer
 
-from learner.model_store import (Tower, VersionInfo, decode_announcement, load_tower, read_latest,
-                                 tower_from_payload)
-from serving.compiled_tower import compile_tower
-from serving.search import load_local_index
+from learner.model_store import Tower, VersionInfo, decode_announcement, read_latest
+from serving.compute import build_tower
+from serving.compute_process import ComputeProcess
 from stream.mirror import stop_background
 from xdm.config import Config
 
@@ -23,9 +22,10 @@ STORE_POLL_MS = 5000  # with no announcement for this long, re-read the store
 
 
 class TowerRegistry:
-    def __init__(self, cfg: Config, arms: tuple[str, ...]) -> None:
+    def __init__(self, cfg: Config, arms: tuple[str, ...], compute: ComputeProcess | None = None) -> None:
         self.cfg = cfg
         self.arms = arms
+        self.compute = compute
         self.current: dict[str, Tower] = {}
         self.swaps = 0
         self._task: asyncio.Task | None = None
@@ -53,19 +53,18 @@ class TowerRegistry:
         await stop_background(self._task, self._consumer)
 
     async def load(self, info: VersionInfo) -> bool:
-        """Load a version's tower off the event loop and swap it in if it is newer; True if swapped."""
+        """Load a version's tower off the event loop (or in the compute process) and swap it in if it is
+        newer; True if swapped."""
         if info.arm not in self.arms:
             return False
         current = self.current.get(info.arm)
         if current is not None and current.info.version >= info.version:
             return False
-        tower = await asyncio.to_thread(lambda: tower_from_payload(load_tower(info.tower_uri)))
-        if self.cfg.serving.trace_tower:
-            tower.encode = await asyncio.to_thread(compile_tower, tower.model)
-        if info.items <= self.cfg.serving.local_index_max_items:
-            tower.index = await asyncio.to_thread(load_local_index, self.cfg.milvus, self.cfg.serving, info.collection)
-            if len(tower.index) != info.items:
-                raise RuntimeError(f"collection {info.collection} holds {len(tower.index)} items, version says {info.items}")
+        if self.compute is not None:  # the child builds the tower; this process keeps what requests need
+            popular = await asyncio.to_thread(self.compute.load, info)
+            tower = Tower(model=None, vocab=None, info=info, popular=popular)
+        else:
+            tower = await asyncio.to_thread(build_tower, self.cfg, info)
         self.current[info.arm] = tower  # one reference assignment: the swap is atomic for readers
         self.swaps += 1
         log.info("serving new version", extra={"arm": info.arm, "version": info.version,
@@ -87,3 +86,4 @@ class TowerRegistry:
             await self.load(decode_announcement(payload))
         except Exception:  # a bad announcement must not stop hot reload of later ones
             log.exception("could not load announced version")
+

@@ -23,6 +23,7 @@ from prometheus_client import Histogram, start_http_server
 
 from serving.arms import Arms
 from serving.batcher import MicroBatcher
+from serving.compute_process import ComputeProcess
 from serving.popular import PopularItems
 from serving.registry import TowerRegistry
 from serving.search import VectorSearch, check_local_index
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 GC_PAUSE = Histogram("xdm_gc_pause_seconds", "Garbage-collection pauses of the server process", ["generation"],
                      buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5))
 _gc_started = [0.0]  # start of the collection in progress (collections never overlap: they hold the GIL)
+COMPUTE_PLACES = ("process", "thread")
 SERVICE_NAME = recall_pb2.DESCRIPTOR.services_by_name["Recall"].full_name
 
 
@@ -48,6 +50,7 @@ class Deps:
     search: VectorSearch
     popular: PopularItems
     batcher: MicroBatcher
+    process: ComputeProcess | None = None
 
     async def stop(self) -> None:
         await self.batcher.stop()
@@ -55,6 +58,8 @@ class Deps:
         await self.registry.stop()
         await self.reader.stop()
         self.search.close()
+        if self.process is not None:
+            await asyncio.to_thread(self.process.close)
 
 
 @dataclass
@@ -77,19 +82,24 @@ async def start_deps(cfg: Config) -> Deps:
     if _time_gc not in gc.callbacks:
         gc.callbacks.append(_time_gc)
     check_local_index(cfg.serving)
+    if cfg.serving.compute not in COMPUTE_PLACES:
+        raise ConfigError(f"serving.compute is {cfg.serving.compute!r}; use one of {', '.join(COMPUTE_PLACES)}")
+    process = ComputeProcess(cfg) if cfg.serving.compute == "process" else None
+    if process is not None:
+        process.start()  # it imports torch meanwhile
     arms = Arms.parse(cfg.serving.arms)
     reader = WindowsReader(cfg)
     await reader.start()
-    registry = TowerRegistry(cfg, arms.learners)
+    registry = TowerRegistry(cfg, arms.learners, process)
     await registry.start()
     popular = PopularItems(cfg)
     await popular.start()
     search = VectorSearch(cfg.milvus, cfg.serving.search_timeout_s)
-    batcher = MicroBatcher(search, cfg.serving.batch_max, cfg.serving.batch_runners)
+    batcher = MicroBatcher(search, cfg.serving.batch_max, cfg.serving.batch_runners, process)
     batcher.start()
     if cfg.serving.gc_freeze:
         _freeze_startup_heap()
-    return Deps(reader=reader, registry=registry, search=search, popular=popular, batcher=batcher)
+    return Deps(reader=reader, registry=registry, search=search, popular=popular, batcher=batcher, process=process)
 
 
 def _set_switch_interval(ms: float) -> None:

@@ -130,6 +130,8 @@ class ServingConfig:
     ivf_min_items: int = 50_000  # ivf: smaller catalogues are searched exactly (a full scan is already cheap)
     ivf_min_recall: float = 0.99  # auto: share of the full scan's top 50 the IVF index must find on probe queries
     batch_runners: int = 1  # batches in flight at once, each on its own compute thread; at most one per core
+    compute: str = "process"  # where user towers and in-memory search run: "process" (a child with its own
+    #                           GIL, serving/compute_process.py) or "thread" (in the server, sharing its GIL)
     trace_tower: bool = True  # serve each version's user tower traced and frozen (serving/compiled_tower.py)
     gc_freeze: bool = True  # freeze the start-up heap out of garbage collection (full collections took 120-230 ms)
     max_pending_calls: int = 20_000  # calls queued before the server takes them; gRPC cancels the overflow

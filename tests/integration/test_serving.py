@@ -4,6 +4,8 @@ real learners' code, a real `xdm serve` process. One stack is shared by this mod
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -252,6 +254,41 @@ def test_a_burst_of_concurrent_calls_is_queued_not_cancelled(served, tiny_log):
     codes = asyncio.run(burst(3000))
     # overload may end calls UNAVAILABLE (search deadline, counted from the queue), never CANCELLED
     assert codes["OK"] > 0 and set(codes) <= {"OK", "UNAVAILABLE"}, codes
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_compute_process_is_replaced_and_answers_resume(served, tiny_log):
+    """SIGKILL the server's compute child: at most the batches in flight fail, UNAVAILABLE; a new child
+    loads the served versions and the same user gets a model's answer again."""
+    stack, stub, _, _ = served
+    user = _known_user(tiny_log)
+    before = _answered_by_model(stub, user, "xdm")
+    assert not before.fallback
+    server_pid = stack.by_name("server").pid
+    killed = _compute_child(server_pid)
+    os.kill(killed, signal.SIGKILL)
+    codes: Counter = Counter()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            answer = _ask(stub, user, arm="xdm")
+            if not answer.fallback:
+                break
+        except grpc.RpcError as err:
+            codes[err.code().name] += 1
+            time.sleep(0.2)
+    assert set(codes) <= {"UNAVAILABLE"}, codes
+    assert _items(answer) == _items(before) and answer.model_version == before.model_version
+    assert _compute_child(server_pid) != killed
+
+
+def _compute_child(server_pid: int) -> int:
+    """The server's multiprocessing child that runs the towers (not its resource tracker)."""
+    children = (pid for task in Path(f"/proc/{server_pid}/task").iterdir() for pid in (task / "children").read_text().split())
+    for pid in children:
+        if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return int(pid)
+    raise AssertionError(f"server {server_pid} has no compute process")
 
 
 @pytest.mark.timeout(120)

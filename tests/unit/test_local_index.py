@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from serving import batcher
+from serving import compute as compute_module
 from serving.ivf import IVFIndex
 from serving.search import LocalIndex, build_local_index, check_local_index, faster_scan
 from xdm.config import ServingConfig
@@ -148,7 +149,7 @@ def test_the_index_is_searched_off_the_event_loop_and_the_next_batch_holds_what_
                 raise TimeoutError("the search blocked the event loop")
             return [[("a", 1.0)] for _ in queries]
 
-    monkeypatch.setattr(batcher, "user_vectors", lambda tower, windows: np.zeros((len(windows), 2), dtype=np.float32))
+    monkeypatch.setattr(compute_module, "user_vectors", lambda tower, windows: np.zeros((len(windows), 2), dtype=np.float32))
     tower = SimpleNamespace(index=SlowIndex(), info=None)
 
     async def scenario() -> tuple[int, int]:

@@ -1,0 +1,158 @@
+"""The user tower and the in-memory search in a child process, so they do not share a GIL with gRPC.
+
+Measured (bench/serving_latency.py, 100 k items, concurrency 8, 2 cores): with both on a thread of the
+server, the server process sat at 0.96 of a core (event loop thread 0.34, compute thread 0.55) while the
+other core was mostly idle: gRPC's Python and the tower's Python (collate, vocabulary lookups, the answer
+lists) took turns on one interpreter lock. The child has its own; the server's compute thread only sends
+a batch's windows down a pipe and waits for the answer with the lock released.
+
+The child builds each version itself (serving.compute.build_tower) and keeps the two latest of each arm,
+so a request that took the previous version just before a swap still finds it. If the child dies, the
+batch in flight fails with UNAVAILABLE and the next one starts a new child, which reloads the latest
+version of every arm before it answers.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import multiprocessing
+import threading
+from dataclasses import asdict
+from multiprocessing.connection import Connection
+from typing import Any
+
+from learner.model_store import Tower, VersionInfo
+from serving.compute import Computed, build_tower, compute
+from serving.search import SearchUnavailable
+from stream.windows import WindowRows
+from xdm.config import Config
+
+log = logging.getLogger(__name__)
+VERSIONS_KEPT = 2  # per arm: the current one and the one requests in flight may still hold
+
+
+class ComputeProcess:
+    """The server's handle on its compute child. `run` is called by one thread at a time (the batcher's);
+    `load` by the registry, from another thread, while batches go on."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.restarts = 0
+        self._context = multiprocessing.get_context("spawn")  # fork would copy gRPC's threads' state
+        self._run_lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self._latest: dict[str, VersionInfo] = {}  # per arm: what a new child must load
+        self._process: Any = None
+        self._run: Connection | None = None
+        self._load: Connection | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> None:
+        run_parent, run_child = self._context.Pipe()
+        load_parent, load_child = self._context.Pipe()
+        self._process = self._context.Process(target=_child_main, args=(self.cfg, run_child, load_child),
+                                              name="recall-compute", daemon=True)
+        self._process.start()
+        run_child.close()
+        load_child.close()
+        self._run, self._load = run_parent, load_parent
+        log.info("compute process started", extra={"pid": self._process.pid})
+
+    def close(self) -> None:
+        for conn in (self._run, self._load):
+            if conn is not None:
+                conn.close()
+        if self._process is not None:
+            self._process.join(timeout=5)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join(timeout=5)
+
+    def load(self, info: VersionInfo) -> list[str]:
+        """Build the version in the child (blocking); returns its popular items (cold-start fallback)."""
+        with self._load_lock:
+            assert self._load is not None
+            try:
+                self._load.send(asdict(info))
+                status, payload = self._load.recv()
+            except (EOFError, OSError) as exc:
+                raise SearchUnavailable(f"the compute process died while loading version {info.version}") from exc
+        if status != "loaded":
+            raise RuntimeError(f"the compute process could not load version {info.version} of {info.arm}: {payload}")
+        if info.version >= getattr(self._latest.get(info.arm), "version", -1):
+            self._latest[info.arm] = info
+        return payload
+
+    def run(self, info: VersionInfo, windows: list[WindowRows], k: int) -> Computed:
+        """One batch in the child (blocking). A dead child fails this batch and is replaced before the next."""
+        with self._run_lock:
+            assert self._run is not None
+            try:
+                self._run.send((info.arm, info.version, windows, k))
+                status, payload = self._run.recv()
+            except (EOFError, OSError) as exc:
+                self._replace()
+                raise SearchUnavailable(f"the compute process died ({exc!r}); a new one was started") from exc
+        if status == "unavailable":
+            raise SearchUnavailable(payload)
+        if status != "ok":
+            raise RuntimeError(f"compute process: {payload}")
+        return payload
+
+    def _replace(self) -> None:
+        """A new child with the latest version of every arm (the registry's towers name those versions)."""
+        log.error("compute process died; starting a new one", extra={"exitcode": self._process.exitcode})
+        self.restarts += 1
+        self.close()
+        with self._load_lock:
+            self.start()
+        for info in list(self._latest.values()):
+            self.load(info)
+
+
+def _child_main(cfg: Config, run_conn: Connection, load_conn: Connection) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # the child answers one batch at a time; a second thread only contends
+    towers: dict[tuple[str, int], Tower] = {}
+    threading.Thread(target=_load_loop, args=(cfg, load_conn, towers), name="loader", daemon=True).start()
+    while True:
+        try:
+            arm, version, windows, k = run_conn.recv()
+        except (EOFError, OSError):
+            return  # the server closed the pipe or died: nothing left to answer
+        tower = towers.get((arm, version))
+        if tower is None:
+            run_conn.send(("unavailable", f"version {version} of arm {arm} is not loaded in the compute process"))
+            continue
+        try:
+            reply: tuple[str, Any] = ("ok", compute(tower, windows, k))
+        except Exception as exc:  # a bad batch fails its requests, not the child
+            log.exception("batch failed in the compute process")
+            reply = ("error", repr(exc))
+        run_conn.send(reply)
+
+
+def _load_loop(cfg: Config, load_conn: Connection, towers: dict[tuple[str, int], Tower]) -> None:
+    while True:
+        try:
+            info = VersionInfo(**load_conn.recv())
+        except (EOFError, OSError):
+            return
+        try:
+            tower = build_tower(cfg, info)
+        except Exception as exc:
+            log.exception("could not build version", extra={"arm": info.arm, "version": info.version})
+            load_conn.send(("error", repr(exc)))
+            continue
+        towers[(info.arm, info.version)] = tower  # one assignment: the answering thread sees all of it or none
+        for key in sorted(key for key in towers if key[0] == info.arm)[:-VERSIONS_KEPT]:
+            del towers[key]
+        if cfg.serving.gc_freeze and not gc.get_freeze_count():
+            gc.collect()
+            gc.freeze()  # the first versions out of later collections, as the server does with its start-up heap
+        load_conn.send(("loaded", list(tower.popular)))
