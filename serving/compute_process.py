@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import logging
 import multiprocessing
+import os
 import threading
 from dataclasses import asdict
 from multiprocessing.connection import Connection
@@ -117,6 +118,10 @@ class ComputeProcess:
 def _child_main(cfg: Config, run_conn: Connection, load_conn: Connection) -> None:
     import torch
 
+    # Out of the server's process group: a SIGTERM (or a terminal's Ctrl-C) sent to the group must reach
+    # only the server, which drains its in-flight requests through this child and then closes the pipes.
+    # The pipes tie the child's life to the server's: it ends when they close, however the server ended.
+    os.setpgid(0, 0)
     torch.set_num_threads(1)  # the child answers one batch at a time; a second thread only contends
     towers: dict[tuple[str, int], Tower] = {}
     threading.Thread(target=_load_loop, args=(cfg, load_conn, towers), name="loader", daemon=True).start()
@@ -134,7 +139,10 @@ def _child_main(cfg: Config, run_conn: Connection, load_conn: Connection) -> Non
         except Exception as exc:  # a bad batch fails its requests, not the child
             log.exception("batch failed in the compute process")
             reply = ("error", repr(exc))
-        run_conn.send(reply)
+        try:
+            run_conn.send(reply)
+        except OSError:
+            return  # the server is gone
 
 
 def _load_loop(cfg: Config, load_conn: Connection, towers: dict[tuple[str, int], Tower]) -> None:
@@ -147,7 +155,7 @@ def _load_loop(cfg: Config, load_conn: Connection, towers: dict[tuple[str, int],
             tower = build_tower(cfg, info)
         except Exception as exc:
             log.exception("could not build version", extra={"arm": info.arm, "version": info.version})
-            load_conn.send(("error", repr(exc)))
+            _reply(load_conn, ("error", repr(exc)))
             continue
         towers[(info.arm, info.version)] = tower  # one assignment: the answering thread sees all of it or none
         for key in sorted(key for key in towers if key[0] == info.arm)[:-VERSIONS_KEPT]:
@@ -155,4 +163,11 @@ def _load_loop(cfg: Config, load_conn: Connection, towers: dict[tuple[str, int],
         if cfg.serving.gc_freeze and not gc.get_freeze_count():
             gc.collect()
             gc.freeze()  # the first versions out of later collections, as the server does with its start-up heap
-        load_conn.send(("loaded", list(tower.popular)))
+        _reply(load_conn, ("loaded", list(tower.popular)))
+
+
+def _reply(conn: Connection, message: tuple) -> None:
+    try:
+        conn.send(message)
+    except OSError:
+        pass  # the server is gone; the answering loop ends on its closed pipe

@@ -305,3 +305,19 @@ def test_vector_store_down_gives_unavailable_quickly_and_the_server_stays_up(ser
         _ask(stub, user, arm="xdm", timeout=0.2)
     assert short.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
     assert _ask(stub, "nobody-has-seen-me", k=3).fallback  # still serving what needs no vector store
+
+
+@pytest.mark.timeout(60)
+def test_the_compute_process_ends_with_a_killed_server(served):
+    """Last in this module: it kills the server. The child is outside the server's process group (a
+    group SIGTERM must not cut in-flight batches), so only its pipes tie it to the server."""
+    stack, _, _, _ = served
+    server = stack.by_name("server")
+    child = _compute_child(server.pid)
+    assert os.getpgid(child) != os.getpgid(server.pid)
+    server.kill()
+    wait_until(lambda: not Path(f"/proc/{child}").exists() or _zombie(child), 10, "compute process exit")
+
+
+def _zombie(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
