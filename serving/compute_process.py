@@ -21,7 +21,9 @@ import os
 import threading
 from dataclasses import asdict
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Callable
+
+from prometheus_client import Counter
 
 from learner.model_store import Tower, VersionInfo
 from serving.compute import Computed, build_tower, compute
@@ -30,6 +32,7 @@ from stream.windows import WindowRows
 from xdm.config import Config
 
 log = logging.getLogger(__name__)
+RESTARTS = Counter("xdm_recall_compute_restarts_total", "Compute processes started to replace one that died")
 VERSIONS_KEPT = 2  # per arm: the current one and the one requests in flight may still hold
 
 
@@ -39,7 +42,7 @@ class ComputeProcess:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.restarts = 0
+        self.on_lost: Callable[[VersionInfo], None] | None = None  # set by the registry
         self._context = multiprocessing.get_context("spawn")  # fork would copy gRPC's threads' state
         self._run_lock = threading.Lock()
         self._load_lock = threading.Lock()
@@ -47,10 +50,6 @@ class ComputeProcess:
         self._process: Any = None
         self._run: Connection | None = None
         self._load: Connection | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
 
     def start(self) -> None:
         run_parent, run_child = self._context.Pipe()
@@ -105,14 +104,23 @@ class ComputeProcess:
         return payload
 
     def _replace(self) -> None:
-        """A new child with the latest version of every arm (the registry's towers name those versions)."""
+        """A new child with the latest version of every arm (the registry's towers name those versions).
+        A version the new child cannot build is handed to `on_lost`: the registry forgets it (its users get
+        the popular fallback, not errors) and loads it again from the store at its next poll."""
         log.error("compute process died; starting a new one", extra={"exitcode": self._process.exitcode})
-        self.restarts += 1
+        RESTARTS.inc()
         self.close()
         with self._load_lock:
             self.start()
         for info in list(self._latest.values()):
-            self.load(info)
+            try:
+                self.load(info)
+            except Exception:
+                log.exception("the new compute process could not load a served version",
+                              extra={"arm": info.arm, "version": info.version})
+                del self._latest[info.arm]
+                if self.on_lost is not None:
+                    self.on_lost(info)
 
 
 def _child_main(cfg: Config, run_conn: Connection, load_conn: Connection) -> None:

@@ -26,15 +26,19 @@ class TowerRegistry:
         self.cfg = cfg
         self.arms = arms
         self.compute = compute
+        if compute is not None:
+            compute.on_lost = self.forget
         self.current: dict[str, Tower] = {}
         self.swaps = 0
         self._task: asyncio.Task | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def get(self, arm: str) -> Tower | None:
         return self.current.get(arm)
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         # Listen first, then read the store: a version announced in between is then seen either way.
         self._consumer = AIOKafkaConsumer(self.cfg.kafka.versions_topic, bootstrap_servers=self.cfg.kafka.bootstrap,
                                           auto_offset_reset="latest", enable_auto_commit=False)
@@ -70,6 +74,19 @@ class TowerRegistry:
         log.info("serving new version", extra={"arm": info.arm, "version": info.version,
                                                 "collection": info.collection})
         return True
+
+    def forget(self, info: VersionInfo) -> None:
+        """Stop serving a version the compute process lost (its users get the popular fallback); the next
+        store poll loads it again. Called from the batcher's compute thread, carried out on the event loop
+        (where versions are swapped in), so it cannot drop a newer version swapped in meanwhile."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._forget, info)
+
+    def _forget(self, info: VersionInfo) -> None:
+        current = self.current.get(info.arm)
+        if current is not None and current.info.version == info.version:
+            self.current.pop(info.arm, None)
+            log.warning("version dropped until the store is read again", extra={"arm": info.arm, "version": info.version})
 
     async def _watch(self) -> None:
         assert self._consumer is not None

@@ -22,6 +22,7 @@ from conftest import samples_from_log, wait_for_quiet_topics
 from stream.topics import changelog_topic
 from infra.processes import wait_until
 from infra.stack import start_services
+from learner.model_store import read_latest
 from learner.online import OnlineLearner
 from learner.publish import Publisher
 from replay.format import read_events, read_items
@@ -280,6 +281,34 @@ def test_a_killed_compute_process_is_replaced_and_answers_resume(served, tiny_lo
     assert set(codes) <= {"UNAVAILABLE"}, codes
     assert _items(answer) == _items(before) and answer.model_version == before.model_version
     assert _compute_child(server_pid) != killed
+
+
+@pytest.mark.timeout(120)
+def test_a_version_the_new_compute_process_cannot_load_falls_back_until_the_store_is_read_again(served, tiny_log):
+    """The model store unreadable when the compute child is replaced: the arm's users get the popular
+    fallback (not errors) and the model's answers come back once the store is readable again."""
+    stack, stub, _, _ = served
+    user = _known_user(tiny_log)
+    before = _answered_by_model(stub, user, "xdm")
+    tower = Path(read_latest(stack.cfg.learner.model_store, "xdm").tower_uri)
+    hidden = tower.with_suffix(".hidden")
+    tower.rename(hidden)
+    try:
+        os.kill(_compute_child(stack.by_name("server").pid), signal.SIGKILL)
+        wait_until(lambda: _fallback_or_unavailable(stub, user), 60, "the lost version dropped")
+    finally:
+        hidden.rename(tower)
+    again = _answered_by_model(stub, user, "xdm")
+    assert not again.fallback and _items(again) == _items(before)
+
+
+def _fallback_or_unavailable(stub, user: str) -> bool:
+    """True once the arm answers with the fallback; UNAVAILABLE is allowed on the way (the batch in flight)."""
+    try:
+        return _ask(stub, user, arm="xdm").fallback
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+        return False
 
 
 def _compute_child(server_pid: int) -> int:
