@@ -348,8 +348,12 @@ def _cpu_seconds(pid: int) -> dict[str, float]:
             return 0.0
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
-    tasks = Path(f"/proc/{pid}/task")
-    children = {c for task in tasks.iterdir() for c in (task / "children").read_text().split()}
+    children: set[str] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children.update((task / "children").read_text().split())
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
     return {"process": seconds(f"/proc/{pid}/stat") + sum(seconds(f"/proc/{c}/stat") for c in children),
             "loop": seconds(f"/proc/{pid}/task/{pid}/stat")}
 

@@ -313,10 +313,14 @@ def _fallback_or_unavailable(stub, user: str) -> bool:
 
 def _compute_child(server_pid: int) -> int:
     """The server's multiprocessing child that runs the towers (not its resource tracker)."""
-    children = (pid for task in Path(f"/proc/{server_pid}/task").iterdir() for pid in (task / "children").read_text().split())
-    for pid in children:
-        if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return int(pid)
+    for task in Path(f"/proc/{server_pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        for pid in children:
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return int(pid)
     raise AssertionError(f"server {server_pid} has no compute process")
 
 
