@@ -103,4 +103,3 @@ class TowerRegistry:
             await self.load(decode_announcement(payload))
         except Exception:  # a bad announcement must not stop hot reload of later ones
             log.exception("could not load announced version")
-
