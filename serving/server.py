@@ -82,11 +82,7 @@ async def start_deps(cfg: Config) -> Deps:
     if _time_gc not in gc.callbacks:
         gc.callbacks.append(_time_gc)
     check_local_index(cfg.serving)
-    if cfg.serving.compute not in COMPUTE_PLACES:
-        raise ConfigError(f"serving.compute is {cfg.serving.compute!r}; use one of {', '.join(COMPUTE_PLACES)}")
-    process = ComputeProcess(cfg) if cfg.serving.compute == "process" else None
-    if process is not None:
-        process.start()  # it imports torch meanwhile
+    process = _compute_process(cfg)
     arms = Arms.parse(cfg.serving.arms)
     reader = WindowsReader(cfg)
     await reader.start()
@@ -100,6 +96,18 @@ async def start_deps(cfg: Config) -> Deps:
     if cfg.serving.gc_freeze:
         _freeze_startup_heap()
     return Deps(reader=reader, registry=registry, search=search, popular=popular, batcher=batcher, process=process)
+
+
+def _compute_process(cfg: Config) -> ComputeProcess | None:
+    """The compute child serving.compute asks for, started (it imports torch while the server starts up),
+    or None to compute on a thread of the server."""
+    if cfg.serving.compute not in COMPUTE_PLACES:
+        raise ConfigError(f"serving.compute is {cfg.serving.compute!r}; use one of {', '.join(COMPUTE_PLACES)}")
+    if cfg.serving.compute == "thread":
+        return None
+    process = ComputeProcess(cfg)
+    process.start()
+    return process
 
 
 def _set_switch_interval(ms: float) -> None:

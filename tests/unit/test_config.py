@@ -57,6 +57,13 @@ def test_server_rejects_a_gil_switch_interval_out_of_range(ms):
         _set_switch_interval(ms)
 
 
+def test_server_rejects_an_unknown_place_to_compute():
+    from serving.server import _compute_process
+
+    with pytest.raises(ConfigError, match="serving.compute is 'gpu'"):
+        _compute_process(load_config(overrides={"serving.compute": "gpu"}))
+
+
 @pytest.mark.parametrize("key, value", [("learner.rehearsal_steps", "-1"), ("learner.rehearsal_window", "0")])
 def test_rehearsal_settings_out_of_range_are_a_config_error_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=key.split(".")[1]):
