@@ -42,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from infra.processes import free_port, port_open, start_process, wait_until  # noqa: E402
+from infra.processes import child_pids, free_port, port_open, start_process, wait_until  # noqa: E402
 from infra.stack import config_env, start_services  # noqa: E402
 from xdm.config import apply_overrides, load_config  # noqa: E402
 
@@ -348,12 +348,7 @@ def _cpu_seconds(pid: int) -> dict[str, float]:
             return 0.0
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
-    children: set[str] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            children.update((task / "children").read_text().split())
-        except FileNotFoundError:  # a thread that ended meanwhile
-            continue
+    children = child_pids(pid)
     return {"process": seconds(f"/proc/{pid}/stat") + sum(seconds(f"/proc/{c}/stat") for c in children),
             "loop": seconds(f"/proc/{pid}/task/{pid}/stat")}
 

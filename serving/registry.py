@@ -22,12 +22,12 @@ STORE_POLL_MS = 5000  # with no announcement for this long, re-read the store
 
 
 class TowerRegistry:
-    def __init__(self, cfg: Config, arms: tuple[str, ...], compute: ComputeProcess | None = None) -> None:
+    def __init__(self, cfg: Config, arms: tuple[str, ...], process: ComputeProcess | None = None) -> None:
         self.cfg = cfg
         self.arms = arms
-        self.compute = compute
-        if compute is not None:
-            compute.on_lost = self.forget
+        self.process = process
+        if process is not None:
+            process.on_lost = self.forget
         self.current: dict[str, Tower] = {}
         self.swaps = 0
         self._task: asyncio.Task | None = None
@@ -64,8 +64,8 @@ class TowerRegistry:
         current = self.current.get(info.arm)
         if current is not None and current.info.version >= info.version:
             return False
-        if self.compute is not None:  # the child builds the tower; this process keeps what requests need
-            popular = await asyncio.to_thread(self.compute.load, info)
+        if self.process is not None:  # the child builds the tower; this process keeps what requests need
+            popular = await asyncio.to_thread(self.process.load, info)
             tower = Tower(model=None, vocab=None, info=info, popular=popular)
         else:
             tower = await asyncio.to_thread(build_tower, self.cfg, info)

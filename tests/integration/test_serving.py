@@ -20,7 +20,7 @@ from kafka import KafkaProducer
 
 from conftest import samples_from_log, wait_for_quiet_topics
 from stream.topics import changelog_topic
-from infra.processes import wait_until
+from infra.processes import child_pids, wait_until
 from infra.stack import start_services
 from learner.model_store import read_latest
 from learner.online import OnlineLearner
@@ -269,6 +269,7 @@ def test_a_killed_compute_process_is_replaced_and_answers_resume(served, tiny_lo
     killed = _compute_child(server_pid)
     os.kill(killed, signal.SIGKILL)
     codes: Counter = Counter()
+    answer = None
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -279,6 +280,7 @@ def test_a_killed_compute_process_is_replaced_and_answers_resume(served, tiny_lo
             codes[err.code().name] += 1
             time.sleep(0.2)
     assert set(codes) <= {"UNAVAILABLE"}, codes
+    assert answer is not None, f"no answer within 60 s after the kill: {codes}"
     assert _items(answer) == _items(before) and answer.model_version == before.model_version
     assert _compute_child(server_pid) != killed
 
@@ -313,14 +315,9 @@ def _fallback_or_unavailable(stub, user: str) -> bool:
 
 def _compute_child(server_pid: int) -> int:
     """The server's multiprocessing child that runs the towers (not its resource tracker)."""
-    for task in Path(f"/proc/{server_pid}/task").iterdir():
-        try:
-            children = (task / "children").read_text().split()
-        except FileNotFoundError:  # a thread that ended meanwhile
-            continue
-        for pid in children:
-            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return int(pid)
+    for pid in child_pids(server_pid):
+        if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return pid
     raise AssertionError(f"server {server_pid} has no compute process")
 
 

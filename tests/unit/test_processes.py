@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from infra.processes import start_process
+from infra.processes import child_pids, start_process
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
@@ -67,3 +67,12 @@ def _running(pid: int) -> bool:
             return stat.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_child_pids_lists_a_started_child(tmp_path):
+    proc = start_process("sleeper", SLEEPER, tmp_path)
+    try:
+        assert proc.pid in child_pids(os.getpid())
+    finally:
+        proc.stop()
+    assert proc.pid not in child_pids(os.getpid())
