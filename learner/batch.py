@@ -260,28 +260,15 @@ def collate(samples: Sequence[Any], vocab: Vocabulary, grow: bool, count: bool =
         fields = dict(s.profile)  # fields not in vocab.profile_fields are ignored
         add_or_lookup = vocab.add if grow else vocab.lookup
         profile.append([add_or_lookup(profile_kind(f), fields.get(f, "")) for f in vocab.profile_fields])
-    short_t, short_len = _pad(short)
-    long_t, long_len = _pad(long_)
-    unclicked_t, unclicked_len = _pad(unclicked)
-    labels_t, label_len = _pad(labels)
+    short_t, short_len = pad_ids(short)
+    long_t, long_len = pad_ids(long_)
+    unclicked_t, unclicked_len = pad_ids(unclicked)
+    labels_t, label_len = pad_ids(labels)
     return Batch(
         short=short_t, short_len=short_len, long=long_t, long_len=long_len,
         unclicked=unclicked_t, unclicked_len=unclicked_len, labels=labels_t, label_len=label_len,
         profile=torch.tensor(profile, dtype=torch.long).reshape(len(samples), len(vocab.profile_fields)),
     )
-
-
-def unlabelled_batch(short: list[list[tuple[int, ...]]], long: list[list[tuple[int, ...]]],
-                     unclicked: list[list[tuple[int, ...]]], vocab: Vocabulary) -> Batch:
-    """A Batch of users' windows already mapped to rows, without labels or profile (serving's queries)."""
-    short_t, short_len = _pad(short)
-    long_t, long_len = _pad(long)
-    unclicked_t, unclicked_len = _pad(unclicked)
-    rows = len(short)
-    return Batch(short=short_t, short_len=short_len, long=long_t, long_len=long_len, unclicked=unclicked_t,
-                 unclicked_len=unclicked_len, labels=torch.zeros(rows, 1, len(ITEM_KINDS), dtype=torch.long),
-                 label_len=torch.zeros(rows, dtype=torch.long),
-                 profile=torch.zeros(rows, len(vocab.profile_fields), dtype=torch.long))
 
 
 def length_buckets(
@@ -313,7 +300,7 @@ def _item_keys(item: Item) -> tuple[str, str, str, str, str]:
     return item.item_id, item.leaf_cat, item.top_cat, item.brand, item.shop
 
 
-def _pad(rows: list[list[tuple[int, ...]]]) -> tuple[Tensor, Tensor]:
+def pad_ids(rows: list[list[tuple[int, ...]]]) -> tuple[Tensor, Tensor]:
     """[B][L_b][5] ragged ids -> ([B, max(1, max L_b), 5] zero-padded, [B] lengths)."""
     width = max(1, max(len(r) for r in rows))
     blank = (0,) * len(ITEM_KINDS)

@@ -291,8 +291,23 @@ class XDM(nn.Module):
 
     def user_vector(self, batch: Batch) -> Tensor:
         """z [B, D], the user tower used at serving; labels are not read."""
-        h, n = self._h_and_n(batch, with_n=self.cfg.fusion != "none")
+        q_unclicked = self.q(self.embed, batch.unclicked) if self.reads_unclicked else None
+        return self.user_vector_from_q(self.q(self.embed, batch.short), batch.short_len, batch.long,
+                                       batch.long_len, q_unclicked, batch.unclicked_len, batch.profile)
+
+    def user_vector_from_q(self, q_short: Tensor, short_len: Tensor, long: Tensor, long_len: Tensor,
+                           q_unclicked: Tensor | None, unclicked_len: Tensor, profile: Tensor) -> Tensor:
+        """user_vector with the short-term and unclicked windows given as their q_i [B, L, D]. Serving
+        keeps each item's q_i (at inference it depends on the item alone), so it passes them in;
+        q_unclicked is read only when `reads_unclicked`."""
+        h, n = self._h_and_n_from_q(q_short, short_len, long, long_len, q_unclicked, unclicked_len, profile,
+                                    with_n=self.reads_unclicked)
         return self._fuse(h, n)
+
+    @property
+    def reads_unclicked(self) -> bool:
+        """Whether z depends on the unclicked window (eqs. 6-8), not only the metric loss (eq. 4, z = h)."""
+        return self.cfg.fusion != "none" and self.unclicked is not None
 
     def item_vectors(self) -> Tensor:
         """Item output embeddings [n_items, D] (the live Parameter: detach to publish); row r is item
@@ -408,16 +423,21 @@ class XDM(nn.Module):
     # --- internals
 
     def _h_and_n(self, batch: Batch, with_n: bool) -> tuple[Tensor, Tensor | None]:
-        e_u = self.user(self.embed, batch.profile)
-        short_mask = _length_mask(batch.short_len, batch.short.shape[1])
-        s = self.short_term(self.q(self.embed, batch.short), short_mask, e_u)
-        long_mask = _length_mask(batch.long_len, batch.long.shape[1])
-        p = self.long_term(self.embed, batch.long, long_mask, e_u)
+        with_n = with_n and self.unclicked is not None
+        q_unclicked = self.q(self.embed, batch.unclicked) if with_n else None
+        return self._h_and_n_from_q(self.q(self.embed, batch.short), batch.short_len, batch.long, batch.long_len,
+                                    q_unclicked, batch.unclicked_len, batch.profile, with_n)
+
+    def _h_and_n_from_q(self, q_short: Tensor, short_len: Tensor, long: Tensor, long_len: Tensor,
+                        q_unclicked: Tensor | None, unclicked_len: Tensor, profile: Tensor,
+                        with_n: bool) -> tuple[Tensor, Tensor | None]:
+        e_u = self.user(self.embed, profile)
+        s = self.short_term(q_short, _length_mask(short_len, q_short.shape[1]), e_u)
+        p = self.long_term(self.embed, long, _length_mask(long_len, long.shape[1]), e_u)
         h = self.gated(e_u, s, p)
         n = None
-        if with_n and self.unclicked is not None:
-            mask = _length_mask(batch.unclicked_len, batch.unclicked.shape[1])
-            n = self.unclicked(self.q(self.embed, batch.unclicked), mask)  # eq. 3
+        if with_n:
+            n = self.unclicked(q_unclicked, _length_mask(unclicked_len, q_unclicked.shape[1]))  # eq. 3
         return h, n
 
     def _encode_labels(self, batch: Batch) -> Tensor:

@@ -93,9 +93,8 @@ class Tower:
     info: VersionInfo
     popular: list[str]  # most frequent label items at publish time (cold-start fallback)
     index: Any = None  # serving's exact in-memory copy of this version's item vectors, when it keeps one
-    encode: Any = None  # Batch -> z; serving's traced tower when it made one, else model.user_vector is used
-    # serving's memo: stored item key -> this vocabulary's five rows; a served vocabulary never changes
-    key_rows: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    encode: Any = None  # serving's traced model.user_vector_from_q when it made one, else that method is used
+    encodings: Any = None  # serving's kept q_i and vocabulary rows per item key (serving/item_encodings.py)
 
 
 def tower_payload(model, vocab, info: VersionInfo, variant: str, popular: list[str]) -> dict[str, Any]:

@@ -23,31 +23,27 @@ from learner.batch import ITEM_KINDS, Batch, profile_kind
 
 log = logging.getLogger(__name__)
 
-Encode = Callable[[Batch], Tensor]
+Encode = Callable[..., Tensor]  # model.user_vector_from_q's arguments -> z
 TOLERANCE = 1e-4  # max |z_traced - z_eager|; float32 reordering stays ~1e-7 here
 _PROBES = ((3, (5, 9, 17), (2, 9, 0)), (1, (1, 1, 1), (0, 0, 0)), (6, (13, 18, 77), (13, 1, 77)))
 
 
 class _UserVector(torch.nn.Module):
-    """user_vector over plain tensors (a trace takes tensors, not a Batch)."""
+    """user_vector_from_q as a module's forward (a trace records a module)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, short: Tensor, short_len: Tensor, long: Tensor, long_len: Tensor,
-                unclicked: Tensor, unclicked_len: Tensor, profile: Tensor) -> Tensor:
-        rows = short.shape[0]
-        no_labels = torch.zeros(rows, 1, short.shape[2], dtype=short.dtype)
-        batch = Batch(short=short, short_len=short_len, long=long, long_len=long_len, unclicked=unclicked,
-                      unclicked_len=unclicked_len, labels=no_labels,
-                      label_len=torch.zeros(rows, dtype=short_len.dtype), profile=profile)
-        return self.model.user_vector(batch)
+    def forward(self, q_short: Tensor, short_len: Tensor, long: Tensor, long_len: Tensor,
+                q_unclicked: Tensor, unclicked_len: Tensor, profile: Tensor) -> Tensor:
+        return self.model.user_vector_from_q(q_short, short_len, long, long_len, q_unclicked, unclicked_len, profile)
 
 
 def compile_tower(model: torch.nn.Module) -> Encode:
-    """A function Batch -> z equal to `model.user_vector`; traced when that reproduces it, else eager."""
-    eager: Encode = model.user_vector
+    """A function equal to `model.user_vector_from_q`; traced when that reproduces `model.user_vector`,
+    else the method itself."""
+    eager: Encode = model.user_vector_from_q
     if next(model.parameters()).device.type != "cpu":
         return eager  # kernels, not dispatch, dominate on an accelerator
     try:
@@ -60,7 +56,7 @@ def compile_tower(model: torch.nn.Module) -> Encode:
         log.warning("user tower served eagerly: the trace differs from the model",
                     extra={"max_abs_error": error})
         return eager
-    return lambda batch: traced(*_tensors(batch))
+    return traced
 
 
 def _trace(model: torch.nn.Module) -> torch.jit.ScriptModule:
@@ -68,7 +64,7 @@ def _trace(model: torch.nn.Module) -> torch.jit.ScriptModule:
     with torch.no_grad(), warnings.catch_warnings():
         # the tracer warns about every shape it reads; the probes below are what decides
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(wrapper, _tensors(_probe_batch(model, 4, (7, 11, 23), (7, 11, 23))),
+        traced = torch.jit.trace(wrapper, _inputs(model, _probe_batch(model, 4, (7, 11, 23), (7, 11, 23))),
                                  check_trace=False)
         return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
 
@@ -77,7 +73,7 @@ def _max_error(model: torch.nn.Module, traced: torch.jit.ScriptModule,
                probe: tuple[int, tuple[int, int, int], tuple[int, int, int]]) -> float:
     batch = _probe_batch(model, *probe)
     with torch.inference_mode():
-        return float((traced(*_tensors(batch)) - model.user_vector(batch)).abs().max())
+        return float((traced(*_inputs(model, batch)) - model.user_vector(batch)).abs().max())
 
 
 def _probe_batch(model: torch.nn.Module, rows: int, widths: tuple[int, int, int],
@@ -104,6 +100,8 @@ def _probe_batch(model: torch.nn.Module, rows: int, widths: tuple[int, int, int]
                  label_len=torch.zeros(rows, dtype=torch.long), profile=profile)
 
 
-def _tensors(batch: Batch) -> tuple[Tensor, ...]:
-    return (batch.short, batch.short_len, batch.long, batch.long_len, batch.unclicked,
-            batch.unclicked_len, batch.profile)
+def _inputs(model: torch.nn.Module, batch: Batch) -> tuple[Tensor, ...]:
+    """user_vector_from_q's arguments for a batch of ids: its windows' q_i computed by the model."""
+    with torch.no_grad():
+        q_short, q_unclicked = model.q(model.embed, batch.short), model.q(model.embed, batch.unclicked)
+    return (q_short, batch.short_len, batch.long, batch.long_len, q_unclicked, batch.unclicked_len, batch.profile)

@@ -15,6 +15,7 @@ import numpy as np
 
 from learner.model_store import Tower, VersionInfo, load_tower, tower_from_payload
 from serving.compiled_tower import compile_tower
+from serving.item_encodings import ItemEncodings
 from serving.search import load_local_index
 from serving.user_vectors import user_vectors
 from stream.windows import WindowRows
@@ -45,6 +46,7 @@ def build_tower(cfg: Config, info: VersionInfo) -> Tower:
     """A version's user tower as served: traced when serving.trace_tower, with its item vectors in memory
     up to serving.local_index_max_items. Blocking (seconds at 100 k items: the IVF index's k-means)."""
     tower = tower_from_payload(load_tower(info.tower_uri))
+    tower.encodings = ItemEncodings(tower.model, tower.vocab, cfg.serving.item_encodings_max)
     if cfg.serving.trace_tower:
         tower.encode = compile_tower(tower.model)
     if info.items <= cfg.serving.local_index_max_items:

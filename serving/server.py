@@ -100,9 +100,11 @@ async def start_deps(cfg: Config) -> Deps:
 
 def _compute_process(cfg: Config) -> ComputeProcess | None:
     """The compute child serving.compute asks for, started (it imports torch while the server starts up),
-    or None to compute on a thread of the server."""
+    or None to compute on a thread of the server; what it will be asked to keep is checked first."""
     if cfg.serving.compute not in COMPUTE_PLACES:
         raise ConfigError(f"serving.compute is {cfg.serving.compute!r}; use one of {', '.join(COMPUTE_PLACES)}")
+    if cfg.serving.item_encodings_max < 1:
+        raise ConfigError(f"serving.item_encodings_max is {cfg.serving.item_encodings_max}; keep at least 1 item key")
     if cfg.serving.compute == "thread":
         return None
     process = ComputeProcess(cfg)

@@ -133,6 +133,8 @@ class ServingConfig:
     compute: str = "process"  # where user towers and in-memory search run: "process" (a child with its own
     #                           GIL, serving/compute_process.py) or "thread" (in the server, sharing its GIL)
     trace_tower: bool = True  # serve each version's user tower traced and frozen (serving/compiled_tower.py)
+    item_encodings_max: int = 200_000  # item keys whose q_i a served version keeps (serving/item_encodings.py;
+    #                                    51 MB at Le 64); a full table starts over
     gc_freeze: bool = True  # freeze the start-up heap out of garbage collection (full collections took 120-230 ms)
     max_pending_calls: int = 20_000  # calls queued before the server takes them; gRPC cancels the overflow
     switch_interval_ms: float = 5.0  # Python's GIL switch interval in the server; 1 ms measured no better (bench)

@@ -57,11 +57,13 @@ def test_server_rejects_a_gil_switch_interval_out_of_range(ms):
         _set_switch_interval(ms)
 
 
-def test_server_rejects_an_unknown_place_to_compute():
+def test_server_rejects_an_unknown_place_to_compute_or_a_negative_encodings_table():
     from serving.server import _compute_process
 
     with pytest.raises(ConfigError, match="serving.compute is 'gpu'"):
         _compute_process(load_config(overrides={"serving.compute": "gpu"}))
+    with pytest.raises(ConfigError, match="serving.item_encodings_max is 0"):
+        _compute_process(load_config(overrides={"serving.item_encodings_max": 0}))
 
 
 @pytest.mark.parametrize("key, value", [("learner.rehearsal_steps", "-1"), ("learner.rehearsal_window", "0")])

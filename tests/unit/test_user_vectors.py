@@ -10,6 +10,7 @@ import torch
 from learner.batch import Vocabulary, collate
 from learner.model import XDM, config_for
 from learner.model_store import Tower, VersionInfo
+from serving.item_encodings import ItemEncodings
 from serving.user_vectors import clicked_items, has_clicks, user_vectors
 from stream.windows import Behavior, Windows, rows_of, windows_of
 from xdm.records import Item
@@ -60,12 +61,25 @@ def test_z_from_rows_equals_z_from_the_training_collate():
         assert t.vocab.size("item") == 12  # padding + 11 items: serving never grows the vocabulary
 
 
-def test_memo_maps_each_item_key_once_and_unknown_items_keep_their_side_info():
+def test_encodings_map_each_item_key_once_and_unknown_items_keep_their_side_info():
     t = tower("xdm")
     user_vectors(t, [rows_of(USERS[2])])
-    rows = t.key_rows[rows_of(USERS[2])[0][1][1]]  # item 99: unknown id, known leaf/top/brand/shop
-    assert rows[0] == 0 and all(r > 0 for r in rows[1:])
-    assert len(t.key_rows) == len({key for w in rows_of(USERS[2]) for _, key in w})
+    enc = t.encodings
+    ids = enc.ids[rows_of(USERS[2])[0][1][1]]  # item 99: unknown id, known leaf/top/brand/shop
+    assert ids[0] == 0 and all(r > 0 for r in ids[1:])
+    short_and_unclicked = {key for w in (rows_of(USERS[2])[0], rows_of(USERS[2])[2]) for _, key in w}
+    assert len(enc) == len(short_and_unclicked)
+    user_vectors(t, [rows_of(USERS[2])])
+    assert len(enc) == len(short_and_unclicked)  # kept, not computed again
+
+
+def test_a_full_table_starts_over_and_answers_stay_the_same():
+    t = tower("xdm")
+    first = user_vectors(t, [rows_of(w) for w in USERS])
+    t.encodings = ItemEncodings(t.model, t.vocab, capacity=4)  # fewer keys than one batch's windows hold
+    np.testing.assert_allclose(user_vectors(t, [rows_of(w) for w in USERS]), first, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(user_vectors(t, [rows_of(USERS[0])]), first[:1], rtol=0, atol=1e-6)
+    assert len(t.encodings) <= 4
 
 
 def test_clicked_items_and_has_clicks_read_short_and_long_only():
