@@ -14,6 +14,8 @@ back on their next batch).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -36,11 +38,19 @@ class ItemEncodings:
         weight = model.q.proj.weight
         self._table = torch.zeros(1024, weight.shape[0], dtype=weight.dtype, device=weight.device)
         self._size = 1
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return self._size - 1
 
-    def rows(self, windows: list[list[str]]) -> list[list[int]]:
+    def q_of(self, windows: list[list[str]]) -> tuple[Tensor, Tensor]:
+        """Users' windows of item keys -> ([B, max(1, max L), D] q_i right-padded with zeros, [B] lengths).
+        Locked: with serving.batch_runners > 1 two compute threads share a version, and a table that starts
+        over between one thread's rows and its gather would hand it other items' q_i."""
+        with self._lock:
+            return self._gather(self._rows(windows))
+
+    def _rows(self, windows: list[list[str]]) -> list[list[int]]:
         """Each key's table row, computing q_i for keys not seen yet (one tower call for all of them)."""
         get = self._row.get
         rows = [[get(key, 0) for key in keys] for keys in windows]  # 0, the pad row: not kept yet
@@ -55,8 +65,7 @@ class ItemEncodings:
         row = self._row
         return [[row[key] for key in keys] for keys in windows]
 
-    def gather(self, rows: list[list[int]]) -> tuple[Tensor, Tensor]:
-        """([B, max(1, max L), D] q_i right-padded with the zero row, [B] lengths)."""
+    def _gather(self, rows: list[list[int]]) -> tuple[Tensor, Tensor]:
         width = max(1, max(len(r) for r in rows))
         index = np.zeros((len(rows), width), dtype=np.int64)
         for i, r in enumerate(rows):

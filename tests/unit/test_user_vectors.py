@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -80,6 +82,33 @@ def test_a_full_table_starts_over_and_answers_stay_the_same():
     np.testing.assert_allclose(user_vectors(t, [rows_of(w) for w in USERS]), first, rtol=0, atol=1e-6)
     np.testing.assert_allclose(user_vectors(t, [rows_of(USERS[0])]), first[:1], rtol=0, atol=1e-6)
     assert len(t.encodings) <= 4
+
+
+def test_two_compute_threads_sharing_a_small_table_get_their_own_users_q():
+    """batch_runners > 1 in thread mode: tables that start over under one thread must not leak other
+    items' q_i into the other's batch (a tiny switch interval makes the threads interleave often)."""
+    t = tower("xdm")
+    expected = {i: user_vectors(t, [rows_of(w)]) for i, w in enumerate(USERS)}
+    t.encodings = ItemEncodings(t.model, t.vocab, capacity=3)
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    wrong: list[int] = []
+
+    def serve(first: int) -> None:
+        for k in range(300):
+            i = (first + k) % len(USERS)
+            if not np.allclose(user_vectors(t, [rows_of(USERS[i])]), expected[i], rtol=0, atol=1e-6):
+                wrong.append(i)
+
+    try:
+        threads = [threading.Thread(target=serve, args=(n,)) for n in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(previous)
+    assert not wrong
 
 
 def test_clicked_items_and_has_clicks_read_short_and_long_only():
