@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -79,8 +80,10 @@ def main() -> None:
                      "repeats": args.repeats, "rows": [], "publish_s": {},
                      "recall_at_50": {}}
     answers: dict[tuple[str, int], list[list[str]]] = {}
+    bar = tqdm(total=_planned_rows(args, sizes), desc="serving bench", unit="row", file=sys.stderr)
     try:
         for n in sizes:
+            bar.set_postfix_str(f"publishing {n} items")
             results["publish_s"][str(n)] = _publish(stack.cfg, n)
         _write_windows(stack.cfg, max(sizes))
         echo_port = free_port()
@@ -90,7 +93,9 @@ def main() -> None:
         wait_until(lambda: port_open("127.0.0.1", echo_port), 30, "echo server")
         for c in args.concurrency:
             results["rows"].append(_row("echo", "-", c, _repeated_load(f"127.0.0.1:{echo_port}", "", c, args)))
+            _progress(bar, results["rows"][-1])
         for name in args.servers:
+            bar.set_postfix_str(f"starting {name}")
             port, metrics_port = free_port(), free_port()
             scfg = apply_overrides(stack.cfg, {"serving.port": port, "serving.metrics_port": metrics_port,
                                                **SERVERS[name]})
@@ -110,9 +115,11 @@ def main() -> None:
                     stats.update(_batch_stats(before, _server_metrics(metrics_port)))
                     stats.update(_cpu_per_request(cpu_before, _cpu_seconds(proc.pid), stats["requests"]))
                     results["rows"].append(_row(name, n, c, stats))
+                    _progress(bar, results["rows"][-1])
             proc.stop()
             stack.processes.remove(proc)
     finally:
+        bar.close()
         stack.stop()
     results["in_process"] = _indexes_on_clustered_vectors(max(sizes))
     _report(results)
@@ -357,6 +364,18 @@ def _cpu_per_request(before: dict[str, float], after: dict[str, float], requests
     """Server CPU ms per answered request: all threads and the compute process, and the event loop's share."""
     per = 1000 / max(requests, 1)
     return {"cpu_ms": (after["process"] - before["process"]) * per, "loop_cpu_ms": (after["loop"] - before["loop"]) * per}
+
+
+def _planned_rows(args, sizes) -> int:
+    per_server = {name: sum(1 for n in sizes for c in args.concurrency
+                            if name in FULL_SWEEP or c == 8 or n == max(sizes)) for name in args.servers}
+    return len(args.concurrency) + sum(per_server.values())
+
+
+def _progress(bar, row: dict) -> None:
+    bar.update()
+    bar.write(f"{row['server']} {row['items']} c={row['concurrency']}: p50 {row['p50_ms']:.2f} ms, "
+              f"p99 {row['p99_ms']:.2f} ms, {row['qps']:.0f} QPS")
 
 
 def _row(server: str, items, concurrency: int, stats: dict) -> dict:
