@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from learner.batch import ITEM_KINDS
+from learner.batch import ITEM_KINDS, LOOKUP_CACHE_MAX
 from stream.windows import FIELD_SEP
 
 CAPACITY = 200_000  # keys kept per version (serving.item_encodings_max's default)
@@ -80,7 +80,7 @@ class ItemEncodings:
         if ids is None:
             lookup = self.vocab.lookup
             ids = tuple(lookup(kind, value) for kind, value in zip(ITEM_KINDS, key.split(FIELD_SEP)))
-            if len(self.ids) < self.capacity:
+            if len(self.ids) < LOOKUP_CACHE_MAX:  # bounded like the vocabulary's own memo
                 self.ids[key] = ids
         return ids
 

@@ -57,7 +57,7 @@ def test_server_rejects_a_gil_switch_interval_out_of_range(ms):
         _set_switch_interval(ms)
 
 
-def test_server_rejects_an_unknown_place_to_compute_or_a_negative_encodings_table():
+def test_server_rejects_an_unknown_place_to_compute_or_an_empty_encodings_table():
     from serving.server import _compute_process
 
     with pytest.raises(ConfigError, match="serving.compute is 'gpu'"):
