@@ -9,7 +9,7 @@ core: q of the unclicked window 0.40 ms and of the session 0.14 ms of the eager 
 Keys are stored window rows (stream.windows): an item's key carries its side-info, so an item whose
 catalogue entry changed is a new key with its own q_i. The table holds at most `capacity` keys
 (serving.item_encodings_max); when a batch would pass that, it starts over (the keys still in use come
-back on their next batch).
+back on their next batch; a batch that alone holds more keys keeps them all until the next one starts over).
 """
 
 from __future__ import annotations
@@ -43,12 +43,19 @@ class ItemEncodings:
     def __len__(self) -> int:
         return self._size - 1
 
-    def q_of(self, windows: list[list[str]]) -> tuple[Tensor, Tensor]:
-        """Users' windows of item keys -> ([B, max(1, max L), D] q_i right-padded with zeros, [B] lengths).
-        Locked: with serving.batch_runners > 1 two compute threads share a version, and a table that starts
-        over between one thread's rows and its gather would hand it other items' q_i."""
+    def q_of(self, *groups: list[list[str]]) -> list[tuple[Tensor, Tensor]]:
+        """For each group (users' windows of item keys, e.g. the sessions, then the unclicked windows):
+        ([B, max(1, max L), D] q_i right-padded with zeros, [B] lengths). Keys new to any group cost one
+        tower call together. Locked: with serving.batch_runners > 1 two compute threads share a version,
+        and a table that starts over between one thread's rows and its gather would hand it other items'
+        q_i."""
         with self._lock:
-            return self._gather(self._rows(windows))
+            rows = self._rows([keys for windows in groups for keys in windows])
+            out, start = [], 0
+            for windows in groups:
+                out.append(self._gather(rows[start:start + len(windows)]))
+                start += len(windows)
+            return out
 
     def _rows(self, windows: list[list[str]]) -> list[list[int]]:
         """Each key's table row, computing q_i for keys not seen yet (one tower call for all of them)."""

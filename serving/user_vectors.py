@@ -24,12 +24,12 @@ def user_vectors(tower: Tower, windows: list[WindowRows]) -> np.ndarray:
         tower.encodings = ItemEncodings(tower.model, tower.vocab)
     enc: ItemEncodings = tower.encodings
     short_keys, long_keys, unclicked_keys = ([[key for _, key in w[i]] for w in windows] for i in range(3))
-    q_short, short_len = enc.q_of(short_keys)
-    long, long_len = pad_ids([[enc.item_ids(key) for key in keys] for keys in long_keys])
     if tower.model.reads_unclicked:
-        q_unclicked, unclicked_len = enc.q_of(unclicked_keys)
+        (q_short, short_len), (q_unclicked, unclicked_len) = enc.q_of(short_keys, unclicked_keys)
     else:  # SDM and z = h variants: the window is not an input of z
+        ((q_short, short_len),) = enc.q_of(short_keys)
         q_unclicked, unclicked_len = q_short[:, :1], torch.zeros_like(short_len)
+    long, long_len = pad_ids([[enc.item_ids(key) for key in keys] for keys in long_keys])
     profile = torch.zeros(len(windows), len(tower.vocab.profile_fields), dtype=torch.long)
     with torch.inference_mode():
         encode = tower.encode or tower.model.user_vector_from_q

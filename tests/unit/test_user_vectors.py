@@ -75,13 +75,29 @@ def test_encodings_map_each_item_key_once_and_unknown_items_keep_their_side_info
     assert len(enc) == len(short_and_unclicked)  # kept, not computed again
 
 
+def test_keys_new_to_the_session_and_the_unclicked_window_cost_one_tower_call(monkeypatch):
+    t = tower("xdm")
+    t.encodings = ItemEncodings(t.model, t.vocab)
+    calls: list[int] = []
+    real_q = t.model.q.forward
+    monkeypatch.setattr(t.model.q, "forward", lambda embed, ids: calls.append(len(ids)) or real_q(embed, ids))
+    user_vectors(t, [rows_of(w) for w in USERS])
+    keys = {key for w in USERS for i in (0, 2) for _, key in rows_of(w)[i]}
+    assert calls == [len(keys)]
+    user_vectors(t, [rows_of(w) for w in USERS])
+    assert calls == [len(keys)]  # all kept: no call
+
+
 def test_a_full_table_starts_over_and_answers_stay_the_same():
     t = tower("xdm")
     first = user_vectors(t, [rows_of(w) for w in USERS])
-    t.encodings = ItemEncodings(t.model, t.vocab, capacity=4)  # fewer keys than one batch's windows hold
-    np.testing.assert_allclose(user_vectors(t, [rows_of(w) for w in USERS]), first, rtol=0, atol=1e-6)
+    t.encodings = ItemEncodings(t.model, t.vocab, capacity=4)
     np.testing.assert_allclose(user_vectors(t, [rows_of(USERS[0])]), first[:1], rtol=0, atol=1e-6)
-    assert len(t.encodings) <= 4
+    assert len(t.encodings) == 4  # full: its session's 3 keys and its unclicked window's 1
+    np.testing.assert_allclose(user_vectors(t, [rows_of(USERS[2])]), first[2:], rtol=0, atol=1e-6)
+    assert len(t.encodings) == 7  # started over: this batch's keys only (a batch's own keys are kept whole)
+    # more keys than the capacity in one batch
+    np.testing.assert_allclose(user_vectors(t, [rows_of(w) for w in USERS]), first, rtol=0, atol=1e-6)
 
 
 def test_two_compute_threads_sharing_a_small_table_get_their_own_users_q():
