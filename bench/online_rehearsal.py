@@ -8,8 +8,11 @@ followed by R rehearsal steps drawn by learner.rehearsal.Rehearsal from the last
 learner's own code). Then it evaluates on the validation users and compares XDM with SDM at the same R
 (paired bootstrap over users, learner.offline.compare).
 
-    .venv/bin/python bench/online_rehearsal.py [--data var/world] [--rehearsal 0,2] [--window 20000]
+    .venv/bin/python bench/online_rehearsal.py [--data var/world14d] [--rehearsal 0,2] [--window 20000]
         [--workers 2] [--out bench/results/online_rehearsal]
+
+The README's figures come from the 14-day world the A/B runs use (`xdm simulate --users 6000 --days 14
+--out var/world14d`), the default --data.
 
 Writes report.json (every figure), report.md (the table) and report.png (HR@50 / MRR@50 per arm and R).
 """
@@ -67,7 +70,7 @@ def one_pass(data_dir: str, cache: str, variant: str, rehearsal_steps: int, wind
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="var/world")
+    parser.add_argument("--data", default="var/world14d")
     parser.add_argument("--cache", default="var/offline-cache")
     parser.add_argument("--rehearsal", default="0,2", help="comma-separated rehearsal steps per new batch")
     parser.add_argument("--window", type=int, default=20_000)

@@ -4,8 +4,8 @@
    every user) go through the live system, so every arm starts from a trained model; the A/B days start
    once the workers hold every warm-up event and every arm's learner has trained on every warm-up
    sample (replay.learner_sync), so no arm starts behind because its steps cost more. With the default
-   options the world is `xdm simulate`'s default world: its first 10 days are the warm-up, and its last
-   4 days are replaced by the A/B days.
+   options the world is the 14-day world of 6,000 users (`xdm simulate --users 6000 --days 14`): its
+   first 10 days are the warm-up, and its last 4 days are replaced by the A/B days.
 2. A/B days: users open sessions; each page of a session asks the live Recall server (sticky arm by user
    hash) for candidates, shows the first `page_size` not yet shown in the session, and the world's click
    model (hidden interests, drift, position bias, session mood) decides the clicks. Impressions and
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ClosedLoopOptions:
-    users: int = 6000  # these five: the default world of `xdm simulate` (14 days)
+    users: int = 6000  # these five: `xdm simulate --users 6000 --days 14`, seed 1
     items: int = 5000
     warm_days: int = 10
     ab_days: int = 4

@@ -100,9 +100,9 @@ def codegen() -> None:
 
 
 @cli.command()
-@click.option("--users", type=click.IntRange(min=1), default=6000, show_default=True, help="Number of users.")
+@click.option("--users", type=click.IntRange(min=1), default=12000, show_default=True, help="Number of users.")
 @click.option("--items", type=click.IntRange(min=10), default=5000, show_default=True, help="Catalogue size.")
-@click.option("--days", type=click.IntRange(min=1), default=14, show_default=True, help="Days of traffic.")
+@click.option("--days", type=click.IntRange(min=1), default=10, show_default=True, help="Days of traffic.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Random seed.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output log directory.")
 @click.option("--gzip", "compress", is_flag=True, help="Write .csv.gz files.")
@@ -326,7 +326,7 @@ _LEARNER_SET_OPTION = click.option(
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after this many events.")
 @click.option("--warm-days", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="The log's first days train the system without scoring, so the arms are compared as trained "
-                   "models (the closed loop warms up 10 days of the default world).")
+                   "models (the closed loop warms up the first 10 days of its world).")
 @click.option("--paired", is_flag=True,
               help="Every sampled request asks every arm (the same users in each arm: a paired comparison).")
 @click.option("--resume", is_flag=True, help="Continue a stopped replay in the same --out folder.")
@@ -370,8 +370,9 @@ def report(out_dir: Path, baseline: str | None, warm_days: float | None) -> None
 @click.option("--arms", default="xdm:50,sdm:50", show_default=True, help="Arms and their shares (sticky by user).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Report folder (closed_loop.md, closed_loop.json, ctr.png).")
-# The defaults are `xdm simulate`'s default world (6,000 users, 5,000 items, 14 days, seed 1): its first 10
-# days warm the arms up, its last 4 are replaced by the A/B days.
+# The defaults are the 14-day world of 6,000 users (`xdm simulate --users 6000 --days 14`, seed 1; the
+# offline default world has shorter logs of more users, too heavy for a closed loop on one machine): its
+# first 10 days warm the arms up, its last 4 are replaced by the A/B days.
 @click.option("--users", type=click.IntRange(min=10), default=6000, show_default=True, help="Simulated users.")
 @click.option("--items", type=click.IntRange(min=50), default=5000, show_default=True, help="Catalogue size.")
 @click.option("--warm-days", type=click.IntRange(min=1), default=10, show_default=True,
