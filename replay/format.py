@@ -52,6 +52,11 @@ class LogFormatError(XdmError, ValueError):
         where = f"{Path(self.path).name}:{line}" if line > 0 else Path(self.path).name  # 0: the file as a whole
         super().__init__(f"{where}: {reason}")
 
+    def __reduce__(self):
+        # Rebuilt from its own arguments, not from args (the message): a process pool that reads a log in a
+        # worker hands the error back pickled, and the default would call __init__ with one argument.
+        return type(self), (self.path, self.line, self.reason)
+
 
 @dataclass(frozen=True)
 class LogDir:

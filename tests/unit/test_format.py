@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,17 @@ def test_first_error_message_reads_as_one_line(tmp_path: Path) -> None:
     _write(tmp_path, "events.csv", HEADER + "\n".join(f"{i},u,i,click" for i in range(15)) + "\nabc,u,i,click\n")
     with pytest.raises(LogFormatError, match=r"^events\.csv:17: ts_ms 'abc' is not an integer$"):
         list(read_events(tmp_path))
+
+
+def test_an_error_raised_in_a_worker_process_comes_back_whole(tmp_path: Path) -> None:
+    """Offline runs and benches read logs inside process pools, which hand errors back pickled."""
+    with ProcessPoolExecutor(1) as pool:
+        with pytest.raises(LogFormatError, match=r"^events\.csv: missing: .* has no events\.csv or events\.csv\.gz$"):
+            pool.submit(_read_all_events, tmp_path).result(timeout=60)
+
+
+def _read_all_events(root: Path) -> list:
+    return list(read_events(root))
 
 
 @pytest.mark.parametrize(
