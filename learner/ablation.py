@@ -70,8 +70,12 @@ def ablate(
     seed: int = 0,
     progress: bool = True,
     workers: int = 1,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Train and score every row on one split, `workers` rows at a time; returns what ablation.json holds."""
+    """Train and score every row on one split, `workers` rows at a time; returns what ablation.json holds.
+
+    `resume` reads back rows of `out_dir` that finished with the same inputs (learner/run_pool.py).
+    """
     if BASELINE not in variants:
         raise ValueError(f"the ablation compares against {BASELINE!r}: include it in the variants")
     settings = settings or TrainSettings()
@@ -86,7 +90,7 @@ def ablate(
     jobs = [Job(name, name, out / name, PEER) for name in (_peer_names() if peers else ())]
     jobs += [Job(variant, variant, out / variant, VARIANT, dict(model_overrides or {})) for variant in variants]
     results = run_jobs(jobs, data, settings, n_boot, seed, workers, progress, _log_done,
-                       (wrules or WindowRules(), srules or SampleRules()))
+                       (wrules or WindowRules(), srules or SampleRules()), resume)
     for name, result in results.items():
         evals[name] = result.evaluation
         timings[name] = result.seconds
@@ -103,6 +107,7 @@ def ablate(
         "lift_vs_baseline": lifts,
         "timings": timings,
         "workers": workers,  # rows trained side by side: each row's seconds are its own wall time
+        "reused": [name for name, result in results.items() if result.reused],  # read back, not trained now
     }
     (out / "ablation.json").write_text(json.dumps(report, indent=2))
     (out / "ablation.md").write_text(format_table(report))
@@ -147,8 +152,15 @@ def format_table(report: dict[str, Any]) -> str:
               f"users, last {d['test_days']:g} day(s) as test. Training: {s['epochs']} epoch(s), batch "
               f"{s['batch_size']}, seed {s['seed']}; model settings changed from the defaults: "
               f"{report['model_overrides'] or 'none'}."
-              f" * = 95% interval of the lift excludes 0. Total {report['timings']['total_s']:.0f} s."]
+              f" * = 95% interval of the lift excludes 0. Total {report['timings']['total_s']:.0f} s"
+              f"{_reused_note(report.get('reused'))}."]
     return "\n".join(lines) + "\n"
+
+
+def _reused_note(reused: list[str] | None) -> str:
+    if not reused:
+        return ""
+    return f" (rows read back from an earlier run with the same inputs, --resume: {', '.join(reused)})"
 
 
 def _lift_cell(lift: dict[str, float] | None) -> str:

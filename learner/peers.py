@@ -56,6 +56,12 @@ CLIP_NORM = 5.0
 GRU4REC_TEMPERATURE = 0.05  # cosine logits / temperature
 
 
+def recipe() -> dict[str, Any]:
+    """What every peer is trained with besides the shared TrainSettings (recorded in run.json)."""
+    return {"library": "torch-rechub 0.9.0", "embed_dim": EMBED_DIM, "max_len": MAX_LEN,
+            "optimizer": f"Adam lr {ADAM_LR}, clip {CLIP_NORM}", "gru4rec_temperature": GRU4REC_TEMPERATURE}
+
+
 class PeerUnavailable(XdmError):
     """torch-rechub (or what it imports) is missing."""
 
@@ -222,8 +228,7 @@ def train_and_evaluate_peer(name: str, data: OfflineData, out_dir: Path, setting
     result["n_items_ranked"] = inputs.n_items - 2
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "run.json").write_text(json.dumps({
-        "peer": name, "library": "torch-rechub 0.9.0", "embed_dim": EMBED_DIM, "max_len": MAX_LEN,
-        "optimizer": f"Adam lr {ADAM_LR}, clip {CLIP_NORM}", "train_settings": asdict(settings),
+        "peer": name, **recipe(), "train_settings": asdict(settings),
         "train_s": round(train_s, 1), "loss_curve": epochs}, indent=2))
     (out_dir / "eval.json").write_text(json.dumps(result))
     return result

@@ -8,6 +8,13 @@ keep N cores busy; a single job (`jobs=1`) runs in this process, as before.
 Workers get the split from one pickle that the parent writes next to the runs (and removes after):
 rebuilding it would replay the whole log per worker, and a split is too large to send with each job.
 Processes are spawned, not forked: a forked child inherits torch's thread pool state and hangs.
+
+A finished row leaves `row.json` in its folder: every input that decides its figures (the variant's
+full model config or the peer's recipe, the train settings, the window and sample rules, the split's
+identity, the bootstrap). With `resume`, a row whose row.json equals the one this run would write is
+read back instead of trained again, so a long ablation that was stopped goes on where it stopped; any
+difference (a changed default, another seed, another log) trains the row again. row.json is removed
+when a row starts and written after its eval.json, so it marks a row that finished.
 """
 
 from __future__ import annotations
@@ -15,22 +22,28 @@ from __future__ import annotations
 import json
 import multiprocessing
 import pickle
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from learner.data import OfflineData
+from learner.model import config_for
 from learner.offline import TrainSettings, evaluate, train_offline
 from stream.samples import SampleRules
 from stream.windows import WindowRules
 
 VARIANT = "variant"  # an XDM/SDM variant of learner/model.py, trained by learner/offline.py
 PEER = "peer"  # a torch-rechub peer of learner/peers.py
+ROW_RECORD = "row.json"
+_TIMING_KEYS = {"build_s"}  # in the split's summary, but not part of what the split is
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,7 +61,8 @@ class Job:
 class JobResult:
     name: str
     evaluation: dict[str, Any]
-    seconds: float
+    seconds: float  # the row's own wall time, when it was trained
+    reused: bool = False  # read back from a finished row (resume), not trained by this run
 
 
 _worker_data: OfflineData | None = None  # the split, loaded once per worker process
@@ -64,22 +78,64 @@ def run_jobs(
     progress: bool = True,
     on_done: Callable[[JobResult], None] | None = None,
     rules: tuple[WindowRules, SampleRules] | None = None,
+    resume: bool = False,
 ) -> dict[str, JobResult]:
     """Train and score every job on `data`, `workers` at a time; results by job name, in job order.
 
-    `rules` are the window and sample rules `data` was built with (recorded in each run.json).
+    `rules` are the window and sample rules `data` was built with (recorded in each run.json). With
+    `resume`, rows that already finished with the same inputs are read back (module docstring).
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     rules = rules or (WindowRules(), SampleRules())
-    if workers == 1 or len(jobs) == 1:
-        done = {}
-        for job in jobs:
+    done = {}
+    for job in jobs if resume else ():
+        reused = finished_row(job, data, settings, rules, n_boot, seed)
+        if reused is not None:
+            log.info("row reused", extra={"row": job.name, "folder": str(job.out_dir)})
+            done[job.name] = reused
+            if on_done:
+                on_done(reused)
+    todo = [job for job in jobs if job.name not in done]
+    if workers == 1 or len(todo) <= 1:
+        for job in todo:
             done[job.name] = _run(job, data, settings, rules, n_boot, seed, progress)
             if on_done:
                 on_done(done[job.name])
-        return done
-    return _run_in_pool(jobs, data, settings, rules, n_boot, seed, min(workers, len(jobs)), progress, on_done)
+    else:
+        done.update(_run_in_pool(todo, data, settings, rules, n_boot, seed, min(workers, len(todo)), progress,
+                                 on_done))
+    return {job.name: done[job.name] for job in jobs}
+
+
+def row_record(job: Job, data: OfflineData, settings: TrainSettings, rules: tuple[WindowRules, SampleRules],
+               n_boot: int, seed: int) -> dict[str, Any]:
+    """Every input that decides a row's figures, as the JSON that row.json holds (less its seconds)."""
+    if job.kind == PEER:
+        from learner.peers import recipe
+
+        model: dict[str, Any] = {"peer": job.model, "recipe": recipe()}
+    else:
+        model = {"variant": job.model, "model_config": asdict(config_for(job.model, **job.model_overrides))}
+    split = {k: v for k, v in data.summary().items() if k not in _TIMING_KEYS}
+    record = {"kind": job.kind, **model, "train_settings": asdict(settings), "window_rules": asdict(rules[0]),
+              "sample_rules": asdict(rules[1]), "split": split, "bootstrap": {"n_boot": n_boot, "seed": seed}}
+    return json.loads(json.dumps(record))  # tuples as lists, as they read back
+
+
+def finished_row(job: Job, data: OfflineData, settings: TrainSettings, rules: tuple[WindowRules, SampleRules],
+                 n_boot: int, seed: int) -> JobResult | None:
+    """The row in job.out_dir if it finished with exactly these inputs, else None (train it)."""
+    out = Path(job.out_dir)
+    try:
+        stored = json.loads((out / ROW_RECORD).read_text())
+        evaluation = json.loads((out / "eval.json").read_text())
+    except (OSError, ValueError):
+        return None
+    seconds = stored.pop("seconds", 0.0)
+    if stored != row_record(job, data, settings, rules, n_boot, seed):
+        return None
+    return JobResult(job.name, evaluation, seconds, reused=True)
 
 
 def _run_in_pool(jobs: list[Job], data: OfflineData, settings: TrainSettings,
@@ -128,6 +184,7 @@ def _run(job: Job, data: OfflineData, settings: TrainSettings, rules: tuple[Wind
          seed: int, progress: bool) -> JobResult:
     started = time.monotonic()
     out = Path(job.out_dir)
+    (out / ROW_RECORD).unlink(missing_ok=True)  # until this row finishes again, its folder is not a finished row
     if job.kind == PEER:
         from learner.peers import train_and_evaluate_peer
 
@@ -137,4 +194,7 @@ def _run(job: Job, data: OfflineData, settings: TrainSettings, rules: tuple[Wind
                             data.test_days, data=data, progress=progress, holdout_days=data.holdout_days)
         evaluation = evaluate(run, data=data, n_boot=n_boot, seed=seed)
         (run / "eval.json").write_text(json.dumps(evaluation))
-    return JobResult(job.name, evaluation, round(time.monotonic() - started, 1))
+    seconds = round(time.monotonic() - started, 1)
+    record = {**row_record(job, data, settings, rules, n_boot, seed), "seconds": seconds}
+    (out / ROW_RECORD).write_text(json.dumps(record, indent=2))
+    return JobResult(job.name, evaluation, seconds)

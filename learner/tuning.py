@@ -78,8 +78,12 @@ def tune(
     seed: int = 0,
     workers: int = 1,
     progress: bool = True,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Train `variant` once per value of `param` on the validation split; returns what tune.json holds."""
+    """Train `variant` once per value of `param` on the validation split; returns what tune.json holds.
+
+    `resume` reads back rows of `out_dir` that finished with the same inputs (learner/run_pool.py).
+    """
     if variant not in VARIANTS or (baseline is not None and baseline not in VARIANTS):
         raise TuningError(f"unknown variant; choose from {', '.join(VARIANTS)}")
     if select not in {metric_key(m, n) for m in METRICS for n in CUTOFFS}:
@@ -95,7 +99,7 @@ def tune(
     jobs = [Job(name, variant, out / name, VARIANT, {**base, param: value}) for name, value in rows.items()]
     if baseline is not None:
         jobs.append(Job(baseline, baseline, out / baseline, VARIANT, base))
-    results = run_jobs(jobs, data, settings, n_boot, seed, workers, progress, rules=(wrules, srules))
+    results = run_jobs(jobs, data, settings, n_boot, seed, workers, progress, rules=(wrules, srules), resume=resume)
     evals = {name: result.evaluation for name, result in results.items()}
     best = max(rows, key=lambda name: evals[name]["summary"][select]["mean"])
     report = {
@@ -113,6 +117,7 @@ def tune(
         "timings": {**{name: r.seconds for name, r in results.items()},
                     "total_s": round(time.monotonic() - started, 1)},
         "workers": workers,
+        "reused": [name for name, result in results.items() if result.reused],  # read back, not trained now
     }
     (out / "tune.json").write_text(json.dumps(report, indent=2))
     (out / "tune.md").write_text(format_tuning(report))

@@ -410,6 +410,9 @@ _BOOT_OPTION = click.option("--boot", type=click.IntRange(min=100), default=2000
                             help="Bootstrap resamples.")
 _JOBS_OPTION = click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
                             help="Models trained side by side, one process and learner.torch_threads threads each.")
+_RESUME_OPTION = click.option("--resume", is_flag=True,
+                              help="Read back rows of --out that finished with the same inputs instead of "
+                                   "training them again (a stopped run goes on; anything changed is retrained).")
 _CACHE_OPTION = click.option("--cache", "cache_dir", default="var/offline-cache", show_default=True,
                              help="Folder that keeps built splits for reuse ('' = no cache).")
 _EPOCHS_OPTION = click.option("--epochs", type=click.IntRange(min=1), default=None,
@@ -421,7 +424,7 @@ _BATCH_OPTION = click.option("--batch-size", type=click.IntRange(min=1), default
 def _many_rows_options(fn):
     """Options and wrappers shared by the commands that train and score several rows (ablate, tune)."""
     for decorate in reversed((_EPOCHS_OPTION, _BATCH_OPTION, _TEST_DAYS_OPTION, _CACHE_OPTION, _BOOT_OPTION,
-                              _JOBS_OPTION, click.pass_context, friendly)):
+                              _JOBS_OPTION, _RESUME_OPTION, click.pass_context, friendly)):
         fn = decorate(fn)
     return fn
 
@@ -532,7 +535,7 @@ def compare_cmd(run_a: Path, run_b: Path, boot: int, json_out: Path | None,
 @click.option("--peers", is_flag=True, help="Add torch-rechub GRU4Rec, NARM and SASRec rows (bench extra).")
 @_many_rows_options
 def ablate(ctx: click.Context, data_dir: Path, out: Path, variants: str | None, peers: bool, epochs: int | None,
-           batch_size: int | None, test_days: float, cache_dir: str, boot: int, jobs: int) -> None:
+           batch_size: int | None, test_days: float, cache_dir: str, boot: int, jobs: int, resume: bool) -> None:
     """Train every Table 2 row on one split and write the table with lifts vs SDM and their intervals."""
     from learner.ablation import TABLE2
     from learner.ablation import ablate as run_ablation
@@ -540,7 +543,8 @@ def ablate(ctx: click.Context, data_dir: Path, out: Path, variants: str | None, 
     cfg = _cfg(ctx)
     names = tuple(_check_variant(v.strip()) for v in variants.split(",") if v.strip()) if variants else TABLE2
     report = run_ablation(data_dir, out, names, _train_settings(cfg, epochs, batch_size, 3), model_overrides(cfg),
-                          cfg.windows, cfg.samples, test_days, cache_dir or None, peers, n_boot=boot, workers=jobs)
+                          cfg.windows, cfg.samples, test_days, cache_dir or None, peers, n_boot=boot, workers=jobs,
+                          resume=resume)
     click.echo((out / "ablation.md").read_text())
     click.echo(f"written: {out / 'ablation.md'}, {out / 'ablation.json'}, {out / 'ablation.png'} "
                f"in {report['timings']['total_s']:.0f} s")
@@ -558,7 +562,7 @@ def ablate(ctx: click.Context, data_dir: Path, out: Path, variants: str | None, 
 @_many_rows_options
 def tune(ctx: click.Context, data_dir: Path, param: str, values: str, variant: str, baseline: str, select: str,
          out: Path, epochs: int | None, batch_size: int | None, test_days: float, cache_dir: str, boot: int,
-         jobs: int) -> None:
+         jobs: int, resume: bool) -> None:
     """Pick a model setting on a validation split cut before the test period (the test days are never read)."""
     from learner.tuning import parse_grid
     from learner.tuning import tune as run_tuning
@@ -568,7 +572,7 @@ def tune(ctx: click.Context, data_dir: Path, param: str, values: str, variant: s
     report = run_tuning(data_dir, out, name, grid, _check_variant(variant),
                         _check_variant(baseline) if baseline else None, _train_settings(cfg, epochs, batch_size, 3),
                         model_overrides(cfg), cfg.windows, cfg.samples, test_days, cache_dir or None, select.lower(),
-                        n_boot=boot, workers=jobs)
+                        n_boot=boot, workers=jobs, resume=resume)
     click.echo((out / "tune.md").read_text())
     click.echo(f"best: --set model.{name}={report['best']['value']}; written: {out / 'tune.md'}, "
                f"{out / 'tune.json'}, {out / 'tune.png'}")

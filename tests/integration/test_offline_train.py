@@ -6,6 +6,7 @@ No services: this only needs the CPU (about 30 s on 2 cores).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,48 @@ def test_a_failing_row_in_a_worker_fails_the_run_and_leaves_no_split_behind(abla
     with pytest.raises(ValueError, match="unknown model variant 'no_such"):
         run_jobs(jobs, data, TrainSettings(epochs=1, device="cpu"), n_boot=100, seed=0, workers=2, progress=False)
     assert not list(tmp_path.glob(".split-*"))
+
+
+@pytest.mark.timeout(180)
+def test_resume_reads_back_finished_rows_and_trains_the_stopped_one_again(ablation, tmp_path):
+    root, report = ablation
+    out = tmp_path / "ablation"
+    shutil.copytree(root / "ablation", out)
+    checkpoint = next((out / "sdm").rglob("checkpoint.pt"))
+    before = checkpoint.stat().st_mtime_ns
+    (out / "xdm" / "row.json").unlink()  # xdm was stopped before it finished
+    again = ablate(root / "world", out, ("sdm", "xdm"),
+                   TrainSettings(epochs=3, batch_size=64, device="cpu", lr_warmup_steps=10), SMALL_MODEL,
+                   test_days=1.0, n_boot=300, progress=False, resume=True)
+    assert again["reused"] == ["sdm"]
+    assert checkpoint.stat().st_mtime_ns == before  # read back, not trained again
+    assert again["summary"] == report["summary"]  # the retrained row scores as before: training is seeded
+    assert (out / "xdm" / "row.json").is_file()
+    assert "read back from an earlier run" in (out / "ablation.md").read_text()
+
+
+@pytest.mark.timeout(180)
+def test_resume_trains_again_when_an_input_changed(ablation, tmp_path):
+    root, _ = ablation
+    out = tmp_path / "ablation"
+    shutil.copytree(root / "ablation", out)
+    again = ablate(root / "world", out, ("sdm",),
+                   TrainSettings(epochs=3, batch_size=64, device="cpu", lr_warmup_steps=10),
+                   {**SMALL_MODEL, "dropout": 0.2}, test_days=1.0, n_boot=300, progress=False, resume=True)
+    assert again["reused"] == []
+    record = json.loads((out / "sdm" / "row.json").read_text())
+    assert record["model_config"]["dropout"] == 0.2 and record["seconds"] > 0
+
+
+@pytest.mark.timeout(180)
+def test_cli_ablate_resume_skips_a_finished_row(ablation, tmp_path):
+    root, _ = ablation
+    args = ["--set", "model.embed_dim=16", "--set", "model.n_negatives=100", "--set", "learner.lr_warmup_steps=10",
+            "ablate", "--data", str(root / "world"), "--variants", "sdm", "--epochs", "1", "--batch-size", "64",
+            "--test-days", "1", "--cache", "", "--boot", "200", "--out", str(tmp_path / "cli")]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    second = CliRunner().invoke(cli, [*args, "--resume"])
+    assert second.exit_code == 0, second.output
+    assert json.loads((tmp_path / "cli" / "ablation.json").read_text())["reused"] == ["sdm"]
+    assert "--resume: sdm" in second.output
