@@ -20,9 +20,10 @@ when a row starts and written after its eval.json, so it marks a row that finish
 from __future__ import annotations
 
 import json
-import multiprocessing
-import pickle
 import logging
+import multiprocessing
+import os
+import pickle
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -141,8 +142,7 @@ def finished_row(job: Job, data: OfflineData, settings: TrainSettings, rules: tu
 def _run_in_pool(jobs: list[Job], data: OfflineData, settings: TrainSettings,
                  rules: tuple[WindowRules, SampleRules], n_boot: int, seed: int, workers: int, progress: bool,
                  on_done: Callable[[JobResult], None] | None) -> dict[str, JobResult]:
-    split_file = Path(jobs[0].out_dir).parent / f".split-{id(data):x}.pkl"
-    split_file.parent.mkdir(parents=True, exist_ok=True)
+    split_file = _split_handoff(Path(jobs[0].out_dir).parent, data)
     with open(split_file, "wb") as handle:
         pickle.dump(data, handle, protocol=pickle.HIGHEST_PROTOCOL)
     done: dict[str, JobResult] = {}
@@ -166,6 +166,29 @@ def _run_in_pool(jobs: list[Job], data: OfflineData, settings: TrainSettings,
         bar.close()
         split_file.unlink(missing_ok=True)
     return {job.name: done[job.name] for job in jobs}
+
+
+def _split_handoff(folder: Path, data: OfflineData) -> Path:
+    """The file that hands the split to the workers. It carries this process's id, so a later run can tell
+    what a killed run left behind (its process is gone; its `finally` never ran) from a live run's file,
+    and removes the leftovers: each is as large as the split."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in folder.glob(".split-*-*.pkl"):
+        owner = path.name.split("-")[1]
+        if owner.isdigit() and not _process_alive(int(owner)):
+            log.warning("removing a split hand-off left by a run that is gone", extra={"file": str(path)})
+            path.unlink(missing_ok=True)
+    return folder / f".split-{os.getpid()}-{id(data):x}.pkl"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def _load_split(path: str) -> None:

@@ -6,7 +6,10 @@ No services: this only needs the CPU (about 30 s on 2 cores).
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -188,3 +191,23 @@ def test_cli_ablate_resume_skips_a_finished_row(ablation, tmp_path):
     assert second.exit_code == 0, second.output
     assert json.loads((tmp_path / "cli" / "ablation.json").read_text())["reused"] == ["sdm"]
     assert "--resume: sdm" in second.output
+
+
+@pytest.mark.timeout(120)
+def test_a_split_handoff_left_by_a_killed_run_is_removed_and_a_live_runs_is_kept(ablation, tmp_path):
+    from learner.data import build_offline_data
+    from learner.run_pool import Job, run_jobs
+
+    root, _ = ablation
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    left_behind = tmp_path / f".split-{gone.pid}-7f00.pkl"
+    live = tmp_path / f".split-{os.getpid()}-7f01.pkl"
+    for path in (left_behind, live):
+        path.write_bytes(b"a split")
+    data = build_offline_data(root / "world", test_days=1.0, progress=False)
+    jobs = [Job("broken", "no_such_variant", tmp_path / "broken"), Job("other", "no_such_either", tmp_path / "other")]
+    with pytest.raises(ValueError, match="unknown model variant"):
+        run_jobs(jobs, data, TrainSettings(epochs=1, device="cpu"), n_boot=100, seed=0, workers=2, progress=False)
+    assert not left_behind.exists() and live.exists()
+    assert [p.name for p in tmp_path.glob(".split-*")] == [live.name]  # this run's own hand-off is gone too
