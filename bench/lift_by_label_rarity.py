@@ -25,19 +25,10 @@ sys.path.insert(0, str(ROOT))
 
 from learner.data import OfflineData, build_offline_data  # noqa: E402
 from learner.evaluation_stats import paired_lift  # noqa: E402
-from learner.offline import load_evaluation  # noqa: E402
+from learner.offline import load_evaluation, training_label_counts  # noqa: E402
 
 KEYS = ("hr@50", "mrr@50", "recall@50")
 THIRDS = ("rarest third", "middle third", "most frequent third")
-
-
-def label_counts(data: OfflineData) -> dict[str, int]:
-    """Occurrences of each item as a training label."""
-    counts: dict[str, int] = {}
-    for i in range(len(data.train)):
-        for item_id in data.train.label_items(i):
-            counts[item_id] = counts.get(item_id, 0) + 1
-    return counts
 
 
 def user_rarity(data: OfflineData, counts: dict[str, int]) -> np.ndarray:
@@ -71,7 +62,7 @@ def main() -> None:
     data = build_offline_data(args.data, test_days=args.test_days, cache_dir=args.cache or None)
     if list(data.test.user_ids) != run_a["users"] or run_a["users"] != run_b["users"]:
         sys.exit("the runs were not scored on this split's test users: check --data and --test-days")
-    rows = lifts_by_third(run_a, run_b, user_rarity(data, label_counts(data)))
+    rows = lifts_by_third(run_a, run_b, user_rarity(data, training_label_counts(data)))
     for row in rows:
         cells = "  ".join(f"{key} {row[key]['a']:.2%} -> {row[key]['b']:.2%} {row[key]['lift']:+.1%} "
                           f"[{row[key]['low']:+.1%}, {row[key]['high']:+.1%}]" for key in KEYS)

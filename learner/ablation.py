@@ -33,7 +33,7 @@ from learner.offline import (
     metric_key,
     popularity_baseline,
 )
-from learner.run_pool import PEER, VARIANT, Job, JobResult, run_jobs
+from learner.run_pool import PEER, VARIANT, Job, JobResult, reused_note, run_jobs
 from stream.samples import SampleRules
 from stream.windows import WindowRules
 
@@ -153,14 +153,8 @@ def format_table(report: dict[str, Any]) -> str:
               f"{s['batch_size']}, seed {s['seed']}; model settings changed from the defaults: "
               f"{report['model_overrides'] or 'none'}."
               f" * = 95% interval of the lift excludes 0. Total {report['timings']['total_s']:.0f} s"
-              f"{_reused_note(report.get('reused'))}."]
+              f"{reused_note(report.get('reused'))}."]
     return "\n".join(lines) + "\n"
-
-
-def _reused_note(reused: list[str] | None) -> str:
-    if not reused:
-        return ""
-    return f" (rows read back from an earlier run with the same inputs, --resume: {', '.join(reused)})"
 
 
 def _lift_cell(lift: dict[str, float] | None) -> str:

@@ -237,12 +237,18 @@ def evaluation_result(run_dir: str | Path | None, name: str, data: OfflineData,
             "bootstrap": {"n_boot": n_boot, "seed": seed, "alpha": 0.05}}
 
 
-def popularity_baseline(data: OfflineData, n_boot: int = DEFAULT_BOOT, seed: int = 0) -> dict[str, Any]:
-    """The same evaluation for "recommend the most clicked training labels to everyone" (a floor)."""
+def training_label_counts(data: OfflineData) -> dict[str, int]:
+    """How often each item occurs as a training label (the popularity floor ranks by it)."""
     counts: dict[str, int] = {}
     for i in range(len(data.train)):
         for item_id in data.train.label_items(i):
             counts[item_id] = counts.get(item_id, 0) + 1
+    return counts
+
+
+def popularity_baseline(data: OfflineData, n_boot: int = DEFAULT_BOOT, seed: int = 0) -> dict[str, Any]:
+    """The same evaluation for "recommend the most clicked training labels to everyone" (a floor)."""
+    counts = training_label_counts(data)
     ranked = sorted(counts, key=lambda item_id: (-counts[item_id], item_id))[: max(CUTOFFS)]
     per_user: dict[str, list[float]] = {key: [] for key in metric_keys()}
     for u in range(len(data.test)):

@@ -139,6 +139,13 @@ def finished_row(job: Job, data: OfflineData, settings: TrainSettings, rules: tu
     return JobResult(job.name, evaluation, seconds, reused=True)
 
 
+def reused_note(reused: list[str] | None) -> str:
+    """The sentence tail a report's table adds when --resume read rows back instead of training them."""
+    if not reused:
+        return ""
+    return f" (rows read back from an earlier run with the same inputs, --resume: {', '.join(reused)})"
+
+
 def _run_in_pool(jobs: list[Job], data: OfflineData, settings: TrainSettings,
                  rules: tuple[WindowRules, SampleRules], n_boot: int, seed: int, workers: int, progress: bool,
                  on_done: Callable[[JobResult], None] | None) -> dict[str, JobResult]:

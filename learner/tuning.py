@@ -23,7 +23,7 @@ from learner.data import DEFAULT_TEST_DAYS, build_offline_data
 from learner.evaluation_stats import DEFAULT_BOOT
 from learner.model import VARIANTS, ModelConfig
 from learner.offline import CUTOFFS, METRIC_LABELS, METRICS, TrainSettings, compare, format_lift, metric_key
-from learner.run_pool import VARIANT, Job, run_jobs
+from learner.run_pool import VARIANT, Job, reused_note, run_jobs
 from stream.samples import SampleRules
 from stream.windows import WindowRules
 from xdm.errors import XdmError
@@ -148,7 +148,8 @@ def format_tuning(report: dict[str, Any]) -> str:
               f"{d['train_samples']:,} training samples before those. {report['variant']} with "
               f"{report['param']} in {list(report['values'].values())}; {s['epochs']} epoch(s), seed {s['seed']}. "
               f"Best by {report['select']}: {report['param']} = {report['best']['value']}. Intervals: 95% paired "
-              f"bootstrap over validation users. Total {report['timings']['total_s']:.0f} s."]
+              f"bootstrap over validation users. Total {report['timings']['total_s']:.0f} s"
+              f"{reused_note(report.get('reused'))}."]
     return "\n".join(lines) + "\n"
 
 

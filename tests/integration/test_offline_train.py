@@ -110,11 +110,11 @@ def test_rows_trained_in_two_processes_score_exactly_as_one_by_one(ablation, tmp
 def test_cli_tune_scores_the_days_before_the_test_period_and_picks_a_value(ablation, tmp_path):
     root, report = ablation
     out = tmp_path / "tune"
-    result = CliRunner().invoke(cli, [
-        "--set", "model.embed_dim=16", "--set", "model.n_negatives=100", "--set", "learner.lr_warmup_steps=10",
-        "tune", "--data", str(root / "world"), "--param", "model.triplet_weight", "--values", "1,0.1",
-        "--epochs", "1", "--batch-size", "64", "--test-days", "1", "--cache", "", "--boot", "200", "--jobs", "2",
-        "--out", str(out)])
+    args = ["--set", "model.embed_dim=16", "--set", "model.n_negatives=100", "--set", "learner.lr_warmup_steps=10",
+            "tune", "--data", str(root / "world"), "--param", "model.triplet_weight", "--values", "1,0.1",
+            "--epochs", "1", "--batch-size", "64", "--test-days", "1", "--cache", "", "--boot", "200", "--jobs", "2",
+            "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     tuned = json.loads((out / "tune.json").read_text())
     assert tuned["data"]["end_ms"] == report["data"]["cut_ms"]  # the test period was never read
@@ -123,6 +123,10 @@ def test_cli_tune_scores_the_days_before_the_test_period_and_picks_a_value(ablat
                                                                               "triplet_weight=0.1", "sdm"}
     assert f"--set model.triplet_weight={tuned['best']['value']}" in result.output
     assert (out / "tune.png").read_bytes()[:4] == b"\x89PNG"
+    again = CliRunner().invoke(cli, [*args, "--resume"])
+    assert again.exit_code == 0, again.output
+    assert sorted(json.loads((out / "tune.json").read_text())["reused"]) == sorted(tuned["summary"])
+    assert "--resume: " in (out / "tune.md").read_text()  # the table says its rows were read back
 
 
 def test_cli_tune_rejects_an_unknown_setting_in_one_line(tmp_path):

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from learner.offline import training_label_counts
+
 _PATH = Path(__file__).resolve().parents[2] / "bench" / "lift_by_label_rarity.py"
 _spec = importlib.util.spec_from_file_location("lift_by_label_rarity", _PATH)
 rarity_bench = importlib.util.module_from_spec(_spec)
@@ -34,7 +36,7 @@ def test_a_gain_on_the_rarest_users_shows_in_the_rarest_third_only():
     assert middle["lift"] == frequent["lift"] == 0.0
 
 
-def test_label_rarity_is_the_median_training_count_of_a_users_labels():
+def test_label_rarity_is_the_median_training_label_count_of_a_users_labels():
     class Table:
         def __init__(self, labels):
             self.labels = labels
@@ -49,6 +51,6 @@ def test_label_rarity_is_the_median_training_count_of_a_users_labels():
         train = Table([["x", "y"], ["x"], ["x", "z"]])
         test = Table([["x", "y", "new"], ["z"]])
 
-    counts = rarity_bench.label_counts(Split())
+    counts = training_label_counts(Split())
     assert counts == {"x": 3, "y": 1, "z": 1}
     assert list(rarity_bench.user_rarity(Split(), counts)) == [1.0, 1.0]  # median of 3, 1, 0; then of 1
