@@ -100,7 +100,7 @@ def codegen() -> None:
 
 
 @cli.command()
-@click.option("--users", type=click.IntRange(min=1), default=12000, show_default=True, help="Number of users.")
+@click.option("--users", type=click.IntRange(min=1), default=48000, show_default=True, help="Number of users.")
 @click.option("--items", type=click.IntRange(min=10), default=5000, show_default=True, help="Catalogue size.")
 @click.option("--days", type=click.IntRange(min=1), default=10, show_default=True, help="Days of traffic.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Random seed.")
@@ -371,8 +371,8 @@ def report(out_dir: Path, baseline: str | None, warm_days: float | None) -> None
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Report folder (closed_loop.md, closed_loop.json, ctr.png).")
 # The defaults are the 14-day world of 6,000 users (`xdm simulate --users 6000 --days 14`, seed 1), kept
-# so the README's closed-loop results reproduce (the offline default world's 12,000 users would also about
-# double its 53 min): its first 10 days warm the arms up, its last 4 are replaced by the A/B days.
+# so the README's closed-loop results reproduce (the offline default world's 48,000 users would make its
+# 53 min several hours): its first 10 days warm the arms up, its last 4 are replaced by the A/B days.
 @click.option("--users", type=click.IntRange(min=10), default=6000, show_default=True, help="Simulated users.")
 @click.option("--items", type=click.IntRange(min=50), default=5000, show_default=True, help="Catalogue size.")
 @click.option("--warm-days", type=click.IntRange(min=1), default=10, show_default=True,
