@@ -16,6 +16,9 @@ Mechanism (what makes the log worth learning from):
 - Click model: a matching active interest makes a click likely (more so for its brand and for good
   items, and in an engaged session), a sibling leaf of the same top category a little likely,
   everything else only by chance; position bias lowers the chance further down a page.
+- Dislikes (off unless `dislike_brands` > 0): brands of a user's own interest leaves that the user
+  skips however often they are shown (`disliked_brands`); no click reveals them, only skipped
+  impressions do, which is the papers' premise for the unclicked window.
 
 State: the interest schedule is drawn up front; satiation changes it as `observe_clicks` sees clicks,
 so a World is mutable. To let two policies face the same audience, deepcopy it once per arm.
@@ -23,7 +26,7 @@ so a World is mutable. To let two policies face the same audience, deepcopy it o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -66,7 +69,13 @@ class WorldConfig:
     top_ctr: float = 0.006  # click chance for a sibling leaf of an active interest
     random_ctr: float = 0.002  # click chance for anything (noise clicks)
     position_decay: float = 0.25  # position bias: appeal x (1 + position) ** -decay
+    dislike_brands: float = 0.0  # mean brands a user never wants among their interests' brands (0 = off)
+    dislike_depth: float = 0.9  # share of interest-driven click chance a disliked brand's items lose
     start_ms: int = 1_577_376_000_000  # 2019-12-27 00:00 China time, the papers' collection start
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.dislike_depth <= 1.0:
+            raise ValueError(f"dislike_depth must be within [0, 1], got {self.dislike_depth}")
 
     @classmethod
     def scaled(cls, n_users: int, n_items: int) -> WorldConfig:
@@ -80,6 +89,24 @@ class WorldConfig:
             n_brands=max(1, round(n_items / 12.5)),
             n_shops=max(1, round(n_items / 6.25)),
         )
+
+    def with_settings(self, settings: tuple[str, ...] | list[str]) -> WorldConfig:
+        """This config with `FIELD=VALUE` items applied (`xdm simulate --world`); a bad item raises ValueError
+        naming it. The size fields come from --users / --items and are not settable here."""
+        types = {f.name: f.type for f in fields(self) if f.name not in ("n_users", "n_items")}
+        changes: dict[str, float | int] = {}
+        for item in settings:
+            name, sep, text = item.partition("=")
+            if not sep or name.strip() not in types:
+                raise ValueError(f"--world {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(types))}")
+            name = name.strip()
+            try:
+                changes[name] = int(text) if types[name] == "int" else float(text)
+            except ValueError:
+                raise ValueError(f"--world {item!r}: {text!r} is not a number ({types[name]})") from None
+            if changes[name] < 0:
+                raise ValueError(f"--world {item!r}: must not be negative")
+        return replace(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -336,6 +363,32 @@ def _interest_brands(cfg: WorldConfig, cat: Catalogue, leaf: np.ndarray, rng: np
     return np.where(wanted, cat.item_brand[pick], -1)
 
 
+def disliked_brands(cfg: WorldConfig, cat: Catalogue, users: Users, rng: np.random.Generator) -> np.ndarray:
+    """(n_users, m) brands each user skips however often they are shown, -1 padding; m = 0 when off.
+
+    The papers' premise for unclicked items: a user can want a category and still not want some of what
+    a feed shows of it. Each user gets Poisson(`dislike_brands`) of them, each the brand of a random item
+    of one of the user's interest leaves (so a feed that serves those leaves shows them), never a brand
+    one of the user's interests prefers. No click reveals a dislike; only what is shown and skipped does.
+    """
+    n = len(users.leaf)
+    counts = rng.poisson(cfg.dislike_brands, n) if cfg.dislike_brands > 0 else np.zeros(n, dtype=np.int64)
+    m = int(counts.max(initial=0))
+    if m == 0:
+        return np.full((n, 0), -1, dtype=np.int64)
+    valid_first = np.argsort(users.leaf < 0, axis=1, kind="stable")  # each row's interest slots, then padding
+    n_valid = (users.leaf >= 0).sum(axis=1)
+    nth = (rng.random((n, m)) * np.maximum(n_valid, 1)[:, None]).astype(np.int64)
+    slots = valid_first[np.arange(n)[:, None], nth]
+    leaf = users.leaf[np.arange(n)[:, None], slots]
+    size = np.where(leaf >= 0, cat.leaf_offsets[leaf + 1] - cat.leaf_offsets[leaf], 0)
+    pick = cat.leaf_offsets[np.maximum(leaf, 0)] + (rng.random((n, m)) * np.maximum(size, 1)).astype(np.int64)
+    brand = cat.item_brand[cat.leaf_items[np.minimum(pick, len(cat.leaf_items) - 1)]]
+    preferred = (brand[:, :, None] == users.brand[:, None, :]).any(axis=2)
+    wanted = (np.arange(m)[None, :] < counts[:, None]) & (size > 0) & (brand >= 0) & ~preferred
+    return np.where(wanted, brand, -1)
+
+
 class World:
     """A seeded world: catalogue, users, interest drift and the click model."""
 
@@ -351,6 +404,8 @@ class World:
         budget = rng.poisson(cfg.satiation_clicks, self.users.leaf.shape) + 1 if cfg.satiation_clicks > 0 else None
         self.clicks_left = budget
         self._rng = np.random.default_rng([seed, 2])
+        # Own stream: switching dislikes on leaves every other draw (catalogue, users, clicks) as it was.
+        self.disliked = disliked_brands(cfg, self.catalogue, self.users, np.random.default_rng([seed, 3]))
 
     # ------------------------------------------------------------------------------------ interests
 
@@ -432,6 +487,10 @@ class World:
         ts = np.broadcast_to(np.asarray(ts_ms), users.shape)
         appeal, sibling = self._appeal(users, items, ts)
         p = (cfg.leaf_ctr * appeal * cat.item_quality[items] + cfg.top_ctr * sibling) * engagement
+        if self.disliked.shape[1]:  # off: not even a multiply by 1, so existing worlds stay bit-identical
+            brand = cat.item_brand[items]
+            hit = (self.disliked[users] == brand[:, None]).any(axis=1) & (brand >= 0)  # -1 pads match no item
+            p = np.where(hit, p * (1.0 - cfg.dislike_depth), p)
         if positions is not None:
             p = p * (1.0 + np.maximum(np.asarray(positions), 0)) ** -cfg.position_decay
         p = np.minimum(p, 0.95)

@@ -106,12 +106,17 @@ def codegen() -> None:
 @click.option("--seed", type=int, default=1, show_default=True, help="Random seed.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output log directory.")
 @click.option("--gzip", "compress", is_flag=True, help="Write .csv.gz files.")
+@click.option("--world", "world_sets", multiple=True, metavar="FIELD=VALUE",
+              help="Change one world setting (replay/world.py WorldConfig), e.g. dislike_brands=2.")
 @friendly
-def simulate(users: int, items: int, days: int, seed: int, out: Path, compress: bool) -> None:
+def simulate(users: int, items: int, days: int, seed: int, out: Path, compress: bool,
+             world_sets: tuple[str, ...]) -> None:
     """Simulate a recommender feed and write it in the plain log format."""
     from replay.simulate import simulate as run
+    from replay.world import WorldConfig
 
-    summary = run(users, items, days, seed, out, compress=compress)
+    world = WorldConfig.scaled(users, items).with_settings(world_sets) if world_sets else None
+    summary = run(users, items, days, seed, out, world_config=world, compress=compress)
     click.echo(f"wrote {summary.events:,} events ({summary.clicks:,} clicks, {summary.impressions:,} impressions) "
                f"for {users:,} users and {items:,} items to {out} in {summary.seconds:.1f} s")
 

@@ -161,3 +161,72 @@ def test_a_kept_world_goes_on_from_where_the_log_ends(tmp_path: Path) -> None:
     simulate(20, 300, 4, 7, tmp_path / "fresh", progress=False)
     assert _files(tmp_path / "kept") == _files(tmp_path / "fresh")  # same world, same log
     assert (world.users.end_ms != world_for(20, 300, 4, 7).users.end_ms).any()  # clicks satisfied interests
+
+
+def test_dislikes_are_off_by_default_and_leave_every_other_draw_alone() -> None:
+    off = World(WorldConfig(n_users=200, n_items=800), days=4, seed=5)
+    on = World(WorldConfig(n_users=200, n_items=800, dislike_brands=2.0), days=4, seed=5)
+    assert off.disliked.shape == (200, 0)
+    for name in ("item_leaf", "item_brand", "item_pop", "item_quality"):
+        assert np.array_equal(getattr(off.catalogue, name), getattr(on.catalogue, name))
+    for name in ("leaf", "brand", "weight", "start_ms", "end_ms", "activity"):
+        assert np.array_equal(getattr(off.users, name), getattr(on.users, name))
+
+
+def test_disliked_brands_come_from_the_users_interest_leaves_and_are_never_preferred() -> None:
+    world = World(WorldConfig(n_users=300, n_items=1000, dislike_brands=2.0), days=4, seed=6)
+    cat, users = world.catalogue, world.users
+    per_user = (world.disliked >= 0).sum(axis=1)
+    assert 1.5 < per_user.mean() < 2.1  # Poisson(2), less the few dropped (a preferred brand, an empty leaf)
+    for u in range(300):
+        leaves = set(users.leaf[u][users.leaf[u] >= 0].tolist())
+        shown = {int(b) for b in cat.item_brand[np.isin(cat.item_leaf, list(leaves))]}
+        for brand in world.disliked[u][world.disliked[u] >= 0]:
+            assert int(brand) in shown and int(brand) not in set(users.brand[u].tolist())
+
+
+def test_a_disliked_brand_loses_its_interest_clicks_and_nothing_else_changes() -> None:
+    cfg = WorldConfig(n_users=300, n_items=1000, dislike_brands=3.0, dislike_depth=0.9)
+    on, off = World(cfg, days=4, seed=7), World(WorldConfig(n_users=300, n_items=1000), days=4, seed=7)
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 300, 20_000)
+    items = rng.integers(0, 1000, 20_000)
+    ts = on.cfg.start_ms + DAY_MS
+    p_on, p_off = on.click_prob_pairs(users, items, ts), off.click_prob_pairs(users, items, ts)
+    brand = on.catalogue.item_brand[items]
+    hit = (on.disliked[users] == brand[:, None]).any(axis=1) & (brand >= 0)
+    assert hit.sum() > 100
+    assert np.array_equal(p_on[~hit], p_off[~hit])
+    r = on.cfg.random_ctr  # noise clicks stay: only the interest-driven part is cut
+    interest_on, interest_off = 1 - (1 - p_on[hit]) / (1 - r), 1 - (1 - p_off[hit]) / (1 - r)
+    assert np.allclose(interest_on, 0.1 * interest_off)
+    assert (p_on[hit] >= r - 1e-12).all()
+
+
+def test_cli_world_settings_change_the_clicks_and_a_bad_one_is_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from xdm.cli import cli
+
+    def run(*extra: str, out: str):
+        return CliRunner().invoke(cli, ["simulate", "--users", "150", "--items", "600", "--days", "3",
+                                        "--out", str(tmp_path / out), *extra])
+
+    assert run(out="plain").exit_code == 0
+    liked = run("--world", "dislike_brands=3", "--world", "dislike_depth=1", out="dislikes")
+    assert liked.exit_code == 0, liked.output
+    for name in ("items.csv", "users.csv"):  # the same catalogue and audience
+        assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "dislikes" / name).read_bytes()
+    assert (tmp_path / "plain" / "events.csv").read_bytes() != (tmp_path / "dislikes" / "events.csv").read_bytes()
+    for bad, message in (("nope=1", "expected FIELD=VALUE"), ("dislike_depth=x", "is not a number"),
+                         ("n_users=5", "expected FIELD=VALUE"), ("dislike_brands=-1", "must not be negative"),
+                         ("dislike_depth=1.5", "within [0, 1]")):
+        result = run("--world", bad, out="bad")
+        assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
+def test_world_settings_keep_the_scaled_tree_and_types() -> None:
+    cfg = WorldConfig.scaled(100, 2500).with_settings(["dislike_brands=1.5", "n_brands=90"])
+    assert (cfg.n_leaf_cats, cfg.n_brands, cfg.dislike_brands) == (100, 90, 1.5)
+    assert isinstance(cfg.n_brands, int)
