@@ -71,8 +71,8 @@ def lifts_by_third(run_a: dict, run_b: dict, measure: np.ndarray) -> list[dict]:
         row = {"group": name, "users": int(mask.sum()), "min": float(measure[mask].min()),
                "max": float(measure[mask].max())}
         for key in KEYS:
-            lift = paired_lift(np.array(run_a["per_user"][key])[mask], np.array(run_b["per_user"][key])[mask])
-            row[key] = {"a": lift.a, "b": lift.b, "lift": lift.lift, "low": lift.low, "high": lift.high}
+            row[key] = paired_lift(np.array(run_a["per_user"][key])[mask],
+                                   np.array(run_b["per_user"][key])[mask]).as_dict()
         rows.append(row)
     return rows
 

@@ -93,17 +93,18 @@ class WorldConfig:
     def with_settings(self, settings: tuple[str, ...] | list[str]) -> WorldConfig:
         """This config with `FIELD=VALUE` items applied (`xdm simulate --world`); a bad item raises ValueError
         naming it. The size fields come from --users / --items and are not settable here."""
-        types = {f.name: f.type for f in fields(self) if f.name not in ("n_users", "n_items")}
+        settable = sorted(f.name for f in fields(self) if f.name not in ("n_users", "n_items"))
         changes: dict[str, float | int] = {}
         for item in settings:
             name, sep, text = item.partition("=")
-            if not sep or name.strip() not in types:
-                raise ValueError(f"--world {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(types))}")
             name = name.strip()
+            if not sep or name not in settable:
+                raise ValueError(f"--world {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(settable)}")
+            kind = type(getattr(self, name))  # every field is an int or a float, as its default says
             try:
-                changes[name] = int(text) if types[name] == "int" else float(text)
+                changes[name] = kind(text)
             except ValueError:
-                raise ValueError(f"--world {item!r}: {text!r} is not a number ({types[name]})") from None
+                raise ValueError(f"--world {item!r}: {text!r} is not a number ({kind.__name__})") from None
             if changes[name] < 0:
                 raise ValueError(f"--world {item!r}: must not be negative")
         return replace(self, **changes)
@@ -354,12 +355,19 @@ def _interest_leaves(
     return leaf
 
 
-def _interest_brands(cfg: WorldConfig, cat: Catalogue, leaf: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A preferred brand for some interests: the brand of a random item of the leaf (-1 none)."""
+def _random_leaf_items(cat: Catalogue, leaf: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A uniformly drawn item of each leaf, and the leaf's size (0 for -1 padding or an empty leaf, whose
+    item is then meaningless): one draw per cell, so callers' random streams do not depend on the sizes."""
     safe = np.maximum(leaf, 0)
     lo, size = cat.leaf_offsets[safe], cat.leaf_offsets[safe + 1] - cat.leaf_offsets[safe]
     pick = cat.leaf_items[np.minimum(lo + (rng.random(leaf.shape) * size).astype(np.int64), len(cat.leaf_items) - 1)]
-    wanted = (rng.random(leaf.shape) < cfg.brand_interest) & (leaf >= 0) & (size > 0)
+    return pick, np.where(leaf >= 0, size, 0)
+
+
+def _interest_brands(cfg: WorldConfig, cat: Catalogue, leaf: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A preferred brand for some interests: the brand of a random item of the leaf (-1 none)."""
+    pick, size = _random_leaf_items(cat, leaf, rng)
+    wanted = (rng.random(leaf.shape) < cfg.brand_interest) & (size > 0)
     return np.where(wanted, cat.item_brand[pick], -1)
 
 
@@ -380,10 +388,8 @@ def disliked_brands(cfg: WorldConfig, cat: Catalogue, users: Users, rng: np.rand
     n_valid = (users.leaf >= 0).sum(axis=1)
     nth = (rng.random((n, m)) * np.maximum(n_valid, 1)[:, None]).astype(np.int64)
     slots = valid_first[np.arange(n)[:, None], nth]
-    leaf = users.leaf[np.arange(n)[:, None], slots]
-    size = np.where(leaf >= 0, cat.leaf_offsets[leaf + 1] - cat.leaf_offsets[leaf], 0)
-    pick = cat.leaf_offsets[np.maximum(leaf, 0)] + (rng.random((n, m)) * np.maximum(size, 1)).astype(np.int64)
-    brand = cat.item_brand[cat.leaf_items[np.minimum(pick, len(cat.leaf_items) - 1)]]
+    pick, size = _random_leaf_items(cat, users.leaf[np.arange(n)[:, None], slots], rng)
+    brand = cat.item_brand[pick]
     preferred = (brand[:, :, None] == users.brand[:, None, :]).any(axis=2)
     wanted = (np.arange(m)[None, :] < counts[:, None]) & (size > 0) & (brand >= 0) & ~preferred
     return np.where(wanted, brand, -1)
