@@ -90,6 +90,10 @@ class SampleTable(Sequence[Sample]):
         return Sample(self.sample_ids[i], self.user_ids[i], self.ts[i], Windows(short, long_, unclicked),
                       labels, self.profiles.get(self.user_ids[i], ()))
 
+    def mean_length(self, kind: str) -> float:
+        """Mean length over the samples of one window ('short', 'long', 'unclicked') or of the labels."""
+        return len(self._ts[kind]) / len(self) if len(self) else 0.0
+
     def append(self, sample: Sample, item_index: dict[str, int]) -> None:
         self.sample_ids.append(sample.sample_id)
         self.user_ids.append(sample.user_id)

@@ -14,12 +14,17 @@ about the next clicks (the labels) that the clicks do not:
   share minus their share of the unclicked window (eq. 6, z = h - n); the hit rate is how often one
   of the top `LEAF_HIT_TOP` is among the labels' leaves. The second beating the first means the
   unclicked window marks stale history that clicks alone cannot: what XDM is built to use.
+- `label_brand_history` / `label_brand_unclicked`: the same question one level down, within a leaf.
+  Of the label items whose leaf the click history (resp. the unclicked window) holds, the share whose
+  brand is also among that window's brands of that leaf. A user who skips some brands of a category
+  they still want (the papers' premise, and the simulator's `dislike_brands`) lowers the second: the
+  next clicks avoid the brands that were shown and skipped. Compare logs by it, not with a fixed bar.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from replay.format import read_events, read_items
@@ -55,10 +60,32 @@ class LogStats:
     label_overlap_unclicked: float  # the same for unclicked items
     leaf_hit_clicks: float  # top click-history leaves by click share hit a label leaf (see above)
     leaf_hit_minus_unclicked: float  # the same ranked by click share minus unclicked share
+    label_brand_history: float  # labels whose leaf the history holds: share with a brand clicked in that leaf
+    label_brand_unclicked: float  # the same for the unclicked window's brands in that leaf
 
     @property
     def ctr(self) -> float:
         return self.clicks / self.impressions if self.impressions else 0.0
+
+
+@dataclass
+class _Share:
+    """Labels whose leaf a window holds (`of`), and how many of them have a brand it holds there (`hits`)."""
+
+    of: int = 0
+    hits: int = 0
+
+    def add_labels(self, labels: tuple[Behavior, ...], brands: dict[str, set[str]]) -> None:
+        for label in labels:
+            leaf, brand = label.item.leaf_cat, label.item.brand
+            if not brand or leaf not in brands:
+                continue
+            self.of += 1
+            self.hits += brand in brands[leaf]
+
+    @property
+    def share(self) -> float:
+        return _mean(self.hits, self.of)
 
 
 @dataclass
@@ -72,6 +99,8 @@ class _Totals:
     ranked: int = 0  # samples with a click history
     hits_clicks: int = 0
     hits_minus_unclicked: int = 0
+    brand_history: _Share = field(default_factory=_Share)
+    brand_unclicked: _Share = field(default_factory=_Share)
 
     def add(self, sample: Sample) -> None:
         w = sample.windows
@@ -87,6 +116,16 @@ class _Totals:
             self.ranked += 1
             self.hits_clicks += not labels.isdisjoint(by_clicks[:LEAF_HIT_TOP])
             self.hits_minus_unclicked += not labels.isdisjoint(by_difference[:LEAF_HIT_TOP])
+        self.brand_history.add_labels(sample.labels, _brands_by_leaf(w.short + w.long))
+        self.brand_unclicked.add_labels(sample.labels, _brands_by_leaf(w.unclicked))
+
+
+def _brands_by_leaf(window: tuple[Behavior, ...]) -> dict[str, set[str]]:
+    brands: dict[str, set[str]] = defaultdict(set)
+    for b in window:
+        if b.item.leaf_cat and b.item.brand:
+            brands[b.item.leaf_cat].add(b.item.brand)
+    return brands
 
 
 def _in_leaves(window: tuple[Behavior, ...], leaves: set[str]) -> int:
@@ -149,6 +188,8 @@ def log_stats(
         label_overlap_unclicked=_mean(totals.unclicked_hits, totals.unclicked),
         leaf_hit_clicks=_mean(totals.hits_clicks, totals.ranked),
         leaf_hit_minus_unclicked=_mean(totals.hits_minus_unclicked, totals.ranked),
+        label_brand_history=totals.brand_history.share,
+        label_brand_unclicked=totals.brand_unclicked.share,
     )
 
 
@@ -174,6 +215,8 @@ def format_stats(stats: LogStats) -> str:
                  f"{stats.label_overlap_long:.2f} / {stats.label_overlap_unclicked:.2f}", "", ""))
     rows.append((f"leaf hit@{LEAF_HIT_TOP}: clicks / clicks - unclicked",
                  f"{stats.leaf_hit_clicks:.3f} / {stats.leaf_hit_minus_unclicked:.3f}", "", ""))
+    rows.append(("label brand within leaf: history / unclicked",
+                 f"{stats.label_brand_history:.3f} / {stats.label_brand_unclicked:.3f}", "", ""))
     if stats.unknown_items or stats.duplicates or stats.too_late:
         rows.append(("unknown items / duplicates / too late",
                      f"{stats.unknown_items:,} / {stats.duplicates:,} / {stats.too_late:,}", "", ""))

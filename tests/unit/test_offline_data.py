@@ -93,6 +93,9 @@ def test_training_samples_are_the_stream_samples_of_the_pre_cut_events(log_dir):
     profiles = {"u1": (("age", "30"), ("gender", "f")), "u4": (("age", "50"), ("gender", "m"))}
     expected = [s.with_profile(profiles.get(s.user_id, ())) for s in expected]
     assert sorted(data.train, key=lambda s: s.sample_id) == sorted(expected, key=lambda s: s.sample_id)
+    assert data.train.mean_length("unclicked") == pytest.approx(
+        sum(len(s.windows.unclicked) for s in expected) / len(expected))
+    assert data.train.mean_length("labels") == pytest.approx(sum(len(s.labels) for s in expected) / len(expected))
 
 
 def test_test_sample_is_the_snapshot_at_the_cut_with_the_next_clicks_as_labels(log_dir):

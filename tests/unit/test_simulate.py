@@ -14,9 +14,11 @@ import pytest
 
 from replay.format import read_events, read_items, read_users
 from replay.simulate import FeedConfig, simulate, world_for
-from replay.stats import PAPER_TABLE1, LogStats, format_stats, log_stats
+from replay.stats import PAPER_TABLE1, LogStats, _Totals, format_stats, log_stats
 from replay.world import DAY_MS, World, WorldConfig
-from stream.samples import SampleRules
+from stream.samples import Sample, SampleRules
+from stream.windows import Behavior, Windows
+from xdm.records import Item
 
 # A scaled-down default world: fewer users, same per-user behaviour and catalogue shape.
 SMALL = {"users": 50, "items": 5000, "days": 14, "seed": 5}
@@ -230,3 +232,20 @@ def test_world_settings_keep_the_scaled_tree_and_types() -> None:
     cfg = WorldConfig.scaled(100, 2500).with_settings(["dislike_brands=1.5", "n_brands=90"])
     assert (cfg.n_leaf_cats, cfg.n_brands, cfg.dislike_brands) == (100, 90, 1.5)
     assert isinstance(cfg.n_brands, int)
+
+
+def _behaviors(*items: tuple[str, str]) -> tuple[Behavior, ...]:
+    return tuple(Behavior(i, Item(f"i{i}", leaf_cat=leaf, brand=brand)) for i, (leaf, brand) in enumerate(items))
+
+
+def test_brand_measure_counts_labels_within_the_windows_leaves() -> None:
+    totals = _Totals()
+    windows = Windows(short=_behaviors(("L1", "a")), long=_behaviors(("L1", "b"), ("L2", "c")),
+                      unclicked=_behaviors(("L1", "d"), ("L2", "c")))
+    # labels: L1/a is in the history's L1 brands; L1/d in the unclicked's; L2/x in neither; L3 in no window's
+    # leaves and a brandless label count nowhere
+    labels = _behaviors(("L1", "a"), ("L1", "d"), ("L2", "x"), ("L3", "a"), ("L1", ""))
+    totals.add(Sample("s", "u", 0, windows, labels))
+    assert (totals.brand_history.of, totals.brand_history.hits) == (3, 1)
+    assert (totals.brand_unclicked.of, totals.brand_unclicked.hits) == (3, 1)
+    assert totals.brand_history.share == pytest.approx(1 / 3)
