@@ -26,6 +26,7 @@ from learner.offline import CUTOFFS, METRIC_LABELS, METRICS, TrainSettings, comp
 from learner.run_pool import VARIANT, Job, reused_note, run_jobs
 from stream.samples import SampleRules
 from stream.windows import WindowRules
+from xdm.setting_text import parse_setting
 from xdm.errors import XdmError
 
 
@@ -51,13 +52,9 @@ def parse_grid(param: str, values: str) -> tuple[str, list[Any]]:
 
 def _typed(name: str, text: str, default: Any) -> Any:
     try:
-        if isinstance(default, bool):
-            if text.lower() not in {"true", "false", "1", "0"}:
-                raise ValueError(text)
-            return text.lower() in {"true", "1"}
-        return type(default)(text)
+        return parse_setting(text, type(default))
     except ValueError:
-        raise TuningError(f"{name}: {text!r} is not a {type(default).__name__}") from None
+        raise TuningError(f"{name}: {text!r} is not a valid {type(default).__name__}") from None
 
 
 def tune(

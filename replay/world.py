@@ -31,6 +31,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 
 from xdm.records import Item, UserProfile
+from xdm.setting_text import parse_setting
 
 DAY_MS = 86_400_000
 APPEAL_TABLE_CELLS = 4_000_000  # (user state x leaf) cells click_prob_pairs fills at once
@@ -102,7 +103,7 @@ class WorldConfig:
                 raise ValueError(f"--world {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(settable)}")
             kind = type(getattr(self, name))  # every field is an int or a float, as its default says
             try:
-                changes[name] = kind(text)
+                changes[name] = parse_setting(text, kind)
             except ValueError:
                 raise ValueError(f"--world {item!r}: {text!r} is not a number ({kind.__name__})") from None
             if changes[name] < 0:

@@ -16,6 +16,7 @@ from learner.model import ModelConfig
 from stream.samples import SampleRules
 from stream.windows import WindowRules
 from xdm.errors import ConfigError
+from xdm.setting_text import parse_setting
 
 
 @dataclass(frozen=True)
@@ -273,17 +274,6 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
             return value
         raise ConfigError(f"{key} expects {kind.__name__}, got {value!r}")
     try:
-        if kind is bool:
-            return _parse_bool(value)
-        return kind(value)
+        return parse_setting(value, kind)
     except ValueError:
         raise ConfigError(f"{key} expects {kind.__name__}, got {value!r}") from None
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError(text)

@@ -136,7 +136,7 @@ def test_cli_tune_rejects_an_unknown_setting_in_one_line(tmp_path):
     assert "Traceback" not in result.output
     bad = CliRunner().invoke(cli, ["tune", "--data", str(tmp_path), "--param", "model.triplet_weight",
                                    "--values", "1,ten"])
-    assert bad.exit_code != 0 and "'ten' is not a float" in bad.output
+    assert bad.exit_code != 0 and "'ten' is not a valid float" in bad.output
 
 
 @pytest.mark.timeout(120)

@@ -70,3 +70,19 @@ def test_server_rejects_an_unknown_place_to_compute_or_an_empty_encodings_table(
 def test_rehearsal_settings_out_of_range_are_a_config_error_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=key.split(".")[1]):
         load_config(overrides={key: value})
+
+
+def test_one_reader_of_setting_text_serves_config_tune_and_simulate() -> None:
+    from learner.tuning import TuningError, parse_grid
+    from replay.world import WorldConfig
+    from xdm.setting_text import parse_setting
+
+    assert parse_setting("3", int) == 3 and parse_setting("0.5", float) == 0.5 and parse_setting("x", str) == "x"
+    assert parse_setting(" Yes", bool) is True and parse_setting("off", bool) is False
+    for text, kind in (("maybe", bool), ("1.5", int), ("", float)):
+        with pytest.raises(ValueError):
+            parse_setting(text, kind)
+    assert parse_grid("model.use_unclicked", "on,false") == ("use_unclicked", [True, False])
+    with pytest.raises(TuningError, match="not a valid int"):
+        parse_grid("model.embed_dim", "6.5")
+    assert WorldConfig().with_settings(["dislike_brands=2"]).dislike_brands == 2.0
