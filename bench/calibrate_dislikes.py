@@ -11,7 +11,8 @@ For each strength asked for, this script
 3. trains SDM and `xdm_wo_conf_metric` on it and reports the paired lift with its 95 % interval,
    beside what the strength does to the log (CTR and the Table 1 window lengths of the training samples).
 
-Worlds, splits (`--cache`) and rows are kept, so `--resume` reads back what already finished. Writes
+Worlds, splits (`--cache`) and rows are kept, so `--resume` reads back what already finished, and
+`--worlds` scores worlds simulated by an earlier run with other training settings. Writes
 OUT/calibration.json, .md and .png.
 
     .venv/bin/python bench/calibrate_dislikes.py --users 12000 --seed 2 --jobs 2 --resume \\
@@ -59,7 +60,7 @@ def _slug(point: tuple[str, ...]) -> str:
 
 def _world(point: tuple[str, ...], args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     """The point's calibration world, simulated unless the same one is already on disk."""
-    folder = args.out / _slug(point) / "world"
+    folder = (args.worlds or args.out) / _slug(point) / "world"
     wanted = {"users": args.users, "items": args.items, "days": args.days, "seed": args.seed, "world": list(point)}
     marker = folder / "calibration-world.json"
     if marker.exists() and json.loads(marker.read_text()).get("inputs") == wanted:
@@ -141,7 +142,7 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("w/o conf+metric vs SDM, % (95 % CI)")
     ax.set_title(f"Dislike strength on validation days (calibration seed {report['args']['seed']})")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("var/calibration"))
+    parser.add_argument("--worlds", type=Path, default=None,
+                        help="Folder of the calibration worlds (default: --out), to score them again with other settings.")
     args = parser.parse_args(argv)
     if args.seed == DEFAULT_WORLD_SEED:
         parser.error(f"--seed {DEFAULT_WORLD_SEED} is the default world's: calibrate on another world")
