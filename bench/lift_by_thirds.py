@@ -83,13 +83,16 @@ def main() -> None:
     parser.add_argument("--runs", nargs=2, required=True, type=Path, metavar=("RUN_A", "RUN_B"))
     parser.add_argument("--by", choices=sorted(MEASURES), default="label-rarity", help="The per-user measure.")
     parser.add_argument("--test-days", type=float, default=2.0)
+    parser.add_argument("--holdout-days", type=float, default=0.0,
+                        help="Last days held out unread (runs scored on xdm tune's validation split: --test-days).")
     parser.add_argument("--cache", default="var/offline-cache", help="Split cache folder ('' = none).")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lift_by_thirds.json")
     args = parser.parse_args()
     run_a, run_b = (load_evaluation(run) for run in args.runs)
-    data = build_offline_data(args.data, test_days=args.test_days, cache_dir=args.cache or None)
+    data = build_offline_data(args.data, test_days=args.test_days, cache_dir=args.cache or None,
+                              holdout_days=args.holdout_days)
     if list(data.test.user_ids) != run_a["users"] or run_a["users"] != run_b["users"]:
-        sys.exit("the runs were not scored on this split's test users: check --data and --test-days")
+        sys.exit("the runs were not scored on this split's test users: check --data, --test-days and --holdout-days")
     rows = lifts_by_third(run_a, run_b, MEASURES[args.by](data))
     for row in rows:
         cells = "  ".join(f"{key} {row[key]['a']:.2%} -> {row[key]['b']:.2%} {row[key]['lift']:+.1%} "

@@ -18,6 +18,12 @@ The protocol follows SDM [25], which SRU2B §4.1 "directly followed":
   snapshot of the user's state at the cut (events with ts < cut); the labels are the user's first
   k = `samples.n_labels` clicks after the cut, in time order. A user with fewer than k post-cut clicks
   keeps the ones they have (at least one), so R@N divides by that user's own label count.
+- Test anchor (`test_anchor`). "cut" (the default, above) takes every test user's windows at the cut,
+  whenever they were last active. "first_click" takes them as the stream's samples are taken: at the
+  user's first click after the cut (that click ends the short-term session, as a training anchor does),
+  with the next k clicks after it as labels, so a test user needs two post-cut clicks. At the cut a third
+  of the users have been away for more than the 3-day unclicked span and come with an empty unclicked
+  window, which few training samples have; at a click they are present, as at every training anchor.
 - Items missing from items.csv become `Item(item_id)` (unknown side info); profiles from users.csv are
   joined into `sample.profile`.
 - Validation split. With `holdout_days` > 0 the log's last `holdout_days` are dropped before anything
@@ -57,6 +63,7 @@ CACHE_VERSION = 1  # bump when the protocol or the stored layout changes
 
 
 DEFAULT_TEST_DAYS = 2.0
+TEST_ANCHORS = ("cut", "first_click")  # where a test user's windows are taken (module docstring)
 
 
 class OfflineDataError(XdmError):
@@ -154,11 +161,15 @@ class OfflineData:
     items: list[Item]  # every item of the catalogue and of the events, by item index
     stats: dict[str, float] = field(default_factory=dict)
     holdout_days: float = 0.0  # last days of the log left out (a validation split when > 0)
+    test_anchor: str = "cut"  # where the test windows are taken (TEST_ANCHORS)
 
     def summary(self) -> dict[str, object]:
+        # the anchor only when not the default, so rows recorded before it existed still match on --resume
+        anchor = {"test_anchor": self.test_anchor} if self.test_anchor != "cut" else {}
         return {"data_dir": self.data_dir, "cut_ms": self.cut_ms, "end_ms": self.end_ms,
-                "test_days": self.test_days, "holdout_days": self.holdout_days, "train_samples": len(self.train),
-                "test_users": len(self.test), "items": len(self.items), **self.stats}
+                "test_days": self.test_days, "holdout_days": self.holdout_days, **anchor,
+                "train_samples": len(self.train), "test_users": len(self.test), "items": len(self.items),
+                **self.stats}
 
 
 def build_offline_data(
@@ -169,6 +180,7 @@ def build_offline_data(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     holdout_days: float = 0.0,
+    test_anchor: str = "cut",
 ) -> OfflineData:
     """Train and test samples of the log in `data_dir` (protocol in the module docstring).
 
@@ -180,15 +192,18 @@ def build_offline_data(
         raise OfflineDataError(f"test_days must be positive, got {test_days}")
     if holdout_days < 0:
         raise OfflineDataError(f"holdout_days must not be negative, got {holdout_days}")
+    if test_anchor not in TEST_ANCHORS:
+        raise OfflineDataError(f"test_anchor must be one of {', '.join(TEST_ANCHORS)}, got {test_anchor!r}")
     data_dir = Path(data_dir)
-    cache = _cache_path(cache_dir, data_dir, wrules, srules, test_days, holdout_days) if cache_dir else None
+    cache = (_cache_path(cache_dir, data_dir, wrules, srules, test_days, holdout_days, test_anchor)
+             if cache_dir else None)
     if cache is not None and cache.exists():
         with open(cache, "rb") as handle:
             data = pickle.load(handle)
         log.info("offline data from cache", extra={"cache": str(cache), "train": len(data.train),
                                                    "test": len(data.test)})
         return data
-    data = _build(data_dir, wrules, srules, test_days, holdout_days, progress)
+    data = _build(data_dir, wrules, srules, test_days, holdout_days, progress, test_anchor)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
@@ -199,7 +214,7 @@ def build_offline_data(
 
 
 def _build(data_dir: Path, wrules: WindowRules, srules: SampleRules, test_days: float, holdout_days: float,
-           progress: bool) -> OfflineData:
+           progress: bool, test_anchor: str = "cut") -> OfflineData:
     started = time.monotonic()
     catalogue = read_items(data_dir)
     profiles = {u: p.fields for u, p in read_users(data_dir).items()}
@@ -211,6 +226,7 @@ def _build(data_dir: Path, wrules: WindowRules, srules: SampleRules, test_days: 
     train, test = SampleTable(items, profiles), SampleTable(items, profiles)
     states: dict[str, UserState] = {}
     at_cut: dict[str, Windows] = {}
+    anchors: dict[str, int] = {}  # test user -> time their windows were taken
     after: dict[str, list[Behavior]] = {}
     past_cut = False
     for event in tqdm(read_events(data_dir), total=n_events, desc="replaying log", unit="ev",
@@ -231,8 +247,15 @@ def _build(data_dir: Path, wrules: WindowRules, srules: SampleRules, test_days: 
             continue
         if not past_cut:  # the first post-cut event: freeze every user at the cut
             past_cut = True
-            at_cut = _close_at_cut(states, cut_ms, wrules, srules, train, item_index)
-        if event.kind == "click" and event.user_id in at_cut:
+            at_cut = _close_at_cut(states, cut_ms, wrules, srules, train, item_index, keep=test_anchor != "cut")
+            anchors = dict.fromkeys(at_cut, cut_ms) if test_anchor == "cut" else {}
+        if event.user_id in states:  # "first_click": still looking for this user's anchor click
+            step(states[event.user_id], event, item, wrules, srules)  # its samples lie past the cut: dropped
+            if event.kind == "click":
+                at_cut[event.user_id] = snapshot(states.pop(event.user_id), event.ts_ms, wrules)
+                anchors[event.user_id] = event.ts_ms
+            continue
+        if event.kind == "click" and event.user_id in anchors:
             labels = after.setdefault(event.user_id, [])
             if len(labels) < srules.n_labels:
                 labels.append(Behavior(event.ts_ms, item))
@@ -240,8 +263,8 @@ def _build(data_dir: Path, wrules: WindowRules, srules: SampleRules, test_days: 
         raise OfflineDataError(f"{data_dir}: no event at or after the cut; the log is empty or shorter than "
                                f"its test period ({test_days} days) plus {holdout_days} held-out days")
     for user_id in sorted(after):
-        test.append(Sample(sample_id(user_id, f"test@{cut_ms}"), user_id, cut_ms, at_cut[user_id],
-                           tuple(after[user_id])), item_index)
+        test.append(Sample(sample_id(user_id, f"test@{anchors[user_id]}"), user_id, anchors[user_id],
+                           at_cut[user_id], tuple(after[user_id])), item_index)
     if not len(train):
         raise OfflineDataError(f"{data_dir}: no training sample before the cut; use a longer log or fewer "
                                f"--test-days")
@@ -249,19 +272,25 @@ def _build(data_dir: Path, wrules: WindowRules, srules: SampleRules, test_days: 
         raise OfflineDataError(f"{data_dir}: no test user (a user active before the cut who clicks after it)")
     stats = {"build_s": round(time.monotonic() - started, 1), "events": n_events, "users_before_cut": len(at_cut)}
     log.info("offline data built", extra={"train": len(train), "test": len(test), **stats})
-    return OfflineData(str(data_dir), cut_ms, end_ms, test_days, train, test, items, stats, holdout_days)
+    return OfflineData(str(data_dir), cut_ms, end_ms, test_days, train, test, items, stats, holdout_days,
+                       test_anchor)
 
 
 def _close_at_cut(states: dict[str, UserState], cut_ms: int, wrules: WindowRules, srules: SampleRules,
-                  train: SampleTable, item_index: dict[str, int]) -> dict[str, Windows]:
-    """Each user's windows at the cut, and the training samples the pre-cut clicks complete."""
+                  train: SampleTable, item_index: dict[str, int], keep: bool = False) -> dict[str, Windows]:
+    """Each user's windows at the cut, and the training samples the pre-cut clicks complete.
+
+    `keep` leaves the flushed states in `states` to go on past the cut (the "first_click" anchor): a
+    flush drops every pending anchor, so no training sample can take a post-cut label.
+    """
     windows: dict[str, Windows] = {}
     for user_id, state in states.items():
         # The state's watermark is below the cut, so the snapshot is exact (stream/windows.py, Pruning).
         windows[user_id] = snapshot(state, cut_ms - 1, wrules)
         for sample in flush(state, wrules, srules):
             train.append(sample, item_index)
-    states.clear()  # no pre-cut event can follow: the log is sorted
+    if not keep:
+        states.clear()  # no pre-cut event can follow: the log is sorted
     return windows
 
 
@@ -277,14 +306,15 @@ def _end_of_log(data_dir: Path) -> tuple[int, int]:
 
 
 def _cache_path(cache_dir: str | Path, data_dir: Path, wrules: WindowRules, srules: SampleRules,
-                test_days: float, holdout_days: float = 0.0) -> Path:
+                test_days: float, holdout_days: float = 0.0, test_anchor: str = "cut") -> Path:
     logdir = LogDir(data_dir)
     files = [logdir.events, logdir.items, logdir.users]
     stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files if p is not None]
     key = json.dumps({"v": CACHE_VERSION, "dir": str(data_dir.resolve()), "files": stamp,
                       "windows": asdict(wrules), "samples": asdict(srules), "test_days": test_days,
                       # only when set, so the splits cached before holdouts existed keep their keys
-                      **({"holdout_days": holdout_days} if holdout_days else {})},
+                      **({"holdout_days": holdout_days} if holdout_days else {}),
+                      **({"test_anchor": test_anchor} if test_anchor != "cut" else {})},
                      sort_keys=True)
     return Path(cache_dir) / f"{hashlib.blake2b(key.encode(), digest_size=10).hexdigest()}.pkl"
 

@@ -53,6 +53,8 @@ def test_each_point_gets_its_own_world_and_a_paired_lift_and_resume_reads_them_b
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/world/events.csv")} == worlds  # not simulated again
     # other training settings score the same worlds: nothing simulated again, rows in the new folder
     other = tmp_path / "other"
-    assert calibrate.main([*TINY, "--out", str(other), "--worlds", str(tmp_path), "--point", "off"]) == 0
+    assert calibrate.main([*TINY, "--out", str(other), "--worlds", str(tmp_path), "--point", "off",
+                           "--test-anchor", "first_click"]) == 0
     assert (other / "off" / "sdm").is_dir() and not (other / "off" / "world").exists()
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/world/events.csv")} == worlds
+    assert "their first click after it" in (other / "calibration.md").read_text()

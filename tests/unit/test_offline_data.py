@@ -171,3 +171,32 @@ def test_a_negative_holdout_is_refused(log_dir):
     root, _ = log_dir
     with pytest.raises(OfflineDataError, match="holdout_days"):
         build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False, holdout_days=-1.0)
+
+
+def test_a_first_click_anchor_takes_the_test_windows_at_each_users_first_post_cut_click(log_dir, tmp_path_factory):
+    root, events = log_dir
+    at_cut = build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False)
+    data = build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False, test_anchor="first_click")
+    assert list(data.train) == list(at_cut.train)  # training never sees a post-cut event either way
+    assert data.summary()["test_anchor"] == "first_click" and "test_anchor" not in at_cut.summary()
+    items = catalogue()
+    by_user = {s.user_id: s for s in data.test}
+    assert set(by_user) == {"u1", "u2"}  # both click at least twice after the cut; u3 is cold, u4 gone
+    for user_id, sample in by_user.items():
+        mine = [e for e in events if e.user_id == user_id]
+        post_clicks = [e for e in mine if e.kind == "click" and e.ts_ms >= data.cut_ms]
+        anchor = post_clicks[0]
+        state = UserState()
+        for e in mine:  # the stream's state of this user, up to and including the anchor click
+            if e.ts_ms <= anchor.ts_ms:
+                step(state, e, items.get(e.item_id, Item(e.item_id)), RULES, SRULES)
+        assert sample.ts_ms == anchor.ts_ms and sample.windows == snapshot(state, anchor.ts_ms, RULES)
+        assert sample.windows.short[-1].item.item_id == anchor.item_id  # the anchor ends the session
+        assert [(b.ts_ms, b.item.item_id) for b in sample.labels] == [(e.ts_ms, e.item_id)
+                                                                     for e in post_clicks[1:4]]
+    cache = tmp_path_factory.mktemp("cache")
+    for anchor in ("cut", "first_click", "first_click"):
+        build_offline_data(root, RULES, SRULES, 1.0, cache_dir=cache, progress=False, test_anchor=anchor)
+    assert len(list(cache.iterdir())) == 2
+    with pytest.raises(OfflineDataError, match="test_anchor"):
+        build_offline_data(root, RULES, SRULES, 1.0, progress=False, test_anchor="noon")
