@@ -71,6 +71,7 @@ def ablate(
     progress: bool = True,
     workers: int = 1,
     resume: bool = False,
+    test_anchor: str = "cut",
 ) -> dict[str, Any]:
     """Train and score every row on one split, `workers` rows at a time; returns what ablation.json holds.
 
@@ -84,7 +85,7 @@ def ablate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    data = build_offline_data(data_dir, wrules, srules, test_days, cache_dir, progress)
+    data = build_offline_data(data_dir, wrules, srules, test_days, cache_dir, progress, test_anchor=test_anchor)
     evals: dict[str, dict[str, Any]] = {"pop": popularity_baseline(data, n_boot, seed)}
     timings: dict[str, float] = {"data_s": round(time.monotonic() - started, 1)}
     jobs = [Job(name, name, out / name, PEER) for name in (_peer_names() if peers else ())]
@@ -108,6 +109,7 @@ def ablate(
         "timings": timings,
         "workers": workers,  # rows trained side by side: each row's seconds are its own wall time
         "reused": [name for name, result in results.items() if result.reused],  # read back, not trained now
+        "rescored": [name for name, result in results.items() if result.rescored],  # saved model scored again
     }
     (out / "ablation.json").write_text(json.dumps(report, indent=2))
     (out / "ablation.md").write_text(format_table(report))
@@ -153,7 +155,7 @@ def format_table(report: dict[str, Any]) -> str:
               f"{s['batch_size']}, seed {s['seed']}; model settings changed from the defaults: "
               f"{report['model_overrides'] or 'none'}."
               f" * = 95% interval of the lift excludes 0. Total {report['timings']['total_s']:.0f} s"
-              f"{reused_note(report.get('reused'))}."]
+              f"{reused_note(report.get('reused'), report.get('rescored'))}."]
     return "\n".join(lines) + "\n"
 
 

@@ -188,7 +188,7 @@ def evaluate(
         source = data_dir or run["data"]["data_dir"]
         data = build_offline_data(source, WindowRules(**run["window_rules"]), SampleRules(**run["sample_rules"]),
                                   run["data"]["test_days"], cache_dir, progress,
-                                  run["data"].get("holdout_days", 0.0))
+                                  run["data"].get("holdout_days", 0.0), run["data"].get("test_anchor", "cut"))
     per_user = score_test_users(trainer, data.test)
     n_items = trainer.vocab.size("item") - 1
     known = [sum(trainer.vocab.lookup("item", i) > 0 for i in set(data.test.label_items(u)))

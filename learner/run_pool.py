@@ -15,6 +15,11 @@ identity, the bootstrap). With `resume`, a row whose row.json equals the one thi
 read back instead of trained again, so a long ablation that was stopped goes on where it stopped; any
 difference (a changed default, another seed, another log) trains the row again. row.json is removed
 when a row starts and written after its eval.json, so it marks a row that finished.
+
+One difference needs no training: the same training split scored on other test samples (another
+`test_anchor`, learner/data.py). The model such a row saved is exactly the one it would train again, so
+with `resume` a variant row whose inputs differ only there is re-scored from its checkpoint (seconds)
+and its run.json is told the new test side, so that `xdm evaluate` on it gives the same figures.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ VARIANT = "variant"  # an XDM/SDM variant of learner/model.py, trained by learne
 PEER = "peer"  # a torch-rechub peer of learner/peers.py
 ROW_RECORD = "row.json"
 _TIMING_KEYS = {"build_s"}  # in the split's summary, but not part of what the split is
+_TEST_SIDE_KEYS = ("test_users", "test_anchor")  # in the split's summary; they decide no trained weight
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,7 @@ class JobResult:
     evaluation: dict[str, Any]
     seconds: float  # the row's own wall time, when it was trained
     reused: bool = False  # read back from a finished row (resume), not trained by this run
+    rescored: bool = False  # its saved model scored on this run's test samples (resume), not trained again
 
 
 _worker_data: OfflineData | None = None  # the split, loaded once per worker process
@@ -91,9 +98,11 @@ def run_jobs(
     rules = rules or (WindowRules(), SampleRules())
     done = {}
     for job in jobs if resume else ():
-        reused = finished_row(job, data, settings, rules, n_boot, seed)
+        reused = (finished_row(job, data, settings, rules, n_boot, seed)
+                  or rescored_row(job, data, settings, rules, n_boot, seed))
         if reused is not None:
-            log.info("row reused", extra={"row": job.name, "folder": str(job.out_dir)})
+            log.info("row rescored" if reused.rescored else "row reused",
+                     extra={"row": job.name, "folder": str(job.out_dir)})
             done[job.name] = reused
             if on_done:
                 on_done(reused)
@@ -139,11 +148,46 @@ def finished_row(job: Job, data: OfflineData, settings: TrainSettings, rules: tu
     return JobResult(job.name, evaluation, seconds, reused=True)
 
 
-def reused_note(reused: list[str] | None) -> str:
+def rescored_row(job: Job, data: OfflineData, settings: TrainSettings, rules: tuple[WindowRules, SampleRules],
+                 n_boot: int, seed: int) -> JobResult | None:
+    """The variant row in job.out_dir re-scored on `data`'s test samples, if only the test side differs."""
+    out = Path(job.out_dir)
+    if job.kind != VARIANT:
+        return None  # a peer keeps no model to score again
+    try:
+        stored = json.loads((out / ROW_RECORD).read_text())
+        run = json.loads((out / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    trained_s = stored.pop("seconds", 0.0)
+    wanted = row_record(job, data, settings, rules, n_boot, seed)
+    if stored == wanted or _training_side(stored) != _training_side(wanted):
+        return None
+    started = time.monotonic()
+    (out / ROW_RECORD).unlink()
+    evaluation = evaluate(out, data=data, n_boot=n_boot, seed=seed)
+    (out / "eval.json").write_text(json.dumps(evaluation))
+    run["data"] = data.summary()
+    (out / "run.json").write_text(json.dumps(run, indent=2))
+    seconds = round(trained_s + time.monotonic() - started, 1)
+    (out / ROW_RECORD).write_text(json.dumps({**wanted, "seconds": seconds}, indent=2))
+    return JobResult(job.name, evaluation, seconds, rescored=True)
+
+
+def _training_side(record: dict[str, Any]) -> dict[str, Any]:
+    split = {k: v for k, v in record.get("split", {}).items() if k not in _TEST_SIDE_KEYS}
+    return {**record, "split": split}
+
+
+def reused_note(reused: list[str] | None, rescored: list[str] | None = None) -> str:
     """The sentence tail a report's table adds when --resume read rows back instead of training them."""
-    if not reused:
-        return ""
-    return f" (rows read back from an earlier run with the same inputs, --resume: {', '.join(reused)})"
+    parts = []
+    if reused:
+        parts.append(f"rows read back from an earlier run with the same inputs, --resume: {', '.join(reused)}")
+    if rescored:
+        parts.append(f"rows whose saved models, trained on this very training split, were scored on these test "
+                     f"samples, --resume: {', '.join(rescored)}")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _run_in_pool(jobs: list[Job], data: OfflineData, settings: TrainSettings,

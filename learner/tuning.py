@@ -76,6 +76,7 @@ def tune(
     workers: int = 1,
     progress: bool = True,
     resume: bool = False,
+    test_anchor: str = "cut",
 ) -> dict[str, Any]:
     """Train `variant` once per value of `param` on the validation split; returns what tune.json holds.
 
@@ -90,7 +91,8 @@ def tune(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    data = build_offline_data(data_dir, wrules, srules, test_days, cache_dir, progress, holdout_days=test_days)
+    data = build_offline_data(data_dir, wrules, srules, test_days, cache_dir, progress, holdout_days=test_days,
+                              test_anchor=test_anchor)
     base = dict(model_overrides or {})
     rows = {_row_name(param, v): v for v in values}
     jobs = [Job(name, variant, out / name, VARIANT, {**base, param: value}) for name, value in rows.items()]
@@ -115,6 +117,7 @@ def tune(
                     "total_s": round(time.monotonic() - started, 1)},
         "workers": workers,
         "reused": [name for name, result in results.items() if result.reused],  # read back, not trained now
+        "rescored": [name for name, result in results.items() if result.rescored],  # saved model scored again
     }
     (out / "tune.json").write_text(json.dumps(report, indent=2))
     (out / "tune.md").write_text(format_tuning(report))
@@ -146,7 +149,7 @@ def format_tuning(report: dict[str, Any]) -> str:
               f"{report['param']} in {list(report['values'].values())}; {s['epochs']} epoch(s), seed {s['seed']}. "
               f"Best by {report['select']}: {report['param']} = {report['best']['value']}. Intervals: 95% paired "
               f"bootstrap over validation users. Total {report['timings']['total_s']:.0f} s"
-              f"{reused_note(report.get('reused'))}."]
+              f"{reused_note(report.get('reused'), report.get('rescored'))}."]
     return "\n".join(lines) + "\n"
 
 

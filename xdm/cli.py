@@ -411,6 +411,11 @@ _DATA_OPTION = click.option("--data", "data_dir", type=click.Path(exists=True, f
 _TEST_DAYS_OPTION = click.option("--test-days", type=click.FloatRange(min=0, min_open=True),
                                  default=DEFAULT_TEST_DAYS, show_default=True,
                                  help="Last days of the log used as the test period.")
+_TEST_ANCHOR_OPTION = click.option(
+    "--test-anchor", type=click.Choice(["cut", "first_click"]), default="cut", show_default=True,
+    help="Where each test user's windows are taken: at the cut, or at their first click after it, as "
+         "training samples are (learner/data.py). With --resume, rows trained on the same training split "
+         "are scored again, not retrained.")
 _BOOT_OPTION = click.option("--boot", type=click.IntRange(min=100), default=2000, show_default=True,
                             help="Bootstrap resamples.")
 _JOBS_OPTION = click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
@@ -428,8 +433,8 @@ _BATCH_OPTION = click.option("--batch-size", type=click.IntRange(min=1), default
 
 def _many_rows_options(fn):
     """Options and wrappers shared by the commands that train and score several rows (ablate, tune)."""
-    for decorate in reversed((_EPOCHS_OPTION, _BATCH_OPTION, _TEST_DAYS_OPTION, _CACHE_OPTION, _BOOT_OPTION,
-                              _JOBS_OPTION, _RESUME_OPTION, click.pass_context, friendly)):
+    for decorate in reversed((_EPOCHS_OPTION, _BATCH_OPTION, _TEST_DAYS_OPTION, _TEST_ANCHOR_OPTION, _CACHE_OPTION,
+                              _BOOT_OPTION, _JOBS_OPTION, _RESUME_OPTION, click.pass_context, friendly)):
         fn = decorate(fn)
     return fn
 
@@ -540,7 +545,8 @@ def compare_cmd(run_a: Path, run_b: Path, boot: int, json_out: Path | None,
 @click.option("--peers", is_flag=True, help="Add torch-rechub GRU4Rec, NARM and SASRec rows (bench extra).")
 @_many_rows_options
 def ablate(ctx: click.Context, data_dir: Path, out: Path, variants: str | None, peers: bool, epochs: int | None,
-           batch_size: int | None, test_days: float, cache_dir: str, boot: int, jobs: int, resume: bool) -> None:
+           batch_size: int | None, test_days: float, test_anchor: str, cache_dir: str, boot: int, jobs: int,
+           resume: bool) -> None:
     """Train every Table 2 row on one split and write the table with lifts vs SDM and their intervals."""
     from learner.ablation import TABLE2
     from learner.ablation import ablate as run_ablation
@@ -549,7 +555,7 @@ def ablate(ctx: click.Context, data_dir: Path, out: Path, variants: str | None, 
     names = tuple(_check_variant(v.strip()) for v in variants.split(",") if v.strip()) if variants else TABLE2
     report = run_ablation(data_dir, out, names, _train_settings(cfg, epochs, batch_size, 3), model_overrides(cfg),
                           cfg.windows, cfg.samples, test_days, cache_dir or None, peers, n_boot=boot, workers=jobs,
-                          resume=resume)
+                          resume=resume, test_anchor=test_anchor)
     click.echo((out / "ablation.md").read_text())
     click.echo(f"written: {out / 'ablation.md'}, {out / 'ablation.json'}, {out / 'ablation.png'} "
                f"in {report['timings']['total_s']:.0f} s")
@@ -566,8 +572,8 @@ def ablate(ctx: click.Context, data_dir: Path, out: Path, variants: str | None, 
               show_default=True, help="Folder for the runs, tune.md/.json/.png.")
 @_many_rows_options
 def tune(ctx: click.Context, data_dir: Path, param: str, values: str, variant: str, baseline: str, select: str,
-         out: Path, epochs: int | None, batch_size: int | None, test_days: float, cache_dir: str, boot: int,
-         jobs: int, resume: bool) -> None:
+         out: Path, epochs: int | None, batch_size: int | None, test_days: float, test_anchor: str, cache_dir: str,
+         boot: int, jobs: int, resume: bool) -> None:
     """Pick a model setting on a validation split cut before the test period (the test days are never read)."""
     from learner.tuning import parse_grid
     from learner.tuning import tune as run_tuning
@@ -577,7 +583,7 @@ def tune(ctx: click.Context, data_dir: Path, param: str, values: str, variant: s
     report = run_tuning(data_dir, out, name, grid, _check_variant(variant),
                         _check_variant(baseline) if baseline else None, _train_settings(cfg, epochs, batch_size, 3),
                         model_overrides(cfg), cfg.windows, cfg.samples, test_days, cache_dir or None, select.lower(),
-                        n_boot=boot, workers=jobs, resume=resume)
+                        n_boot=boot, workers=jobs, resume=resume, test_anchor=test_anchor)
     click.echo((out / "tune.md").read_text())
     click.echo(f"best: --set model.{name}={report['best']['value']}; written: {out / 'tune.md'}, "
                f"{out / 'tune.json'}, {out / 'tune.png'}")

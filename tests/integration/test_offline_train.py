@@ -184,6 +184,33 @@ def test_resume_trains_again_when_an_input_changed(ablation, tmp_path):
 
 
 @pytest.mark.timeout(180)
+def test_resume_scores_rows_again_on_another_test_anchor_without_training_them(ablation, tmp_path):
+    from learner.data import build_offline_data
+    from learner.offline import evaluate
+
+    root, report = ablation
+    out = tmp_path / "ablation"
+    shutil.copytree(root / "ablation", out)
+    checkpoints = {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")}
+    again = ablate(root / "world", out, ("sdm", "xdm"),
+                   TrainSettings(epochs=3, batch_size=64, device="cpu", lr_warmup_steps=10), SMALL_MODEL,
+                   test_days=1.0, n_boot=300, progress=False, resume=True, test_anchor="first_click")
+    assert again["rescored"] == ["sdm", "xdm"] and again["reused"] == []
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")} == checkpoints  # not trained again
+    assert again["data"]["test_anchor"] == "first_click" and again["summary"] != report["summary"]
+    data = build_offline_data(root / "world", test_days=1.0, progress=False, test_anchor="first_click")
+    # the row's figures are its saved model's on the new test samples, and `xdm evaluate` on it agrees
+    fresh = evaluate(out / "xdm", n_boot=300)
+    assert fresh["users"] == list(data.test.user_ids) == load_evaluation(out / "xdm")["users"]
+    assert fresh["per_user"] == load_evaluation(out / "xdm")["per_user"]
+    assert "were scored on these test samples" in (out / "ablation.md").read_text()
+    back = ablate(root / "world", out, ("sdm",), TrainSettings(epochs=3, batch_size=64, device="cpu",
+                                                             lr_warmup_steps=10), SMALL_MODEL,
+                  test_days=1.0, n_boot=300, progress=False, resume=True)  # and back to the cut, again by scoring
+    assert back["rescored"] == ["sdm"] and back["summary"]["sdm"] == report["summary"]["sdm"]
+
+
+@pytest.mark.timeout(180)
 def test_cli_ablate_resume_skips_a_finished_row(ablation, tmp_path):
     root, _ = ablation
     args = ["--set", "model.embed_dim=16", "--set", "model.n_negatives=100", "--set", "learner.lr_warmup_steps=10",
