@@ -31,7 +31,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from learner.data import DEFAULT_TEST_DAYS, TEST_ANCHORS, OfflineData, build_offline_data  # noqa: E402
+from learner.data import (  # noqa: E402
+    DEFAULT_TEST_DAYS,
+    TEST_ANCHORS,
+    OfflineData,
+    build_offline_data,
+    test_windows_taken,
+)
 from learner.evaluation_stats import DEFAULT_BOOT  # noqa: E402
 from learner.offline import TrainSettings, compare, format_lift  # noqa: E402
 from learner.run_pool import VARIANT, Job, run_jobs  # noqa: E402
@@ -111,11 +117,10 @@ def format_report(report: dict[str, Any]) -> str:
                      f"{w['unclicked']:.1f} | {r['summary']['sdm']['hr@50']:.2%} | {format_lift(r['lift']['hr@50'])} | "
                      f"{format_lift(r['lift']['mrr@50'])} |")
     a = report["args"]
-    where = "the cut" if a.get("test_anchor", "cut") == "cut" else "their first click after it"
     taobao = " / ".join(f"{PAPER_TABLE1[k][0]:.1f}" for k in ("avg_short", "avg_long", "avg_unclicked"))
     lines += ["", f"Calibration worlds: {a['users']:,} users, {a['items']:,} items, {a['days']} days, seed {a['seed']} "
               f"(the default world's is {DEFAULT_WORLD_SEED}). Validation split: the last {a['test_days']:g} days held "
-              f"out unread, the {a['test_days']:g} before them scored, each user's windows taken at {where}; "
+              f"out unread, the {a['test_days']:g} before them scored, {test_windows_taken(a, 'user')}; "
               f"{a['epochs']} epoch(s). Papers' target, HR@50 lift of w/o conf+metric over SDM: {low:+.2%} (XDM) "
               f"to {high:+.2%} (SRU2B). Windows: mean lengths over the training samples (Taobao, Table 1: "
               f"{taobao}). Intervals: 95 % paired bootstrap over validation users."]

@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from learner.data import OfflineData, build_offline_data  # noqa: E402
+from learner.data import DEFAULT_TEST_ANCHOR, TEST_ANCHORS, OfflineData, build_offline_data  # noqa: E402
 from learner.evaluation_stats import paired_lift  # noqa: E402
 from learner.offline import load_evaluation, training_label_counts  # noqa: E402
 
@@ -85,14 +85,17 @@ def main() -> None:
     parser.add_argument("--test-days", type=float, default=2.0)
     parser.add_argument("--holdout-days", type=float, default=0.0,
                         help="Last days held out unread (runs scored on xdm tune's validation split: --test-days).")
+    parser.add_argument("--test-anchor", choices=TEST_ANCHORS, default=DEFAULT_TEST_ANCHOR,
+                        help="Where the runs' test windows were taken (learner/data.py).")
     parser.add_argument("--cache", default="var/offline-cache", help="Split cache folder ('' = none).")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lift_by_thirds.json")
     args = parser.parse_args()
     run_a, run_b = (load_evaluation(run) for run in args.runs)
     data = build_offline_data(args.data, test_days=args.test_days, cache_dir=args.cache or None,
-                              holdout_days=args.holdout_days)
+                              holdout_days=args.holdout_days, test_anchor=args.test_anchor)
     if list(data.test.user_ids) != run_a["users"] or run_a["users"] != run_b["users"]:
-        sys.exit("the runs were not scored on this split's test users: check --data, --test-days and --holdout-days")
+        sys.exit("the runs were not scored on this split's test users: "
+                 "check --data, --test-days, --holdout-days and --test-anchor")
     rows = lifts_by_third(run_a, run_b, MEASURES[args.by](data))
     for row in rows:
         cells = "  ".join(f"{key} {row[key]['a']:.2%} -> {row[key]['b']:.2%} {row[key]['lift']:+.1%} "

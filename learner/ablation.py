@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from learner.data import DEFAULT_TEST_DAYS, build_offline_data
+from learner.data import DEFAULT_TEST_ANCHOR, DEFAULT_TEST_DAYS, build_offline_data, test_windows_taken
 from learner.evaluation_stats import DEFAULT_BOOT
 from learner.model import ModelConfig
 from learner.offline import (
@@ -71,7 +71,7 @@ def ablate(
     progress: bool = True,
     workers: int = 1,
     resume: bool = False,
-    test_anchor: str = "cut",
+    test_anchor: str = DEFAULT_TEST_ANCHOR,
 ) -> dict[str, Any]:
     """Train and score every row on one split, `workers` rows at a time; returns what ablation.json holds.
 
@@ -151,7 +151,8 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append("| " + " | ".join([ROW_NAMES.get(name, name)] + [format_lift(lifts[k]) for k in keys]) + " |")
     d, s = report["data"], report["settings"]
     lines += ["", f"Data: {d['data_dir']}, {d['train_samples']:,} training samples, {d['test_users']:,} test "
-              f"users, last {d['test_days']:g} day(s) as test. Training: {s['epochs']} epoch(s), batch "
+              f"users, last {d['test_days']:g} day(s) as test, {test_windows_taken(d)}. "
+              f"Training: {s['epochs']} epoch(s), batch "
               f"{s['batch_size']}, seed {s['seed']}; model settings changed from the defaults: "
               f"{report['model_overrides'] or 'none'}."
               f" * = 95% interval of the lift excludes 0. Total {report['timings']['total_s']:.0f} s"

@@ -18,12 +18,13 @@ The protocol follows SDM [25], which SRU2B §4.1 "directly followed":
   snapshot of the user's state at the cut (events with ts < cut); the labels are the user's first
   k = `samples.n_labels` clicks after the cut, in time order. A user with fewer than k post-cut clicks
   keeps the ones they have (at least one), so R@N divides by that user's own label count.
-- Test anchor (`test_anchor`). "cut" (the default, above) takes every test user's windows at the cut,
-  whenever they were last active. "first_click" takes them as the stream's samples are taken: at the
-  user's first click after the cut (that click ends the short-term session, as a training anchor does),
-  with the next k clicks after it as labels, so a test user needs two post-cut clicks. At the cut a third
-  of the users have been away for more than the 3-day unclicked span and come with an empty unclicked
-  window, which few training samples have; at a click they are present, as at every training anchor.
+- Test anchor (`test_anchor`). "cut" (the test samples above, the protocol until 2026-12) takes every
+  test user's windows at the cut, whenever they were last active. "first_click" (DEFAULT_TEST_ANCHOR)
+  takes them as the stream's samples are taken: at the user's first click after the cut (that click
+  ends the short-term session, as a training anchor does), with the next k clicks after it as labels, so
+  a test user needs two post-cut clicks. At the cut a third of the users have been away for more than the
+  3-day unclicked span and come with an empty unclicked window, which few training samples have; at a
+  click they are present, as at every training anchor. The training samples are the same either way.
 - Items missing from items.csv become `Item(item_id)` (unknown side info); profiles from users.csv are
   joined into `sample.profile`.
 - Validation split. With `holdout_days` > 0 the log's last `holdout_days` are dropped before anything
@@ -64,6 +65,14 @@ CACHE_VERSION = 1  # bump when the protocol or the stored layout changes
 
 DEFAULT_TEST_DAYS = 2.0
 TEST_ANCHORS = ("cut", "first_click")  # where a test user's windows are taken (module docstring)
+DEFAULT_TEST_ANCHOR = "first_click"  # the protocol of the README's Table 2
+
+
+def test_windows_taken(summary: dict[str, object], who: str = "test user") -> str:
+    """Where a split's test windows were taken, for reports; a summary without an anchor is a cut split."""
+    if summary.get("test_anchor", "cut") == "cut":
+        return f"each {who}'s windows at the cut"
+    return f"each {who}'s windows at their first click after the cut"
 
 
 class OfflineDataError(XdmError):
@@ -161,10 +170,10 @@ class OfflineData:
     items: list[Item]  # every item of the catalogue and of the events, by item index
     stats: dict[str, float] = field(default_factory=dict)
     holdout_days: float = 0.0  # last days of the log left out (a validation split when > 0)
-    test_anchor: str = "cut"  # where the test windows are taken (TEST_ANCHORS)
+    test_anchor: str = "cut"  # where the test windows are taken (TEST_ANCHORS); splits pickled before it were cut
 
     def summary(self) -> dict[str, object]:
-        # the anchor only when not the default, so rows recorded before it existed still match on --resume
+        # the anchor only when not "cut", so rows recorded before it existed (all cut) still match on --resume
         anchor = {"test_anchor": self.test_anchor} if self.test_anchor != "cut" else {}
         return {"data_dir": self.data_dir, "cut_ms": self.cut_ms, "end_ms": self.end_ms,
                 "test_days": self.test_days, "holdout_days": self.holdout_days, **anchor,
@@ -180,7 +189,7 @@ def build_offline_data(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     holdout_days: float = 0.0,
-    test_anchor: str = "cut",
+    test_anchor: str = DEFAULT_TEST_ANCHOR,
 ) -> OfflineData:
     """Train and test samples of the log in `data_dir` (protocol in the module docstring).
 
@@ -214,7 +223,7 @@ def build_offline_data(
 
 
 def _build(data_dir: Path, wrules: WindowRules, srules: SampleRules, test_days: float, holdout_days: float,
-           progress: bool, test_anchor: str = "cut") -> OfflineData:
+           progress: bool, test_anchor: str) -> OfflineData:
     started = time.monotonic()
     catalogue = read_items(data_dir)
     profiles = {u: p.fields for u, p in read_users(data_dir).items()}
@@ -306,7 +315,7 @@ def _end_of_log(data_dir: Path) -> tuple[int, int]:
 
 
 def _cache_path(cache_dir: str | Path, data_dir: Path, wrules: WindowRules, srules: SampleRules,
-                test_days: float, holdout_days: float = 0.0, test_anchor: str = "cut") -> Path:
+                test_days: float, holdout_days: float, test_anchor: str) -> Path:
     logdir = LogDir(data_dir)
     files = [logdir.events, logdir.items, logdir.users]
     stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files if p is not None]
@@ -314,6 +323,7 @@ def _cache_path(cache_dir: str | Path, data_dir: Path, wrules: WindowRules, srul
                       "windows": asdict(wrules), "samples": asdict(srules), "test_days": test_days,
                       # only when set, so the splits cached before holdouts existed keep their keys
                       **({"holdout_days": holdout_days} if holdout_days else {}),
+                      # "cut" unnamed, so the splits cached before the anchor existed keep their keys
                       **({"test_anchor": test_anchor} if test_anchor != "cut" else {})},
                      sort_keys=True)
     return Path(cache_dir) / f"{hashlib.blake2b(key.encode(), digest_size=10).hexdigest()}.pkl"

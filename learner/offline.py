@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from learner.batch import Vocabulary, collate, length_buckets
 from learner.checkpoint import load_checkpoint, save_checkpoint
-from learner.data import DEFAULT_TEST_DAYS, OfflineData, SampleTable, build_offline_data
+from learner.data import DEFAULT_TEST_ANCHOR, DEFAULT_TEST_DAYS, OfflineData, SampleTable, build_offline_data
 from learner.evaluation_stats import DEFAULT_BOOT, bootstrap_ci, paired_lift, random_hit_rate
 from learner.metrics import metrics_at
 from learner.model import ModelConfig, config_for
@@ -93,13 +93,14 @@ def train_offline(
     data: OfflineData | None = None,
     progress: bool = True,
     holdout_days: float = 0.0,
+    test_anchor: str = DEFAULT_TEST_ANCHOR,
 ) -> Path:
     """Train `variant` on the log's training samples; returns the run directory `out_dir`."""
     settings = settings or TrainSettings()
     model_cfg = config_for(variant, **(model_overrides or {}))
     started = time.monotonic()
     if data is None:
-        data = build_offline_data(data_dir, wrules, srules, test_days, cache_dir, progress, holdout_days)
+        data = build_offline_data(data_dir, wrules, srules, test_days, cache_dir, progress, holdout_days, test_anchor)
     data_s = time.monotonic() - started
     trainer = Trainer(model_cfg, lr=settings.lr, clip_norm=settings.clip_norm, seed=settings.seed,
                       device=settings.device, vocab=Vocabulary(model_cfg.profile_field_names),
@@ -181,7 +182,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Per-user metrics of the run on the test users of `data_dir` (or `data`), with bootstrap intervals.
 
-    The split is rebuilt with the run's own window rules, sample rules, test_days and holdout_days.
+    The split is rebuilt with the run's own window rules, sample rules, test_days, holdout_days and test
+    anchor (a run recorded without one was scored at the cut).
     """
     run, trainer = load_run(run_dir)
     if data is None:

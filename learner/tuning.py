@@ -19,7 +19,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from learner.data import DEFAULT_TEST_DAYS, build_offline_data
+from learner.data import DEFAULT_TEST_ANCHOR, DEFAULT_TEST_DAYS, build_offline_data, test_windows_taken
 from learner.evaluation_stats import DEFAULT_BOOT
 from learner.model import VARIANTS, ModelConfig
 from learner.offline import CUTOFFS, METRIC_LABELS, METRICS, TrainSettings, compare, format_lift, metric_key
@@ -76,7 +76,7 @@ def tune(
     workers: int = 1,
     progress: bool = True,
     resume: bool = False,
-    test_anchor: str = "cut",
+    test_anchor: str = DEFAULT_TEST_ANCHOR,
 ) -> dict[str, Any]:
     """Train `variant` once per value of `param` on the validation split; returns what tune.json holds.
 
@@ -144,7 +144,8 @@ def format_tuning(report: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     d, s = report["data"], report["settings"]
     lines += ["", f"Validation split of {d['data_dir']}: the last {d['holdout_days']:g} day(s) (the test period) "
-              f"held out, the {d['test_days']:g} day(s) before them scored ({d['test_users']:,} validation users), "
+              f"held out, the {d['test_days']:g} day(s) before them scored ({d['test_users']:,} validation users, "
+              f"{test_windows_taken(d, 'user')}), "
               f"{d['train_samples']:,} training samples before those. {report['variant']} with "
               f"{report['param']} in {list(report['values'].values())}; {s['epochs']} epoch(s), seed {s['seed']}. "
               f"Best by {report['select']}: {report['param']} = {report['best']['value']}. Intervals: 95% paired "

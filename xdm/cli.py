@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from learner.data import DEFAULT_TEST_DAYS
+from learner.data import DEFAULT_TEST_ANCHOR, DEFAULT_TEST_DAYS, TEST_ANCHORS
 from xdm.config import Config, as_dict, load_config, parse_set_options
 from xdm.errors import XdmError
 from xdm.log import setup_logging
@@ -412,10 +412,10 @@ _TEST_DAYS_OPTION = click.option("--test-days", type=click.FloatRange(min=0, min
                                  default=DEFAULT_TEST_DAYS, show_default=True,
                                  help="Last days of the log used as the test period.")
 _TEST_ANCHOR_OPTION = click.option(
-    "--test-anchor", type=click.Choice(["cut", "first_click"]), default="cut", show_default=True,
-    help="Where each test user's windows are taken: at the cut, or at their first click after it, as "
-         "training samples are (learner/data.py). With --resume, rows trained on the same training split "
-         "are scored again, not retrained.")
+    "--test-anchor", type=click.Choice(TEST_ANCHORS), default=DEFAULT_TEST_ANCHOR, show_default=True,
+    help="Where each test user's windows are taken: at their first click after the cut, as training "
+         "samples are, or at the cut (the protocol before; learner/data.py). With --resume, rows trained "
+         "on the same training split are scored again, not retrained.")
 _BOOT_OPTION = click.option("--boot", type=click.IntRange(min=100), default=2000, show_default=True,
                             help="Bootstrap resamples.")
 _JOBS_OPTION = click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
@@ -471,17 +471,19 @@ def _check_variant(name: str) -> str:
 @_EPOCHS_OPTION
 @_BATCH_OPTION
 @_TEST_DAYS_OPTION
+@_TEST_ANCHOR_OPTION
 @_CACHE_OPTION
 @click.pass_context
 @friendly
 def train(ctx: click.Context, data_dir: Path, variant: str, out: Path, epochs: int | None, batch_size: int | None,
-          test_days: float, cache_dir: str) -> None:
+          test_days: float, test_anchor: str, cache_dir: str) -> None:
     """Train a model offline on the log's samples before its test period; writes a run directory."""
     from learner.offline import train_offline
 
     cfg = _cfg(ctx)
     run = train_offline(data_dir, _check_variant(variant), out, _train_settings(cfg, epochs, batch_size, 3),
-                        model_overrides(cfg), cfg.windows, cfg.samples, test_days, cache_dir or None)
+                        model_overrides(cfg), cfg.windows, cfg.samples, test_days, cache_dir or None,
+                        test_anchor=test_anchor)
     info = json.loads((run / "run.json").read_text())
     click.echo(f"trained {variant} on {info['data']['train_samples']:,} samples x {info['train_settings']['epochs']} "
                f"epoch(s) in {info['timings']['train_s']:.0f} s; final loss "

@@ -56,6 +56,7 @@ def test_ablation_writes_table_json_and_chart(ablation):
     out = root / "ablation"
     table = (out / "ablation.md").read_text()
     assert "| SDM |" in table and "| XDM |" in table and "HR@50" in table and "F1@80" in table
+    assert "each test user's windows at their first click after the cut" in table
     assert set(report["lift_vs_baseline"]) == {"pop", "xdm"}
     assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "ablation_lift.png").read_bytes()[:4] == b"\x89PNG"
@@ -123,6 +124,8 @@ def test_cli_tune_scores_the_days_before_the_test_period_and_picks_a_value(ablat
                                                                               "triplet_weight=0.1", "sdm"}
     assert f"--set model.triplet_weight={tuned['best']['value']}" in result.output
     assert (out / "tune.png").read_bytes()[:4] == b"\x89PNG"
+    assert tuned["data"]["test_anchor"] == "first_click"
+    assert "each user's windows at their first click after the cut" in (out / "tune.md").read_text()
     again = CliRunner().invoke(cli, [*args, "--resume"])
     assert again.exit_code == 0, again.output
     assert sorted(json.loads((out / "tune.json").read_text())["reused"]) == sorted(tuned["summary"])
@@ -194,19 +197,21 @@ def test_resume_scores_rows_again_on_another_test_anchor_without_training_them(a
     checkpoints = {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")}
     again = ablate(root / "world", out, ("sdm", "xdm"),
                    TrainSettings(epochs=3, batch_size=64, device="cpu", lr_warmup_steps=10), SMALL_MODEL,
-                   test_days=1.0, n_boot=300, progress=False, resume=True, test_anchor="first_click")
+                   test_days=1.0, n_boot=300, progress=False, resume=True, test_anchor="cut")
+    assert report["data"]["test_anchor"] == "first_click"  # the default
     assert again["rescored"] == ["sdm", "xdm"] and again["reused"] == []
     assert {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")} == checkpoints  # not trained again
-    assert again["data"]["test_anchor"] == "first_click" and again["summary"] != report["summary"]
-    data = build_offline_data(root / "world", test_days=1.0, progress=False, test_anchor="first_click")
+    assert "test_anchor" not in again["data"] and again["summary"] != report["summary"]  # cut: as recorded before
+    data = build_offline_data(root / "world", test_days=1.0, progress=False, test_anchor="cut")
     # the row's figures are its saved model's on the new test samples, and `xdm evaluate` on it agrees
     fresh = evaluate(out / "xdm", n_boot=300)
     assert fresh["users"] == list(data.test.user_ids) == load_evaluation(out / "xdm")["users"]
     assert fresh["per_user"] == load_evaluation(out / "xdm")["per_user"]
     assert "were scored on these test samples" in (out / "ablation.md").read_text()
+    assert "each test user's windows at the cut" in (out / "ablation.md").read_text()
     back = ablate(root / "world", out, ("sdm",), TrainSettings(epochs=3, batch_size=64, device="cpu",
                                                              lr_warmup_steps=10), SMALL_MODEL,
-                  test_days=1.0, n_boot=300, progress=False, resume=True)  # and back to the cut, again by scoring
+                  test_days=1.0, n_boot=300, progress=False, resume=True)  # and back to the default, by scoring
     assert back["rescored"] == ["sdm"] and back["summary"]["sdm"] == report["summary"]["sdm"]
 
 

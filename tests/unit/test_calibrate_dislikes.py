@@ -57,4 +57,4 @@ def test_each_point_gets_its_own_world_and_a_paired_lift_and_resume_reads_them_b
                            "--test-anchor", "first_click"]) == 0
     assert (other / "off" / "sdm").is_dir() and not (other / "off" / "world").exists()
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/world/events.csv")} == worlds
-    assert "their first click after it" in (other / "calibration.md").read_text()
+    assert "their first click after the cut" in (other / "calibration.md").read_text()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from learner.data import OfflineDataError, build_offline_data
+from learner.data import DEFAULT_TEST_ANCHOR, TEST_ANCHORS, OfflineDataError, build_offline_data
 from replay.format import write_events, write_items, write_users
 from stream.samples import SampleRules, flush, step
 from stream.windows import DAY_MS, UserState, WindowRules, snapshot
@@ -60,9 +60,10 @@ def log_dir(tmp_path: Path) -> tuple[Path, list[Event]]:
     return tmp_path, events
 
 
-def test_no_test_label_leaks_into_training(log_dir):
+@pytest.mark.parametrize("anchor", TEST_ANCHORS)
+def test_no_test_label_leaks_into_training(log_dir, anchor):
     root, events = log_dir
-    data = build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False)
+    data = build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False, test_anchor=anchor)
     assert data.end_ms == events[-1].ts_ms + 1
     assert data.cut_ms == data.end_ms - DAY_MS
     train = list(data.train)
@@ -73,9 +74,10 @@ def test_no_test_label_leaks_into_training(log_dir):
         assert all(b.ts_ms < data.cut_ms for w in (sample.windows.short, sample.windows.long,
                                                    sample.windows.unclicked) for b in w)
         assert not {(sample.user_id, b.ts_ms) for b in sample.labels} & post_cut_clicks
+    assert data.test
     for sample in data.test:
-        assert sample.ts_ms == data.cut_ms
-        assert all(b.ts_ms >= data.cut_ms for b in sample.labels)
+        assert sample.ts_ms == data.cut_ms if anchor == "cut" else sample.ts_ms >= data.cut_ms
+        assert all(b.ts_ms >= data.cut_ms and b.ts_ms >= sample.ts_ms for b in sample.labels)
 
 
 def test_training_samples_are_the_stream_samples_of_the_pre_cut_events(log_dir):
@@ -100,7 +102,7 @@ def test_training_samples_are_the_stream_samples_of_the_pre_cut_events(log_dir):
 
 def test_test_sample_is_the_snapshot_at_the_cut_with_the_next_clicks_as_labels(log_dir):
     root, events = log_dir
-    data = build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False)
+    data = build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False, test_anchor="cut")
     items = catalogue()
     by_user = {s.user_id: s for s in data.test}
     # u3 has no event before the cut (cold start) and u4 no click after it: neither is a test user
@@ -175,8 +177,9 @@ def test_a_negative_holdout_is_refused(log_dir):
 
 def test_a_first_click_anchor_takes_the_test_windows_at_each_users_first_post_cut_click(log_dir, tmp_path_factory):
     root, events = log_dir
-    at_cut = build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False)
-    data = build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False, test_anchor="first_click")
+    at_cut = build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False, test_anchor="cut")
+    data = build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False)
+    assert DEFAULT_TEST_ANCHOR == "first_click"  # the README's Table 2 protocol
     assert list(data.train) == list(at_cut.train)  # training never sees a post-cut event either way
     assert data.summary()["test_anchor"] == "first_click" and "test_anchor" not in at_cut.summary()
     items = catalogue()
