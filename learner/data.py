@@ -14,10 +14,11 @@ The protocol follows SDM [25], which SRU2B §4.1 "directly followed":
   Only pre-cut events ever enter a state, so every label of a training sample lies before the cut;
   anchors whose labels would need post-cut clicks are dropped, as the stream drops incomplete ones.
 - Test samples. One per test user: a user with at least one event before the cut (cold-start users are
-  out of scope: their windows would be empty) and at least one click after it. The windows are the
-  snapshot of the user's state at the cut (events with ts < cut); the labels are the user's first
-  k = `samples.n_labels` clicks after the cut, in time order. A user with fewer than k post-cut clicks
-  keeps the ones they have (at least one), so R@N divides by that user's own label count.
+  out of scope: their windows would be empty) and at least one click after it. With the "cut" anchor
+  (the default is "first_click", next item) the windows are the snapshot of the user's state at the
+  cut (events with ts < cut); the labels are the user's first k = `samples.n_labels` clicks after the
+  cut, in time order. A user with fewer than k post-cut clicks keeps the ones they have (at least one),
+  so R@N divides by that user's own label count.
 - Test anchor (`test_anchor`). "cut" (the test samples above, the protocol until 2026-12) takes every
   test user's windows at the cut, whenever they were last active. "first_click" (DEFAULT_TEST_ANCHOR)
   takes them as the stream's samples are taken: at the user's first click after the cut (that click
