@@ -49,6 +49,7 @@ from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -69,9 +70,19 @@ TEST_ANCHORS = ("cut", "first_click")  # where a test user's windows are taken (
 DEFAULT_TEST_ANCHOR = "first_click"  # the protocol of the README's Table 2
 
 
-def test_windows_taken(summary: dict[str, object], who: str = "test user") -> str:
-    """Where a split's test windows were taken, for reports; a summary without an anchor is a cut split."""
-    if summary.get("test_anchor", "cut") == "cut":
+def _anchor_entry(test_anchor: str) -> dict[str, str]:
+    # "cut" is left unnamed, so the cache keys and row records written before the anchor existed still match
+    return {"test_anchor": test_anchor} if test_anchor != "cut" else {}
+
+
+def recorded_test_anchor(summary: dict[str, Any]) -> str:
+    """The test anchor of a split's summary (or a run's record of it); one that names none was cut."""
+    return summary.get("test_anchor", "cut")
+
+
+def test_windows_taken(summary: dict[str, Any], who: str = "test user") -> str:
+    """Where a split's test windows were taken, in words for reports."""
+    if recorded_test_anchor(summary) == "cut":
         return f"each {who}'s windows at the cut"
     return f"each {who}'s windows at their first click after the cut"
 
@@ -174,10 +185,8 @@ class OfflineData:
     test_anchor: str = "cut"  # where the test windows are taken (TEST_ANCHORS); splits pickled before it were cut
 
     def summary(self) -> dict[str, object]:
-        # the anchor only when not "cut", so rows recorded before it existed (all cut) still match on --resume
-        anchor = {"test_anchor": self.test_anchor} if self.test_anchor != "cut" else {}
         return {"data_dir": self.data_dir, "cut_ms": self.cut_ms, "end_ms": self.end_ms,
-                "test_days": self.test_days, "holdout_days": self.holdout_days, **anchor,
+                "test_days": self.test_days, "holdout_days": self.holdout_days, **_anchor_entry(self.test_anchor),
                 "train_samples": len(self.train), "test_users": len(self.test), "items": len(self.items),
                 **self.stats}
 
@@ -324,8 +333,7 @@ def _cache_path(cache_dir: str | Path, data_dir: Path, wrules: WindowRules, srul
                       "windows": asdict(wrules), "samples": asdict(srules), "test_days": test_days,
                       # only when set, so the splits cached before holdouts existed keep their keys
                       **({"holdout_days": holdout_days} if holdout_days else {}),
-                      # "cut" unnamed, so the splits cached before the anchor existed keep their keys
-                      **({"test_anchor": test_anchor} if test_anchor != "cut" else {})},
+                      **_anchor_entry(test_anchor)},
                      sort_keys=True)
     return Path(cache_dir) / f"{hashlib.blake2b(key.encode(), digest_size=10).hexdigest()}.pkl"
 

@@ -29,7 +29,14 @@ from tqdm import tqdm
 
 from learner.batch import Vocabulary, collate, length_buckets
 from learner.checkpoint import load_checkpoint, save_checkpoint
-from learner.data import DEFAULT_TEST_ANCHOR, DEFAULT_TEST_DAYS, OfflineData, SampleTable, build_offline_data
+from learner.data import (
+    DEFAULT_TEST_ANCHOR,
+    DEFAULT_TEST_DAYS,
+    OfflineData,
+    SampleTable,
+    build_offline_data,
+    recorded_test_anchor,
+)
 from learner.evaluation_stats import DEFAULT_BOOT, bootstrap_ci, paired_lift, random_hit_rate
 from learner.metrics import metrics_at
 from learner.model import ModelConfig, config_for
@@ -190,7 +197,7 @@ def evaluate(
         source = data_dir or run["data"]["data_dir"]
         data = build_offline_data(source, WindowRules(**run["window_rules"]), SampleRules(**run["sample_rules"]),
                                   run["data"]["test_days"], cache_dir, progress,
-                                  run["data"].get("holdout_days", 0.0), run["data"].get("test_anchor", "cut"))
+                                  run["data"].get("holdout_days", 0.0), recorded_test_anchor(run["data"]))
     per_user = score_test_users(trainer, data.test)
     n_items = trainer.vocab.size("item") - 1
     known = [sum(trainer.vocab.lookup("item", i) > 0 for i in set(data.test.label_items(u)))

@@ -133,14 +133,20 @@ def row_record(job: Job, data: OfflineData, settings: TrainSettings, rules: tupl
     return json.loads(json.dumps(record))  # tuples as lists, as they read back
 
 
+def _stored(path: Path) -> dict[str, Any] | None:
+    """A JSON file a finished row left, or None when it is missing or unreadable (train the row)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def finished_row(job: Job, data: OfflineData, settings: TrainSettings, rules: tuple[WindowRules, SampleRules],
                  n_boot: int, seed: int) -> JobResult | None:
     """The row in job.out_dir if it finished with exactly these inputs, else None (train it)."""
     out = Path(job.out_dir)
-    try:
-        stored = json.loads((out / ROW_RECORD).read_text())
-        evaluation = json.loads((out / "eval.json").read_text())
-    except (OSError, ValueError):
+    stored, evaluation = _stored(out / ROW_RECORD), _stored(out / "eval.json")
+    if stored is None or evaluation is None:
         return None
     seconds = stored.pop("seconds", 0.0)
     if stored != row_record(job, data, settings, rules, n_boot, seed):
@@ -154,10 +160,8 @@ def rescored_row(job: Job, data: OfflineData, settings: TrainSettings, rules: tu
     out = Path(job.out_dir)
     if job.kind != VARIANT:
         return None  # a peer keeps no model to score again
-    try:
-        stored = json.loads((out / ROW_RECORD).read_text())
-        run = json.loads((out / "run.json").read_text())
-    except (OSError, ValueError):
+    stored, run = _stored(out / ROW_RECORD), _stored(out / "run.json")
+    if stored is None or run is None:
         return None
     trained_s = stored.pop("seconds", 0.0)
     wanted = row_record(job, data, settings, rules, n_boot, seed)

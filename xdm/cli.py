@@ -414,8 +414,8 @@ _TEST_DAYS_OPTION = click.option("--test-days", type=click.FloatRange(min=0, min
 _TEST_ANCHOR_OPTION = click.option(
     "--test-anchor", type=click.Choice(TEST_ANCHORS), default=DEFAULT_TEST_ANCHOR, show_default=True,
     help="Where each test user's windows are taken: at their first click after the cut, as training "
-         "samples are, or at the cut (the protocol before; learner/data.py). With --resume, rows trained "
-         "on the same training split are scored again, not retrained.")
+         "samples are, or at the cut (the protocol before; learner/data.py). With ablate/tune --resume, rows "
+         "trained on the same training split are scored again, not retrained.")
 _BOOT_OPTION = click.option("--boot", type=click.IntRange(min=100), default=2000, show_default=True,
                             help="Bootstrap resamples.")
 _JOBS_OPTION = click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
