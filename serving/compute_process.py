@@ -7,9 +7,11 @@ lists) took turns on one interpreter lock. The child has its own; the server's c
 a batch's windows down a pipe and waits for the answer with the lock released.
 
 The child builds each version itself (serving.compute.build_tower) and keeps the two latest of each arm,
-so a request that took the previous version just before a swap still finds it. If the child dies, the
-batch in flight fails with UNAVAILABLE and the next one starts a new child, which reloads the latest
-version of every arm before it answers.
+so a request that took the previous version just before a swap still finds it. If the child dies, or
+hangs (no answer to a batch within serving.compute_timeout_s, or to a load within
+serving.compute_load_timeout_s: a stopped process, a deadlock, a load stuck on the vector store), it is
+killed, the batch in flight fails with UNAVAILABLE, and a new child reloads the latest version of every
+arm before the next batch is answered.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import gc
 import logging
 import multiprocessing
 import os
+import socket
+import struct
 import threading
 from dataclasses import asdict
 from multiprocessing.connection import Connection
@@ -30,9 +34,11 @@ from serving.compute import Computed, build_tower, compute
 from serving.search import SearchUnavailable
 from stream.windows import WindowRows
 from xdm.config import Config
+from xdm.errors import ConfigError
 
 log = logging.getLogger(__name__)
-RESTARTS = Counter("xdm_recall_compute_restarts_total", "Compute processes started to replace one that died")
+RESTARTS = Counter("xdm_recall_compute_restarts_total", "Compute processes started to replace one that died or hung",
+                   ["cause"])
 VERSIONS_KEPT = 2  # per arm: the current one and the one requests in flight may still hold
 
 
@@ -41,6 +47,9 @@ class ComputeProcess:
     `load` by the registry, from another thread, while batches go on."""
 
     def __init__(self, cfg: Config) -> None:
+        for name in ("compute_timeout_s", "compute_load_timeout_s"):
+            if getattr(cfg.serving, name) <= 0:
+                raise ConfigError(f"serving.{name} is {getattr(cfg.serving, name)}; it must be > 0 s")
         self.cfg = cfg
         self.on_lost: Callable[[VersionInfo], None] | None = None  # set by the registry
         self._context = multiprocessing.get_context("spawn")  # fork would copy gRPC's threads' state
@@ -59,6 +68,8 @@ class ComputeProcess:
         self._process.start()
         run_child.close()
         load_child.close()
+        _bound_waits(run_parent, self.cfg.serving.compute_timeout_s)
+        _bound_waits(load_parent, self.cfg.serving.compute_load_timeout_s)
         self._run, self._load = run_parent, load_parent
         log.info("compute process started", extra={"pid": self._process.pid})
 
@@ -73,14 +84,16 @@ class ComputeProcess:
                 self._process.join(timeout=5)
 
     def load(self, info: VersionInfo) -> list[str]:
-        """Build the version in the child (blocking); returns its popular items (cold-start fallback)."""
+        """Build the version in the child (blocking); returns its popular items (cold-start fallback).
+        A child that dies or misses serving.compute_load_timeout_s is killed; the next batch replaces it."""
         with self._load_lock:
             assert self._load is not None
             try:
                 self._load.send(asdict(info))
                 status, payload = self._load.recv()
             except (EOFError, OSError) as exc:
-                raise SearchUnavailable(f"the compute process died while loading version {info.version}") from exc
+                self._kill()  # a late answer would be read as the next load's: this pipe is done
+                raise SearchUnavailable(f"the compute process {_failure(exc)} while loading version {info.version}") from exc
         if status != "loaded":
             raise RuntimeError(f"the compute process could not load version {info.version} of {info.arm}: {payload}")
         if info.version >= getattr(self._latest.get(info.arm), "version", -1):
@@ -88,27 +101,36 @@ class ComputeProcess:
         return payload
 
     def run(self, info: VersionInfo, windows: list[WindowRows], k: int) -> Computed:
-        """One batch in the child (blocking). A dead child fails this batch and is replaced before the next."""
+        """One batch in the child (blocking). A child that dies or misses serving.compute_timeout_s fails
+        this batch and is replaced before the next; one found dead before the batch is replaced first."""
         with self._run_lock:
             assert self._run is not None
+            if not self._process.is_alive():
+                self._replace("died")
             try:
                 self._run.send((info.arm, info.version, windows, k))
                 status, payload = self._run.recv()
             except (EOFError, OSError) as exc:
-                self._replace()
-                raise SearchUnavailable(f"the compute process died ({exc!r}); a new one was started") from exc
+                self._replace("hung" if isinstance(exc, BlockingIOError) else "died")
+                raise SearchUnavailable(f"the compute process {_failure(exc)}; a new one was started") from exc
         if status == "unavailable":
             raise SearchUnavailable(payload)
         if status != "ok":
             raise RuntimeError(f"compute process: {payload}")
         return payload
 
-    def _replace(self) -> None:
+    def _kill(self) -> None:
+        """SIGKILL: a hung child may never read the closed pipes, and a dead one takes no harm."""
+        self._process.kill()
+        self._process.join(timeout=5)
+
+    def _replace(self, cause: str) -> None:
         """A new child with the latest version of every arm (the registry's towers name those versions).
         A version the new child cannot build is handed to `on_lost`: the registry forgets it (its users get
         the popular fallback, not errors) and loads it again from the store at its next poll."""
-        log.error("compute process died; starting a new one", extra={"exitcode": self._process.exitcode})
-        RESTARTS.inc()
+        log.error("compute process %s; starting a new one", cause, extra={"exitcode": self._process.exitcode})
+        RESTARTS.labels(cause).inc()
+        self._kill()
         self.close()
         with self._load_lock:
             self.start()
@@ -121,6 +143,25 @@ class ComputeProcess:
                 del self._latest[info.arm]
                 if self.on_lost is not None:
                     self.on_lost(info)
+
+
+def _bound_waits(conn: Connection, timeout_s: float) -> None:
+    """Make every read and write on this end of a pipe fail with BlockingIOError after timeout_s without
+    progress. Socket timeouts rather than Connection.poll: poll bounds only the wait for an answer's first
+    byte, while a child stopped halfway through a large answer (or a send into a full pipe to a stopped
+    child) would block for good. setsockopt, not settimeout: the pipe must stay in blocking mode."""
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:  # the dup shares the socket, not its fd
+        sock.setblocking(True)
+        seconds = int(timeout_s)
+        timeval = struct.pack("ll", seconds, int((timeout_s - seconds) * 1_000_000))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+def _failure(exc: BaseException) -> str:
+    if isinstance(exc, BlockingIOError):
+        return "did not answer in time and was killed"
+    return f"died ({exc!r})"
 
 
 def _child_main(cfg: Config, run_conn: Connection, load_conn: Connection) -> None:

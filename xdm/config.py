@@ -120,6 +120,8 @@ class ServingConfig:
     max_k: int = 500  # largest k a request may ask for
     arms: str = "xdm:100"  # arm:share,... sticky assignment by user hash
     search_timeout_s: float = 2.0  # vector search deadline before UNAVAILABLE
+    compute_timeout_s: float = 5.0  # a compute child silent this long (s) on a batch is killed and replaced (batch UNAVAILABLE)
+    compute_load_timeout_s: float = 300.0  # ... or this long (s) while it loads a version (IVF k-means at 2 M items: minutes)
     metrics_port: int = 0  # Prometheus metrics port (0 = disabled)
     batch_max: int = 32  # most concurrent requests answered by one tower call and one search
     local_index_max_items: int = 2_000_000  # up to this many items a version's vectors are searched in memory
