@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from learner.model_store import Tower, VersionInfo, load_tower, tower_from_payload
+from learner.model_store import Tower, VersionInfo, load_tower
 from serving.compiled_tower import compile_tower
 from serving.item_encodings import ItemEncodings
 from serving.search import load_local_index
@@ -44,8 +44,9 @@ def compute(tower: Tower, windows: list[WindowRows], k: int) -> Computed:
 
 def build_tower(cfg: Config, info: VersionInfo) -> Tower:
     """A version's user tower as served: traced when serving.trace_tower, with its item vectors in memory
-    up to serving.local_index_max_items. Blocking (seconds at 100 k items: the IVF index's k-means)."""
-    tower = tower_from_payload(load_tower(info.tower_uri))
+    up to serving.local_index_max_items. Blocking (seconds at 100 k items: the IVF index's k-means). The
+    tower file is the one the store keeps for (arm, version), whatever info.tower_uri says."""
+    tower = load_tower(cfg.learner.model_store, info.arm, info.version)
     tower.encodings = ItemEncodings(tower.model, tower.vocab, cfg.serving.item_encodings_max)
     if cfg.serving.trace_tower:
         tower.encode = compile_tower(tower.model)

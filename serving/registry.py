@@ -2,23 +2,41 @@
 
 A request takes the arm's current Tower once and uses it to the end, so a swap mid-request cannot pair a
 user tower with another version's item vectors: the Tower names its own collection.
+
+Announcements and LATEST.json are inputs anyone with write access to the topic or the store controls: each
+is validated (learner.model_store.validate_announcement) and its tower found by (arm, version) in this
+server's own store; one that is refused or cannot be loaded goes to the dead-letter topic with its reason
+and counts in xdm_recall_dead_letters_total{reason}, and the server goes on with the version it has.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from functools import partial
+from typing import Callable
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
+from google.protobuf.message import DecodeError
+from prometheus_client import Counter
 
-from learner.model_store import Tower, VersionInfo, decode_announcement, read_latest
+from learner.model_store import (AnnouncementRejected, Tower, VersionInfo, decode_announcement, latest_path,
+                                 read_latest, validate_announcement)
 from serving.compute import build_tower
 from serving.compute_process import ComputeProcess
 from stream.mirror import stop_background
 from xdm.config import Config
+from xdm.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 STORE_POLL_MS = 5000  # with no announcement for this long, re-read the store
+LETTER_TIMEOUT_S = 10.0  # connecting, then sending, a dead letter: worth a short wait, never a stalled reload loop
+DEAD_LETTERS = Counter("xdm_recall_dead_letters_total",
+                       "Version announcements (versions-topic records, LATEST.json) refused or not loadable, by reason",
+                       ["reason"])
+Refusal = tuple[str, str]  # (reason code: a metric label from a fixed set, reason: the full text)
 
 
 class TowerRegistry:
@@ -33,6 +51,8 @@ class TowerRegistry:
         self._task: asyncio.Task | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._letters: AIOKafkaProducer | None = None  # started at the first dead letter
+        self._refused_latest: dict[str, Refusal] = {}  # per arm: why its LATEST.json was last dead-lettered
 
     def get(self, arm: str) -> Tower | None:
         return self.current.get(arm)
@@ -47,14 +67,22 @@ class TowerRegistry:
         self._task = asyncio.create_task(self._watch(), name="tower-watch")
 
     async def poll_store(self) -> None:
-        """Load each arm's LATEST version from the model store (start-up, and a safety net)."""
+        """Load each arm's LATEST version from the model store (start-up, and a safety net). A LATEST.json that
+        is refused is dead-lettered once, not at every poll, until it changes or loads."""
+        store = self.cfg.learner.model_store
         for arm in self.arms:
-            info = read_latest(self.cfg.learner.model_store, arm)
-            if info is not None:
-                await self.load(info)
+            refusal = await self._take(partial(read_latest, store, arm))
+            if refusal is None:
+                self._refused_latest.pop(arm, None)
+            elif refusal != self._refused_latest.get(arm):
+                self._refused_latest[arm] = refusal
+                code, reason = refusal
+                await self._dead_letter(code, f"{latest_path(store, arm)}: {reason}", None)
 
     async def stop(self) -> None:
         await stop_background(self._task, self._consumer)
+        if self._letters is not None:
+            await self._letters.stop()
 
     async def load(self, info: VersionInfo) -> bool:
         """Load a version's tower off the event loop (or in the compute process) and swap it in if it is
@@ -96,10 +124,57 @@ class TowerRegistry:
                 await self.poll_store()
             for records in batches.values():
                 for record in records:
-                    await self._on_announcement(record.value)
+                    await self._on_announcement(record)
 
-    async def _on_announcement(self, payload: bytes) -> None:
+    async def _on_announcement(self, record: ConsumerRecord) -> None:
+        refusal = await self._take(partial(decode_announcement, record.value or b""))
+        if refusal is not None:
+            await self._dead_letter(*refusal, record)
+
+    async def _take(self, read: Callable[[], VersionInfo | None]) -> Refusal | None:
+        """Read one announcement, validate it and load its version if newer; why not, when it is refused or
+        cannot be loaded. Never raises: a bad announcement must not stop hot reload of later ones."""
         try:
-            await self.load(decode_announcement(payload))
-        except Exception:  # a bad announcement must not stop hot reload of later ones
-            log.exception("could not load announced version")
+            info = read()
+            if info is None:
+                return None
+            validate_announcement(info, self.arms, self.cfg.milvus)
+        except DecodeError as exc:
+            return "undecodable", f"not an xdm.v1.ModelVersion record: {exc}"
+        except AnnouncementRejected as exc:
+            return exc.code, str(exc)
+        except OSError as exc:  # LATEST.json unreadable
+            return "load_failed", f"could not read the announcement: {exc}"
+        try:
+            await self.load(info)
+        except Exception as exc:
+            log.exception("could not load announced version", extra={"arm": info.arm, "version": info.version})
+            return "load_failed", f"version {info.version} of arm {info.arm} could not be loaded: {exc}"
+        return None
+
+    async def _dead_letter(self, code: str, reason: str, record: ConsumerRecord | None) -> None:
+        """Set a refused announcement aside with its reason (a record's own bytes and place, or a LATEST.json's
+        path in the reason). A letter that cannot be sent is logged, never raised: the registry goes on."""
+        DEAD_LETTERS.labels(code).inc()
+        log.warning("version announcement dead-lettered", extra={"code": code, "reason": reason})
+        letter = events_pb2.DeadLetter(reason=reason, at_ms=int(time.time() * 1000), partition=-1, offset=-1)
+        if record is not None:
+            letter.source_topic, letter.partition, letter.offset = record.topic, record.partition, record.offset
+            letter.payload = (record.value or b"")[:self.cfg.stream.max_event_bytes]
+        try:
+            producer = await self._letter_producer()
+            await asyncio.wait_for(producer.send_and_wait(self.cfg.kafka.dlq_topic, letter.SerializeToString(),
+                                                          key=record.key if record else None), LETTER_TIMEOUT_S)
+        except Exception:
+            log.exception("could not send a dead letter; it is only logged", extra={"code": code})
+
+    async def _letter_producer(self) -> AIOKafkaProducer:
+        if self._letters is None:
+            producer = AIOKafkaProducer(bootstrap_servers=self.cfg.kafka.bootstrap, acks="all")
+            try:
+                await asyncio.wait_for(producer.start(), LETTER_TIMEOUT_S)
+            except BaseException:
+                await producer.stop()
+                raise
+            self._letters = producer
+        return self._letters

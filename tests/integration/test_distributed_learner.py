@@ -18,7 +18,7 @@ from infra.stack import config_env
 from learner import vector_store
 from learner.checkpoint import load_checkpoint
 from learner.distributed import partitions_for
-from learner.model_store import load_tower, read_latest, tower_from_payload
+from learner.model_store import load_tower, read_latest
 from serving.user_vectors import user_vectors
 from stream.windows import rows_of
 from stream.wire import SampleTimes, encode_sample
@@ -131,7 +131,7 @@ def test_two_ranks_train_identical_replicas_on_disjoint_partitions_publish_and_r
     assert sa.versions and not sb.versions
     info = read_latest(cfg.learner.model_store, ARM)
     assert info.version == sa.versions[-1] and 0 < info.trained_samples <= len(samples)
-    tower = tower_from_payload(load_tower(info.tower_uri))
+    tower = load_tower(cfg.learner.model_store, info.arm, info.version)
     z = user_vectors(tower, [rows_of(samples[0].windows)])
     client = vector_store.connect(cfg.milvus)
     hits = vector_store.search(client, info.collection, z, 10, 5.0)[0]

@@ -17,7 +17,7 @@ from infra.processes import start_process, wait_until
 from infra.stack import config_env
 from learner import vector_store
 from learner.checkpoint import load_checkpoint
-from learner.model_store import load_tower, read_latest, tower_from_payload
+from learner.model_store import load_tower, read_latest
 from learner.online import OnlineLearner
 from learner.publish import Publisher
 from serving.user_vectors import user_vectors
@@ -156,7 +156,7 @@ def test_versions_replace_each_other_atomically(stack, tiny_log):
 
     publish(1)
     info = read_latest(store, "pub")
-    tower = tower_from_payload(load_tower(info.tower_uri))
+    tower = load_tower(store, info.arm, info.version)
     z = user_vectors(tower, [rows_of(samples[0].windows)])
     client = vector_store.connect(cfg.milvus)
     ids, vectors = learner.trainer.item_vectors()
