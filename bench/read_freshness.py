@@ -39,6 +39,7 @@ from replay.producer import produce_log  # noqa: E402
 from replay.simulate import simulate  # noqa: E402
 from stream.reader import WindowsReader  # noqa: E402
 from stream.wire import encode_event  # noqa: E402
+from xdm.client_security import kafka_client_kwargs  # noqa: E402
 from xdm.config import Config, apply_overrides, load_config  # noqa: E402
 from xdm.records import Event  # noqa: E402
 
@@ -131,8 +132,8 @@ async def _freshness(cfg: Config, reader: WindowsReader, args: argparse.Namespac
         on_update(user, value)
 
     reader.mirror.on_update = after_refresh
-    probe_producer = AIOKafkaProducer(bootstrap_servers=k.bootstrap, linger_ms=0, acks="all")
-    background_producer = AIOKafkaProducer(bootstrap_servers=k.bootstrap, linger_ms=5, acks="all")
+    probe_producer = AIOKafkaProducer(**kafka_client_kwargs(k, "aiokafka"), linger_ms=0, acks="all")
+    background_producer = AIOKafkaProducer(**kafka_client_kwargs(k, "aiokafka"), linger_ms=5, acks="all")
     await probe_producer.start()
     await background_producer.start()
     background = asyncio.create_task(_background(background_producer, k, args.background))

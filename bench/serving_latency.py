@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from infra.processes import child_pids, free_port, port_open, start_process, wait_until  # noqa: E402
 from infra.stack import config_env, start_services  # noqa: E402
+from xdm.client_security import kafka_client_kwargs  # noqa: E402
 from xdm.config import apply_overrides, load_config  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "serving_latency.json"
@@ -170,7 +171,7 @@ def _write_windows(cfg, n_items: int) -> None:
     from xdm.records import Event
 
     rng = np.random.default_rng(0)
-    producer = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap, acks="all", linger_ms=5)
+    producer = KafkaProducer(**kafka_client_kwargs(cfg.kafka, "kafka-python"), acks="all", linger_ms=5)
     t0 = 1_700_000_000_000
     for u in range(USERS):
         state, user = UserState(), f"u{u}"

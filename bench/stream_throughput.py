@@ -180,7 +180,7 @@ def _reference(log_dir: Path, cfg: Config) -> dict[str, UserState]:
 
 
 async def _differing_users(cfg: Config, reference: dict[str, UserState]) -> int:
-    mirror = TopicMirror(cfg.kafka.bootstrap, changelog_topic(cfg), bytes, name="check")
+    mirror = TopicMirror(cfg.kafka, changelog_topic(cfg), bytes, name="check")
     await mirror.start()
     try:
         await mirror.wait_caught_up(60)

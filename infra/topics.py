@@ -22,6 +22,7 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from kafka.errors import TopicAlreadyExistsError
 
 from stream.topics import changelog_topic, topic_plan
+from xdm.client_security import kafka_client_kwargs
 from xdm.config import Config
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def ensure_topics(cfg: Config) -> dict[str, int]:
     a planned config an existing topic lacks (say compaction switched on later) is set incrementally.
     """
     specs = topic_specs(cfg)
-    admin = KafkaAdminClient(bootstrap_servers=cfg.kafka.bootstrap, request_timeout_ms=10_000)
+    admin = KafkaAdminClient(**kafka_client_kwargs(cfg.kafka, "kafka-python"), request_timeout_ms=10_000)
     try:
         existing = set(admin.list_topics())
         missing = {s.name: _create_options(s) for s in specs if s.name not in existing}

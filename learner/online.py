@@ -33,6 +33,7 @@ from learner.rehearsal import Ref, Rehearsal, read_back
 from learner.trainer import StepStats, Trainer
 from stream.samples import Sample
 from stream.wire import MalformedEvent, SampleTimes, decode_sample
+from xdm.client_security import kafka_client_kwargs
 from xdm.config import Config, KafkaConfig
 from xdm.v1 import events_pb2
 
@@ -281,7 +282,7 @@ class OnlineLearner:
         self.status.dead_letters += 1
         m.DEAD_LETTERS.labels(self.arm).inc()
         if self._producer is None:
-            self._producer = KafkaProducer(bootstrap_servers=self.cfg.kafka.bootstrap, acks="all")
+            self._producer = KafkaProducer(**kafka_client_kwargs(self.cfg.kafka, "kafka-python"), acks="all")
         letter = events_pb2.DeadLetter(source_topic=record.topic, partition=record.partition, offset=record.offset,
                                        reason=reason, payload=record.value or b"", at_ms=int(time.time() * 1000))
         self._producer.send(self.cfg.kafka.dlq_topic, key=record.key, value=letter.SerializeToString()).get(timeout=30)
@@ -302,7 +303,7 @@ def run_learner(cfg: Config, arm: str | None = None, variant: str | None = None,
 
 def samples_consumer(k: KafkaConfig, arm: str) -> KafkaConsumer:
     """The arm's consumer of the samples topic, unassigned: offsets come from the learner's checkpoint."""
-    return KafkaConsumer(bootstrap_servers=k.bootstrap, group_id=f"xdm-learner-{arm}",
+    return KafkaConsumer(**kafka_client_kwargs(k, "kafka-python"), group_id=f"xdm-learner-{arm}",
                          enable_auto_commit=False, auto_offset_reset="earliest",
                          isolation_level="read_committed" if k.exactly_once else "read_uncommitted",
                          session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_ms,
@@ -311,7 +312,7 @@ def samples_consumer(k: KafkaConfig, arm: str) -> KafkaConsumer:
 
 def reader_consumer(k: KafkaConfig) -> KafkaConsumer:
     """A consumer outside any group, to read given records of the samples topic back."""
-    return KafkaConsumer(bootstrap_servers=k.bootstrap, group_id=None, enable_auto_commit=False,
+    return KafkaConsumer(**kafka_client_kwargs(k, "kafka-python"), group_id=None, enable_auto_commit=False,
                          isolation_level="read_committed" if k.exactly_once else "read_uncommitted",
                          reconnect_backoff_max_ms=5000)
 

@@ -12,6 +12,7 @@ from kafka import KafkaProducer
 from learner import model_store, vector_store
 from learner.model_store import VersionInfo
 from learner.trainer import Trainer
+from xdm.client_security import kafka_client_kwargs
 from xdm.config import Config
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class Publisher:
 
     def _announce(self, info: VersionInfo) -> None:
         if self._producer is None:
-            self._producer = KafkaProducer(bootstrap_servers=self.cfg.kafka.bootstrap, acks="all")
+            self._producer = KafkaProducer(**kafka_client_kwargs(self.cfg.kafka, "kafka-python"), acks="all")
         self._producer.send(self.cfg.kafka.versions_topic, key=info.arm.encode(),
                             value=model_store.encode_announcement(info))
         self._producer.flush(timeout=10)

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 from pymilvus import DataType, MilvusClient
 
+from xdm.client_security import milvus_client_kwargs
 from xdm.config import MilvusConfig
 from xdm.errors import ConfigError, ServiceError
 
@@ -43,10 +44,11 @@ def connect(cfg: MilvusConfig, timeout_s: float = 10.0, retry: bool = True) -> M
     should fail fast and leave the retry to its caller.
     """
     deadline = time.monotonic() + timeout_s
+    security = milvus_client_kwargs(cfg)  # token and TLS, read first: a missing file is no network error to retry
     while True:
         try:
             return MilvusClient(cfg.uri, timeout=max(deadline - time.monotonic(), CONNECT_RETRY_S),
-                                grpc_options=grpc_options(cfg))
+                                grpc_options=grpc_options(cfg), **security)
         except Exception as exc:  # pymilvus raises several types for an unreachable server
             if not retry or time.monotonic() + CONNECT_RETRY_S >= deadline:
                 raise ServiceError(f"cannot reach Milvus at {cfg.uri}: {exc}") from exc

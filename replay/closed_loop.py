@@ -99,7 +99,7 @@ async def _run(cfg: Config, out_dir: Path, opts: ClosedLoopOptions, address: str
     warm_end = world.cfg.start_ms + opts.warm_days * DAY_MS
     warm = [e for e in read_events(log_dir) if e.ts_ms < warm_end]
     _send(producer, cfg, warm, "warm-up events sent" if progress else None)
-    mirror = TopicMirror(cfg.kafka.bootstrap, changelog_topic(cfg), _max_ts, name="closed-loop-sync")
+    mirror = TopicMirror(cfg.kafka, changelog_topic(cfg), _max_ts, name="closed-loop-sync")
     await mirror.start()
     # the workers need about a second per 5,000 events on two shared cores
     await _wait_users(mirror, _last_ts(warm), timeout_s=max(600.0, len(warm) / 2000),

@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer
 from tqdm import tqdm
 
 from learner.model_store import decode_announcement
+from xdm.client_security import kafka_client_kwargs
 from xdm.config import Config
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ async def wait_learners_idle(cfg: Config, learners: tuple[str, ...], timeout_s: 
                              quiet_s: float | None = None, show: bool = False) -> LearnerProgress:
     """Block until each learner has announced a version and none announced more samples for `quiet_s`."""
     quiet_s = quiet_period_s(cfg) if quiet_s is None else quiet_s
-    consumer = AIOKafkaConsumer(cfg.kafka.versions_topic, bootstrap_servers=cfg.kafka.bootstrap,
+    consumer = AIOKafkaConsumer(cfg.kafka.versions_topic, **kafka_client_kwargs(cfg.kafka, "aiokafka"),
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
     progress = LearnerProgress()

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from replay.format import read_events, read_items, read_users
 from stream.wire import encode_event, encode_item, encode_profile
+from xdm.client_security import kafka_client_kwargs
 from xdm.config import KafkaConfig
 from xdm.records import Event
 
@@ -35,7 +36,7 @@ class ProduceReport:
 
 
 def make_producer(kafka: KafkaConfig) -> KafkaProducer:
-    return KafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all", linger_ms=5, batch_size=256 * 1024,
+    return KafkaProducer(**kafka_client_kwargs(kafka, "kafka-python"), acks="all", linger_ms=5, batch_size=256 * 1024,
                          max_in_flight_requests_per_connection=5)
 
 

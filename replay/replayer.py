@@ -184,7 +184,7 @@ class Replayer:
     async def _run(self, clicks: ClickIndex, resume_at: int, bar_on: bool, limit: int | None) -> ReplayProgress:
         producer = make_producer(self.cfg.kafka)
         produce_catalogue(producer, self.cfg.kafka, self.log_dir)
-        mirror = TopicMirror(self.cfg.kafka.bootstrap, changelog_topic(self.cfg), _max_ts, name="replay-sync")
+        mirror = TopicMirror(self.cfg.kafka, changelog_topic(self.cfg), _max_ts, name="replay-sync")
         await mirror.start()
         scores = open(self.out_dir / "scores.jsonl", "a" if resume_at else "w")
         bar = tqdm(desc="replaying", unit="ev", disable=not bar_on, smoothing=0.05)

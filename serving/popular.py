@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream.mirror import stop_background
 from stream.wire import MalformedEvent, decode_event
+from xdm.client_security import kafka_client_kwargs
 from xdm.config import Config
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class PopularItems:
 
     async def start(self) -> None:
         k = self.cfg.kafka
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=k.bootstrap, enable_auto_commit=False,
+        self._consumer = AIOKafkaConsumer(**kafka_client_kwargs(k, "aiokafka"), enable_auto_commit=False,
                                           auto_offset_reset="earliest")
         await self._consumer.start()
         parts = self._consumer.partitions_for_topic(k.clicks_topic) or set()

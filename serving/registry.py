@@ -27,6 +27,7 @@ from learner.model_store import (AnnouncementRejected, Tower, VersionInfo, decod
 from serving.compute import build_tower
 from serving.compute_process import ComputeProcess
 from stream.mirror import stop_background
+from xdm.client_security import kafka_client_kwargs
 from xdm.config import Config
 from xdm.v1 import events_pb2
 
@@ -60,7 +61,7 @@ class TowerRegistry:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         # Listen first, then read the store: a version announced in between is then seen either way.
-        self._consumer = AIOKafkaConsumer(self.cfg.kafka.versions_topic, bootstrap_servers=self.cfg.kafka.bootstrap,
+        self._consumer = AIOKafkaConsumer(self.cfg.kafka.versions_topic, **kafka_client_kwargs(self.cfg.kafka, "aiokafka"),
                                           auto_offset_reset="latest", enable_auto_commit=False)
         await self._consumer.start()
         await self.poll_store()
@@ -170,7 +171,7 @@ class TowerRegistry:
 
     async def _letter_producer(self) -> AIOKafkaProducer:
         if self._letters is None:
-            producer = AIOKafkaProducer(bootstrap_servers=self.cfg.kafka.bootstrap, acks="all")
+            producer = AIOKafkaProducer(**kafka_client_kwargs(self.cfg.kafka, "aiokafka"), acks="all")
             try:
                 await asyncio.wait_for(producer.start(), LETTER_TIMEOUT_S)
             except BaseException:

@@ -17,6 +17,7 @@ from stream.mirror import TopicMirror
 from stream.consumer import CountingMonitor, RawBytesSchema, XdmFaustApp, set_stream_yield_every
 from stream.topics import WINDOWS_TABLE
 from stream.wire import decode_item, decode_profile
+from xdm.client_security import kafka_client_kwargs
 from xdm.config import Config
 from xdm.records import Item, UserProfile
 
@@ -63,7 +64,7 @@ def make_app(cfg: Config) -> StreamApp:
     app = XdmFaustApp(
         cfg.stream.app_id,
         fetch_max_wait_ms=cfg.stream.fetch_max_wait_ms,
-        broker=_broker_url(k.bootstrap),
+        **kafka_client_kwargs(k, "faust"),  # broker and broker_credentials (TLS / SASL)
         store=cfg.stream.store,
         datadir=str(Path(cfg.stream.data_dir)),
         topic_partitions=k.partitions,
@@ -94,10 +95,6 @@ def make_app(cfg: Config) -> StreamApp:
     samples = app.topic(k.samples_topic, key_type=bytes, value_type=bytes, partitions=k.partitions, **raw)
     dead_letters = app.topic(k.dlq_topic, key_type=bytes, value_type=bytes, partitions=1, **raw)
     windows = app.Table(WINDOWS_TABLE, default=None, key_type=bytes, value_type=bytes, partitions=k.partitions)
-    catalogue = TopicMirror(k.bootstrap, k.items_topic, decode_item, name="catalogue")
-    profiles = TopicMirror(k.bootstrap, k.users_topic, decode_profile, name="profiles")
+    catalogue = TopicMirror(k, k.items_topic, decode_item, name="catalogue")
+    profiles = TopicMirror(k, k.users_topic, decode_profile, name="profiles")
     return StreamApp(cfg, app, events, samples, dead_letters, windows, catalogue, profiles, Counters())
-
-
-def _broker_url(bootstrap: str) -> str:
-    return ";".join(f"kafka://{host}" for host in bootstrap.split(","))

@@ -16,6 +16,8 @@ from typing import Callable, Generic, TypeVar
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream.true_ends import probe_with_own_consumer
+from xdm.client_security import kafka_client_kwargs
+from xdm.config import KafkaConfig
 
 log = logging.getLogger(__name__)
 V = TypeVar("V")
@@ -24,9 +26,9 @@ V = TypeVar("V")
 class TopicMirror(Generic[V]):
     """Keeps {key: decode(value)} for one topic; a None value (tombstone) deletes the key."""
 
-    def __init__(self, bootstrap: str, topic: str, decode: Callable[[bytes], V], name: str = "",
+    def __init__(self, kafka: KafkaConfig, topic: str, decode: Callable[[bytes], V], name: str = "",
                  read_committed: bool = False) -> None:
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         # a topic written in transactions (kafka.exactly_once) must not show records of aborted ones
         self.isolation_level = "read_committed" if read_committed else "read_uncommitted"
         self.topic = topic
@@ -49,7 +51,7 @@ class TopicMirror(Generic[V]):
         return self.values.get(key)
 
     async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+        self._consumer = AIOKafkaConsumer(**kafka_client_kwargs(self.kafka, "aiokafka"), enable_auto_commit=False,
                                           auto_offset_reset="earliest", fetch_max_wait_ms=100,
                                           isolation_level=self.isolation_level)
         await self._consumer.start()
@@ -106,7 +108,7 @@ class TopicMirror(Generic[V]):
         positions = {tp: await self._consumer.position(tp) for tp in partitions}
         if any(positions[tp] < reported[tp] for tp in partitions):
             return False
-        ends = await probe_with_own_consumer(self.bootstrap, reported)
+        ends = await probe_with_own_consumer(self.kafka, reported)
         return all(positions[tp] >= (ends.get(tp) or 0) for tp in partitions)
 
     def _apply(self, record) -> None:

@@ -29,7 +29,7 @@ class WindowsReader:
 
     def __init__(self, cfg: Config, cache_users: int = 10_000) -> None:
         self.rules: WindowRules = cfg.windows
-        self.mirror: TopicMirror[bytes] = TopicMirror(cfg.kafka.bootstrap, changelog_topic(cfg), bytes, name="windows",
+        self.mirror: TopicMirror[bytes] = TopicMirror(cfg.kafka, changelog_topic(cfg), bytes, name="windows",
                                                       read_committed=cfg.kafka.exactly_once)
         self.cache_users = cache_users
         self._cache: OrderedDict[str, tuple[bytes, WindowRows | None]] = OrderedDict()  # user -> (record, rows)

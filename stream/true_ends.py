@@ -17,6 +17,9 @@ from typing import Any, Mapping
 import aiokafka
 from aiokafka import TopicPartition
 
+from xdm.client_security import kafka_client_kwargs
+from xdm.config import KafkaConfig
+
 PROBE_WAIT_MS = 200  # how long one probe fetch waits for data before the partition counts as read to the end
 PROBE_BUDGET_S = 10.0  # a partition still growing after this long is left at what was read so far
 
@@ -52,10 +55,10 @@ def _as_tp(tp: Any) -> TopicPartition:
     return TopicPartition(tp.topic, tp.partition)
 
 
-async def probe_with_own_consumer(bootstrap: str,
+async def probe_with_own_consumer(kafka: KafkaConfig,
                                   reported: Mapping[Any, int | None]) -> dict[TopicPartition, int | None]:
     """`probe_true_ends` through a short-lived consumer of its own (the caller's keeps its position)."""
-    consumer = _probe_consumer(bootstrap)
+    consumer = _probe_consumer(kafka)
     await consumer.start()
     try:
         return await probe_true_ends(consumer, reported)
@@ -63,9 +66,9 @@ async def probe_with_own_consumer(bootstrap: str,
         await consumer.stop()
 
 
-async def reported_and_true_ends(bootstrap: str, topic: str) -> dict[int, tuple[int, int]]:
+async def reported_and_true_ends(kafka: KafkaConfig, topic: str) -> dict[int, tuple[int, int]]:
     """Partition -> (end offset the broker reports, true end) of a topic, from a short-lived consumer."""
-    consumer = _probe_consumer(bootstrap)
+    consumer = _probe_consumer(kafka)
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
@@ -77,7 +80,7 @@ async def reported_and_true_ends(bootstrap: str, topic: str) -> dict[int, tuple[
     return {tp.partition: (int(reported[tp] or 0), int(end or 0)) for tp, end in ends.items()}
 
 
-def _probe_consumer(bootstrap: str) -> aiokafka.AIOKafkaConsumer:
+def _probe_consumer(kafka: KafkaConfig) -> aiokafka.AIOKafkaConsumer:
     # no group, no commits: a probe must not disturb anyone's offsets
-    return aiokafka.AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+    return aiokafka.AIOKafkaConsumer(**kafka_client_kwargs(kafka, "aiokafka"), group_id=None, enable_auto_commit=False,
                                      fetch_max_wait_ms=PROBE_WAIT_MS)

@@ -37,8 +37,18 @@ class KafkaConfig:
     exactly_once: bool = False  # Faust processing_guarantee "exactly_once" (transactions; real Kafka only, not tansu)
     compaction: bool = False  # create changelog, catalogue, profile and versions topics with cleanup.policy=compact
     min_insync_replicas: int = 0  # min.insync.replicas of created topics; 0 = replication - 1 (at least 1)
+    # How every Kafka client (Faust, aiokafka, kafka-python) reaches the brokers: xdm/client_security.py.
+    # Secrets come from files (a mounted Secret), never from the config: env, argv and `xdm config show` stay clean.
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
+    sasl_mechanism: str = "PLAIN"  # with SASL_*: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
+    sasl_username: str = ""  # with SASL_*: the user name
+    sasl_password_file: str = ""  # with SASL_*: file holding the password
+    ssl_cafile: str = ""  # with *SSL: PEM CA bundle that signed the brokers' certificates ("" = the system's)
+    ssl_certfile: str = ""  # with *SSL: client certificate (PEM) for mutual TLS ("" = none)
+    ssl_keyfile: str = ""  # with *SSL: the client certificate's private key (PEM)
 
     def __post_init__(self) -> None:
+        _check_kafka_security(self)
         if self.partitions < 1 or self.replication < 1:
             raise ValueError(f"kafka.partitions ({self.partitions}) and kafka.replication ({self.replication}) must be >= 1")
         if not 0 <= self.min_insync_replicas <= self.replication:
@@ -111,6 +121,8 @@ class MilvusConfig:
     # of every client in the process. The stack that starts Milvus Lite sets 0: on loopback a server that
     # dies resets the connection at once, so nothing needs the pings.
     keepalive_s: float = 10.0
+    token_file: str = ""  # file holding the Milvus token ("user:password" or an API key); "" = no login
+    tls_ca: str = ""  # PEM CA that signed the Milvus server's certificate; set, clients speak TLS ("" = plaintext)
 
 
 @dataclass(frozen=True)
@@ -266,6 +278,28 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, str]:
         section, _, name = key[len(ENV_PREFIX):].partition("__")
         out[f"{section.lower()}.{name.lower()}"] = value
     return out
+
+
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")  # the ones Faust, aiokafka and kafka-python all take
+
+
+def _check_kafka_security(k: KafkaConfig) -> None:
+    """A setting the chosen protocol would ignore is refused: a login that silently never happens is a hole."""
+    if k.security_protocol not in KAFKA_PROTOCOLS:
+        raise ValueError(f"kafka.security_protocol is {k.security_protocol!r}; use one of {', '.join(KAFKA_PROTOCOLS)}")
+    sasl, tls = k.security_protocol.startswith("SASL_"), k.security_protocol.endswith("SSL")
+    if sasl and k.sasl_mechanism not in SASL_MECHANISMS:
+        raise ValueError(f"kafka.sasl_mechanism is {k.sasl_mechanism!r}; use one of {', '.join(SASL_MECHANISMS)}")
+    if sasl and not (k.sasl_username and k.sasl_password_file):
+        raise ValueError(f"kafka.security_protocol {k.security_protocol} needs kafka.sasl_username and kafka.sasl_password_file")
+    if not sasl and (k.sasl_username or k.sasl_password_file):
+        raise ValueError(f"kafka.sasl_username / sasl_password_file are set but kafka.security_protocol is "
+                         f"{k.security_protocol}; use SASL_SSL (or SASL_PLAINTEXT)")
+    if not tls and (k.ssl_cafile or k.ssl_certfile or k.ssl_keyfile):
+        raise ValueError(f"kafka.ssl_* files are set but kafka.security_protocol is {k.security_protocol}; use SSL or SASL_SSL")
+    if bool(k.ssl_certfile) != bool(k.ssl_keyfile):
+        raise ValueError("kafka.ssl_certfile and kafka.ssl_keyfile go together: set both (mutual TLS) or neither")
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:

@@ -166,7 +166,7 @@ def rocksdb_states(data_dir: Path) -> dict[str, UserState]:
 
 
 async def _read_topic(cfg: Config, topic: str, decode=bytes) -> dict:
-    mirror = TopicMirror(cfg.kafka.bootstrap, topic, decode, name=topic)
+    mirror = TopicMirror(cfg.kafka, topic, decode, name=topic)
     await mirror.start()
     try:
         await mirror.wait_caught_up(30)
@@ -197,7 +197,7 @@ def wait_changelog_equals(want: dict[str, UserState], cfg: Config, stack: Stream
 def changelog_census(cfg: Config) -> str:
     """Events in the broker per event topic; per changelog partition the reported end, the true end and
     the records a raw read from the beginning gets."""
-    ends = asyncio.run(reported_and_true_ends(cfg.kafka.bootstrap, changelog_topic(cfg)))
+    ends = asyncio.run(reported_and_true_ends(cfg.kafka, changelog_topic(cfg)))
     consumer = KafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap, enable_auto_commit=False,
                              consumer_timeout_ms=3000)
     try:
@@ -207,7 +207,7 @@ def changelog_census(cfg: Config) -> str:
         read = Counter(record.partition for record in consumer)
     finally:
         consumer.close()
-    produced = {topic: sum(end for _, end in asyncio.run(reported_and_true_ends(cfg.kafka.bootstrap, topic)).values())
+    produced = {topic: sum(end for _, end in asyncio.run(reported_and_true_ends(cfg.kafka, topic)).values())
                 for topic in (cfg.kafka.clicks_topic, cfg.kafka.impressions_topic)}
     per_partition = ", ".join(f"{p}: {ends[p][0]}/{ends[p][1]}/{read[p]}" for p in sorted(ends))
     return f"events in the broker {produced}; changelog (reported end/true end/records read) {per_partition}"
@@ -304,7 +304,7 @@ def test_restart_and_rebuild_from_the_changelog_restore_every_row(stream_stack, 
     produce(cfg, tiny_log, events)
     wait_changelog_equals(want, cfg, stream_stack, timeout_s=60)
     stream_stack.workers["w"].kill()
-    ends = asyncio.run(reported_and_true_ends(cfg.kafka.bootstrap, changelog_topic(cfg)))
+    ends = asyncio.run(reported_and_true_ends(cfg.kafka, changelog_topic(cfg)))
     assert any(reported < true for reported, true in ends.values()), (
         f"the broker reported every changelog end exactly ({ends}); this test needs the end-offset gap")
 
