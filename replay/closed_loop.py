@@ -44,6 +44,7 @@ from stream.mirror import TopicMirror
 from stream.topics import changelog_topic
 from stream.wire import encode_event
 from xdm.config import Config
+from xdm.recall_channel import recall_aio_channel
 from xdm.records import Event
 from xdm.v1 import recall_pb2, recall_pb2_grpc
 
@@ -110,7 +111,7 @@ async def _run(cfg: Config, out_dir: Path, opts: ClosedLoopOptions, address: str
     daily: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     users_seen: dict[str, ArmTally] = defaultdict(lambda: ArmTally(defaultdict(int), defaultdict(int)))
     failed = 0
-    channel = grpc.aio.insecure_channel(address)
+    channel = recall_aio_channel(cfg.serving, address)
     stub = recall_pb2_grpc.RecallStub(channel)
     bar = tqdm(total=opts.ab_days * opts.pages, desc="closed-loop pages", disable=not progress)
     try:

@@ -45,6 +45,7 @@ from stream.state_codec import decode_state
 from stream.topics import changelog_topic
 from stream.wire import encode_event
 from xdm.config import Config
+from xdm.recall_channel import recall_aio_channel
 from xdm.records import Event
 from xdm.v1 import recall_pb2, recall_pb2_grpc
 
@@ -188,7 +189,7 @@ class Replayer:
         await mirror.start()
         scores = open(self.out_dir / "scores.jsonl", "a" if resume_at else "w")
         bar = tqdm(desc="replaying", unit="ev", disable=not bar_on, smoothing=0.05)
-        channel = grpc.aio.insecure_channel(self.address)
+        channel = recall_aio_channel(self.cfg.serving, self.address)
         stub = recall_pb2_grpc.RecallStub(channel)
         last_ts: dict[str, int] = {}
         try:

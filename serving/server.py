@@ -1,7 +1,9 @@
 """The grpc.aio Recall server: build it, add services, start, wait; stop gracefully on SIGTERM.
 
-Besides Recall it serves the standard gRPC health service (NOT_SERVING while it drains) and reflection,
-so grpcurl and load balancers work without the .proto files.
+Besides Recall it serves the standard gRPC health service (NOT_SERVING while it drains), also alone on a
+plaintext serving.health_port for probes that cannot speak TLS, and, when serving.reflection is on,
+reflection, so grpcurl works without the .proto files. Access: TLS with serving.tls_cert / tls_key, a bearer
+token with serving.auth_token_file (serving/auth.py), requests above serving.max_request_bytes refused.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Histogram, start_http_server
 
 from serving.arms import Arms
+from serving.auth import BearerTokenInterceptor
 from serving.batcher import MicroBatcher
 from serving.compute_process import ComputeProcess
 from serving.popular import PopularItems
@@ -29,7 +32,8 @@ from serving.registry import TowerRegistry
 from serving.search import VectorSearch, check_local_index
 from serving.servicer import RecallServicer
 from stream.reader import WindowsReader
-from xdm.config import Config
+from xdm.client_security import read_secret
+from xdm.config import Config, ServingConfig
 from xdm.errors import ConfigError
 from xdm.v1 import recall_pb2, recall_pb2_grpc
 
@@ -39,6 +43,7 @@ GC_PAUSE = Histogram("xdm_gc_pause_seconds", "Garbage-collection pauses of the s
 _gc_started = [0.0]  # start of the collection in progress (collections never overlap: they hold the GIL)
 COMPUTE_PLACES = ("process", "thread")
 SERVICE_NAME = recall_pb2.DESCRIPTOR.services_by_name["Recall"].full_name
+MIN_REQUEST_BYTES = 1024  # room for a Recall request at every field's cap (user id 256, request id 128)
 
 
 @dataclass
@@ -68,11 +73,14 @@ class RunningServer:
     port: int
     deps: Deps
     health: health.HealthServicer
+    health_server: grpc.aio.Server | None = None  # the plaintext health-only port, when serving.health_port is set
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Report NOT_SERVING, let in-flight requests finish within grace_s, then stop everything."""
         self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await self.deps.stop()
 
 
@@ -129,14 +137,17 @@ async def create_server(cfg: Config, deps: Deps) -> RunningServer:
     # gRPC core keeps calls the server has not taken yet in a queue of 1,000 by default and answers the
     # overflow CANCELLED, which a caller cannot tell from its own cancellation: a burst of 3,000 calls lost
     # a quarter of them. Queued calls still end at their deadline (DEADLINE_EXCEEDED).
-    server = grpc.aio.server(options=[("grpc.server.max_pending_requests", sc.max_pending_calls),
-                                      ("grpc.server.max_pending_requests_hard_limit", 2 * sc.max_pending_calls)])
+    server = grpc.aio.server(interceptors=_interceptors(sc),
+                             options=[("grpc.server.max_pending_requests", sc.max_pending_calls),
+                                      ("grpc.server.max_pending_requests_hard_limit", 2 * sc.max_pending_calls),
+                                      *_request_limit(sc)])
     servicer = RecallServicer(Arms.parse(sc.arms), deps.registry, deps.reader, deps.batcher, deps.popular,
                               sc.max_k, sc.search_timeout_s)
     recall_pb2_grpc.add_RecallServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    if sc.reflection:
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"{sc.host}:{sc.port}"
     port = server.add_secure_port(address, _tls(sc.tls_cert, sc.tls_key)) if sc.tls_cert else server.add_insecure_port(address)
     if port == 0:
@@ -144,8 +155,10 @@ async def create_server(cfg: Config, deps: Deps) -> RunningServer:
     await server.start()
     for name in (SERVICE_NAME, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("recall server listening", extra={"address": f"{sc.host}:{port}", "tls": bool(sc.tls_cert)})
-    return RunningServer(server=server, port=port, deps=deps, health=health_servicer)
+    health_server = await _start_health_port(sc, health_servicer)
+    log.info("recall server listening", extra={"address": f"{sc.host}:{port}", "tls": bool(sc.tls_cert),
+                                               "token": bool(sc.auth_token_file), "reflection": sc.reflection})
+    return RunningServer(server=server, port=port, deps=deps, health=health_servicer, health_server=health_server)
 
 
 async def serve(cfg: Config) -> None:
@@ -181,6 +194,39 @@ def _time_gc(phase: str, info: dict) -> None:
         _gc_started[0] = time.perf_counter()
     else:
         GC_PAUSE.labels(str(info["generation"])).observe(time.perf_counter() - _gc_started[0])
+
+
+def _interceptors(sc: ServingConfig) -> list[grpc.aio.ServerInterceptor]:
+    """The bearer-token check when serving.auth_token_file is set; only over TLS, where the token cannot be read."""
+    if not sc.auth_token_file:
+        return []
+    if not sc.tls_cert:
+        raise ConfigError("serving.auth_token_file is set but serving.tls_cert is not: a bearer token over plaintext "
+                          "can be read on the way; set serving.tls_cert and serving.tls_key too")
+    return [BearerTokenInterceptor(read_secret(sc.auth_token_file, "serving.auth_token_file"))]
+
+
+def _request_limit(sc: ServingConfig) -> list[tuple[str, int]]:
+    """gRPC's own receive limit (4 MB by default) as serving.max_request_bytes; gRPC answers a bigger
+    message RESOURCE_EXHAUSTED before it is parsed, so a flood of large requests costs no decoding."""
+    if sc.max_request_bytes < MIN_REQUEST_BYTES:
+        raise ConfigError(f"serving.max_request_bytes is {sc.max_request_bytes}; keep at least {MIN_REQUEST_BYTES} "
+                          "(a valid Recall request takes up to ~0.5 KB)")
+    return [("grpc.max_receive_message_length", sc.max_request_bytes)]
+
+
+async def _start_health_port(sc: ServingConfig, health_servicer: health.HealthServicer) -> grpc.aio.Server | None:
+    """The same health statuses alone on plaintext serving.health_port: the kubelet's gRPC probes speak no TLS,
+    and health is all this port answers (no Recall, no reflection), so nothing else goes unencrypted."""
+    if not sc.health_port:
+        return None
+    server = grpc.aio.server(options=_request_limit(sc))
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = f"{sc.host}:{sc.health_port}"
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot bind {address} (serving.health_port)")
+    await server.start()
+    return server
 
 
 def _tls(cert: str, key: str) -> grpc.ServerCredentials:

@@ -29,6 +29,9 @@ ANSWERS = Counter("xdm_recall_answers_total", "Recall answers (QPS is its rate)"
 ERRORS = Counter("xdm_recall_errors_total", "Recall errors by status code", ["code"])
 VERSION = Gauge("xdm_recall_model_version", "Model version in use", ["arm"])
 MAX_USER_ID = 256
+# A request id is echoed in the answer and lands in callers' logs and traces: a UUID is 36 characters, a
+# W3C trace id 32; 128 leaves room for a prefix, and nothing longer is kept around to be echoed.
+MAX_REQUEST_ID = 128
 
 
 class RecallServicer(recall_pb2_grpc.RecallServicer):
@@ -43,7 +46,7 @@ class RecallServicer(recall_pb2_grpc.RecallServicer):
         self.search_timeout_s = search_timeout_s
 
     async def Recall(self, request: recall_pb2.RecallRequest, context: grpc.aio.ServicerContext) -> recall_pb2.RecallResponse:
-        problem = self._invalid(request)
+        problem = request_problem(request, self.arms, self.max_k)
         if problem:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         arm = request.arm or self.arms.assign(request.user_id)
@@ -52,17 +55,6 @@ class RecallServicer(recall_pb2_grpc.RecallServicer):
         ANSWERS.labels(arm, str(response.fallback).lower()).inc()
         VERSION.labels(arm).set(response.model_version)
         return response
-
-    def _invalid(self, request: recall_pb2.RecallRequest) -> str:
-        if not request.user_id:
-            return "user_id is empty"
-        if len(request.user_id) > MAX_USER_ID:
-            return f"user_id is longer than {MAX_USER_ID} characters"
-        if not 1 <= request.k <= self.max_k:
-            return f"k must be between 1 and {self.max_k}, got {request.k}"
-        if request.arm and request.arm not in self.arms.names:
-            return f"unknown arm {request.arm!r}; serving {', '.join(self.arms.names)}"
-        return ""
 
     async def _answer(self, request: recall_pb2.RecallRequest, arm: str, context) -> recall_pb2.RecallResponse:
         tower = self.registry.get(self.arms.model_for(arm))  # taken once: this request stays on this version
@@ -92,6 +84,21 @@ class RecallServicer(recall_pb2_grpc.RecallServicer):
         if live or tower is None:
             return live
         return [(item, 0.0) for item in tower.popular if item not in exclude][:k]  # before the stream is read
+
+
+def request_problem(request: recall_pb2.RecallRequest, arms: Arms, max_k: int) -> str:
+    """Why a request is invalid (INVALID_ARGUMENT with this message), or "" for a valid one."""
+    if not request.user_id:
+        return "user_id is empty"
+    if len(request.user_id) > MAX_USER_ID:
+        return f"user_id is longer than {MAX_USER_ID} characters"
+    if len(request.request_id) > MAX_REQUEST_ID:
+        return f"request_id is longer than {MAX_REQUEST_ID} characters ({len(request.request_id)})"
+    if not 1 <= request.k <= max_k:
+        return f"k must be between 1 and {max_k}, got {request.k}"
+    if request.arm and request.arm not in arms.names:
+        return f"unknown arm {request.arm!r}; serving {', '.join(arms.names)}"
+    return ""
 
 
 async def _abort(context, code: grpc.StatusCode, message: str) -> None:

@@ -263,11 +263,11 @@ def serve(ctx: click.Context) -> None:
 @click.pass_context
 @friendly
 def recall_cmd(ctx: click.Context, user_id: str, k: int, arm: str, address: str | None, exclude_clicked: bool) -> None:
-    """Ask the Recall server for USER_ID's top-k items."""
+    """Ask the Recall server for USER_ID's top-k items (TLS with serving.tls_ca, token with serving.auth_token_file)."""
     from serving.client import recall
 
     cfg = _cfg(ctx)
-    answer = recall(address or f"{cfg.serving.host}:{cfg.serving.port}", user_id, k, arm,
+    answer = recall(cfg.serving, address or f"{cfg.serving.host}:{cfg.serving.port}", user_id, k, arm,
                     exclude_clicked=exclude_clicked)
     _print_answer(user_id, answer)
 

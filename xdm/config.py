@@ -156,6 +156,12 @@ class ServingConfig:
     popular_half_life_ms: int = 86_400_000  # decay of click counts behind cold-start answers (event time)
     tls_cert: str = ""  # PEM certificate file; with tls_key, the server speaks TLS only
     tls_key: str = ""  # PEM private key file
+    tls_ca: str = ""  # PEM CA bundle clients (xdm recall, replay) trust for the server; set, they speak TLS
+    auth_token_file: str = ""  # file holding the bearer token: the server asks every call but health for it
+    #                            (UNAUTHENTICATED without), clients send it; needs TLS (serving/auth.py)
+    reflection: bool = False  # serve gRPC reflection (grpcurl without .proto files); the local and test profiles turn it on
+    max_request_bytes: int = 65_536  # largest request message; a Recall request is < 1 KB, bigger ones end RESOURCE_EXHAUSTED
+    health_port: int = 0  # plaintext port serving only grpc.health.v1 (the kubelet's gRPC probes cannot speak TLS); 0 = none
     grace_s: float = 5.0  # on SIGTERM, in-flight requests get this long to finish
 
 
@@ -183,7 +189,7 @@ class Config:
 
 PROFILES: dict[str, dict[str, Any]] = {
     # One machine: embedded tansu broker and Milvus Lite; ports are filled in by infra.stack.
-    "local": {},
+    "local": {"serving.reflection": True},
     # Tests: small batches, frequent checkpoints and publishes so loops close in seconds.
     "test": {
         "kafka.partitions": 2,
@@ -197,6 +203,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "sim.users": 60,
         "sim.items": 300,
         "sim.days": 6,
+        "serving.reflection": True,
     },
     # A real Kafka cluster and Milvus: set the URLs through env or --set.
     "cluster": {
