@@ -312,8 +312,10 @@ def test_k8s_shapes_the_issue_asks_for():
     mounts = worker["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
     assert {"name": "rocksdb", "mountPath": "/var/lib/xdm/stream"} in mounts
     server = docs[("Deployment", "xdm-server")]["spec"]["template"]["spec"]["containers"][0]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert server[probe]["grpc"]["port"] == 50051, probe
+    health_port = int(next(e["value"] for e in server["env"] if e["name"] == "XDM_SERVING__HEALTH_PORT"))
+    assert {"name": "health", "containerPort": health_port} in server["ports"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):  # kubelet probes speak no TLS: the health port
+        assert server[probe]["grpc"]["port"] == health_port, probe
     assert docs[("Service", "xdm-recall-headless")]["spec"]["clusterIP"] == "None"
     for arm in ("xdm", "sdm"):
         learner = docs[("Deployment", f"xdm-learner-{arm}")]
@@ -341,6 +343,71 @@ def test_k8s_config_is_valid_for_every_container():
                 parse_xdm_argv(argv)
             except click.UsageError as exc:
                 pytest.fail(f"{workload['metadata']['name']}: {' '.join(argv)}: {exc}")
+
+
+# What each command reads: every workload talks to Kafka; learners and servers to Milvus; servers serve Recall.
+READS_MILVUS = {"learn", "serve"}
+
+
+def test_k8s_pods_reach_kafka_and_milvus_with_tls_and_a_login_from_mounted_files():
+    docs = [d for _, d in k8s_documents()]
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    for workload in (d for d in docs if d["kind"] in WORKLOADS):
+        pod = _pod_spec(workload)
+        for container in pod["containers"]:
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            cfg = load_config(_profile(k8s_args(container)), env=_container_env(config, container))
+            command, _ = parse_xdm_argv(k8s_args(container)) if "--world-size" not in container["args"] else ("learn", {})
+            files = _mounted_files(pod, container)
+            k = cfg.kafka
+            assert (k.security_protocol, k.sasl_mechanism, k.sasl_username) == ("SASL_SSL", "SCRAM-SHA-512", "xdm"), where
+            assert {k.sasl_password_file, k.ssl_cafile} <= files, where
+            if command in READS_MILVUS:
+                assert cfg.milvus.token_file in files and cfg.milvus.tls_ca in files, where
+            else:  # least privilege: a pod that never calls Milvus does not hold its login
+                assert not any(path.startswith("/var/run/secrets/xdm/milvus/") for path in files), where
+
+
+def test_k8s_recall_servers_ask_for_tls_and_the_token_and_hide_reflection():
+    docs = {(d["kind"], d["metadata"]["name"]): d for _, d in k8s_documents()}
+    config = docs[("ConfigMap", "xdm-config")]["data"]
+    pod = _pod_spec(docs[("Deployment", "xdm-server")])
+    container = pod["containers"][0]
+    serving = load_config(_profile(container["args"]), env=_container_env(config, container)).serving
+    assert {serving.tls_cert, serving.tls_key, serving.auth_token_file} <= _mounted_files(pod, container)
+    assert not serving.reflection and serving.max_request_bytes == 65_536
+    assert serving.health_port and serving.health_port != serving.port
+    for service in (d for (kind, _), d in docs.items() if kind == "Service" and d["metadata"]["name"].startswith("xdm-recall")):
+        for port in service["spec"]["ports"]:
+            assert port.get("appProtocol") != "kubernetes.io/h2c", "the Recall port speaks TLS, not cleartext HTTP/2"
+    secret_settings = ("PASSWORD", "TOKEN", "KEY")  # their values live in files, named by *_FILE / TLS_KEY settings
+    assert not [name for name in config if name.endswith(secret_settings)], "a secret value in the ConfigMap"
+
+
+def test_every_secret_the_pods_mount_is_listed_for_the_operator():
+    listed = (K8S_DIR / "kustomization.yaml").read_text()
+    names = {source["secret"]["name"] for _, d in k8s_documents() if d["kind"] in WORKLOADS
+             for volume in _pod_spec(d).get("volumes", []) for source in volume.get("projected", {}).get("sources", [])
+             if "secret" in source}
+    assert names >= {"xdm", "xdm-kafka-cluster-ca-cert", "xdm-milvus", "xdm-recall-tls", "xdm-recall-token"}
+    for name in names:
+        assert re.search(rf"^#\s+{re.escape(name)}\s", listed, flags=re.M), f"Secret {name} is not in kustomization.yaml"
+
+
+def _container_env(config: dict, container: dict) -> dict[str, str]:
+    return {**config, **{e["name"]: str(e["value"]) for e in container.get("env", []) if "value" in e}}
+
+
+def _mounted_files(pod: dict, container: dict) -> set[str]:
+    """Paths of the files that the container's projected and secret volume mounts put in place."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    files = set()
+    for mount in container.get("volumeMounts", []):
+        volume = volumes.get(mount["name"], {})
+        secrets = [s["secret"] for s in volume.get("projected", {}).get("sources", []) if "secret" in s]
+        secrets += [volume["secret"]] if "secret" in volume else []
+        files |= {f"{mount['mountPath']}/{item['path']}" for secret in secrets for item in secret.get("items", [])}
+    return files
 
 
 def _cli_has_distributed_learn() -> bool:
