@@ -31,21 +31,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from learner.data import (  # noqa: E402
-    DEFAULT_TEST_DAYS,
-    TEST_ANCHORS,
-    OfflineData,
-    build_offline_data,
-    test_windows_taken,
-)
+from learner.data import OfflineData, build_offline_data  # noqa: E402
 from learner.evaluation_stats import DEFAULT_BOOT  # noqa: E402
 from learner.offline import TrainSettings, compare, format_lift  # noqa: E402
 from learner.run_pool import VARIANT, Job, run_jobs  # noqa: E402
+from learner.split import DEFAULT_TEST_DAYS, TEST_ANCHORS, Split, test_windows_taken  # noqa: E402
 from replay.simulate import simulate  # noqa: E402
 from replay.stats import PAPER_TABLE1  # noqa: E402
 from replay.world import WorldConfig  # noqa: E402
-from stream.samples import SampleRules  # noqa: E402
-from stream.windows import WindowRules  # noqa: E402
 
 DEFAULT_WORLD_SEED = 1  # `xdm simulate`'s default: the world Table 2 is read on
 PAPERS_HR50_LIFT = (0.0108, 0.0138)  # w/o conf+metric vs SDM, HR@50: XDM Table 2, SRU2B Table 2
@@ -86,12 +79,11 @@ def _windows(data: OfflineData) -> dict[str, float]:
 def calibrate_point(point: tuple[str, ...], args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     world, sim = _world(point, args)
-    rules = (WindowRules(), SampleRules())
-    data = build_offline_data(world, *rules, args.test_days, args.cache or None, True, holdout_days=args.test_days,
-                              test_anchor=args.test_anchor)
+    split = Split(world, test_days=args.test_days, test_anchor=args.test_anchor, cache_dir=args.cache or None)
+    data = build_offline_data(split.validation())
     settings = TrainSettings(epochs=args.epochs)
     jobs = [Job(row, row, args.out / _slug(point) / row, VARIANT) for row in ROWS]
-    results = run_jobs(jobs, data, settings, args.boot, 0, args.jobs, True, rules=rules, resume=args.resume)
+    results = run_jobs(jobs, data, settings, args.boot, 0, args.jobs, True, resume=args.resume)
     lift = compare(results["sdm"].evaluation, results["xdm_wo_conf_metric"].evaluation, args.boot)["lift"]
     return {
         "point": list(point),

@@ -31,9 +31,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from learner.data import DEFAULT_TEST_ANCHOR, TEST_ANCHORS, OfflineData, build_offline_data  # noqa: E402
+from learner.data import OfflineData, build_offline_data  # noqa: E402
 from learner.evaluation_stats import paired_lift  # noqa: E402
 from learner.offline import load_evaluation, training_label_counts  # noqa: E402
+from learner.split import DEFAULT_TEST_ANCHOR, TEST_ANCHORS, Split  # noqa: E402
 
 KEYS = ("hr@50", "mrr@50", "recall@50")
 THIRDS = ("lowest third", "middle third", "highest third")
@@ -91,8 +92,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lift_by_thirds.json")
     args = parser.parse_args()
     run_a, run_b = (load_evaluation(run) for run in args.runs)
-    data = build_offline_data(args.data, test_days=args.test_days, cache_dir=args.cache or None,
-                              holdout_days=args.holdout_days, test_anchor=args.test_anchor)
+    data = build_offline_data(Split(args.data, test_days=args.test_days, holdout_days=args.holdout_days,
+                                    test_anchor=args.test_anchor, cache_dir=args.cache or None))
     if list(data.test.user_ids) != run_a["users"] or run_a["users"] != run_b["users"]:
         sys.exit("the runs were not scored on this split's test users: "
                  "check --data, --test-days, --holdout-days and --test-anchor")

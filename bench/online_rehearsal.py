@@ -35,17 +35,17 @@ BATCH = 256
 
 def one_pass(data_dir: str, cache: str, variant: str, rehearsal_steps: int, window: int, seed: int) -> dict:
     from learner.batch import Vocabulary
-    from learner.data import DEFAULT_TEST_DAYS, build_offline_data
+    from learner.data import build_offline_data
     from learner.model import config_for
     from learner.offline import evaluation_result, score_test_users
     from learner.rehearsal import Rehearsal
+    from learner.split import Split
     from learner.trainer import Trainer
     from xdm.config import LearnerConfig
 
     lc = LearnerConfig()
     # scored at the cut, as the committed report was; its figures are read against the replay's, not Table 2's
-    data = build_offline_data(data_dir, test_days=DEFAULT_TEST_DAYS, cache_dir=cache, progress=False,
-                              holdout_days=DEFAULT_TEST_DAYS, test_anchor="cut")
+    data = build_offline_data(Split(data_dir, test_anchor="cut", cache_dir=cache).validation(), progress=False)
     cfg = config_for(variant)
     trainer = Trainer(cfg, lr=lc.lr, clip_norm=lc.clip_norm, seed=seed, vocab=Vocabulary(cfg.profile_field_names),
                       threads=1, adagrad_init=lc.adagrad_init, lr_warmup_steps=lc.lr_warmup_steps)

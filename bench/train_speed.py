@@ -47,8 +47,9 @@ def child(model: str, data_dir: str, steps: int, batch: int, cache: str) -> dict
 
     from learner.batch import length_buckets
     from learner.data import build_offline_data
+    from learner.split import Split
 
-    data = build_offline_data(data_dir, cache_dir=cache, progress=False)
+    data = build_offline_data(Split(data_dir, cache_dir=cache), progress=False)
     batches = list(length_buckets(data.train.lengths_view(), batch, random.Random(0)))[: WARMUP + steps]
     batches = [b for b in batches if len(b) == batch]
     rss_data = _rss_mib()
@@ -120,8 +121,9 @@ def main() -> None:
 
             simulate(2000, 5000, 14, 1, Path(data_dir))
     from learner.data import build_offline_data
+    from learner.split import Split
 
-    build_offline_data(data_dir, cache_dir=args.cache, progress=True)  # once, before the timed children
+    build_offline_data(Split(data_dir, cache_dir=args.cache), progress=True)  # once, before the timed children
     models = list(MODELS) + (list(PEERS) if _peers_available() else [])
     rows = []
     for model in models:

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from learner.data import DEFAULT_TEST_ANCHOR, DEFAULT_TEST_DAYS, build_offline_data, test_windows_taken
+from learner.data import build_offline_data
 from learner.evaluation_stats import DEFAULT_BOOT
 from learner.model import ModelConfig
 from learner.offline import (
@@ -34,8 +34,7 @@ from learner.offline import (
     popularity_baseline,
 )
 from learner.run_pool import PEER, VARIANT, Job, JobResult, reused_note, run_jobs
-from stream.samples import SampleRules
-from stream.windows import WindowRules
+from learner.split import Split, test_windows_taken
 
 log = logging.getLogger(__name__)
 
@@ -56,24 +55,19 @@ ROW_NAMES = {
 
 
 def ablate(
-    data_dir: str | Path,
+    split: Split,
     out_dir: str | Path,
     variants: tuple[str, ...] = TABLE2,
     settings: TrainSettings | None = None,
     model_overrides: dict[str, Any] | None = None,
-    wrules: WindowRules | None = None,
-    srules: SampleRules | None = None,
-    test_days: float = DEFAULT_TEST_DAYS,
-    cache_dir: str | Path | None = None,
     peers: bool = False,
     n_boot: int = DEFAULT_BOOT,
     seed: int = 0,
     progress: bool = True,
     workers: int = 1,
     resume: bool = False,
-    test_anchor: str = DEFAULT_TEST_ANCHOR,
 ) -> dict[str, Any]:
-    """Train and score every row on one split, `workers` rows at a time; returns what ablation.json holds.
+    """Train and score every row on `split`, `workers` rows at a time; returns what ablation.json holds.
 
     `resume` reads back rows of `out_dir` that finished with the same inputs (learner/run_pool.py).
     """
@@ -85,13 +79,12 @@ def ablate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    data = build_offline_data(data_dir, wrules, srules, test_days, cache_dir, progress, test_anchor=test_anchor)
+    data = build_offline_data(split, progress)
     evals: dict[str, dict[str, Any]] = {"pop": popularity_baseline(data, n_boot, seed)}
     timings: dict[str, float] = {"data_s": round(time.monotonic() - started, 1)}
     jobs = [Job(name, name, out / name, PEER) for name in (_peer_names() if peers else ())]
     jobs += [Job(variant, variant, out / variant, VARIANT, dict(model_overrides or {})) for variant in variants]
-    results = run_jobs(jobs, data, settings, n_boot, seed, workers, progress, _log_done,
-                       (wrules or WindowRules(), srules or SampleRules()), resume)
+    results = run_jobs(jobs, data, settings, n_boot, seed, workers, progress, _log_done, resume)
     for name, result in results.items():
         evals[name] = result.evaluation
         timings[name] = result.seconds

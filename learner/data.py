@@ -33,6 +33,8 @@ The protocol follows SDM [25], which SRU2B §4.1 "directly followed":
   without the test period ever being read: with holdout_days = test_days, the validation users are
   scored on the `test_days` just before the test period, and the models train on the days before those.
 
+Which split to build (log, rules, test days, holdout days, test anchor, cache) is one `learner.split.Split`.
+
 Samples are kept column-wise (`SampleTable`, int arrays of item indices and times) and rebuilt as
 `stream.samples.Sample` records on access: 150 k samples with ~130 behaviours each would take gigabytes
 as Python objects. The rebuilt samples are equal to the ones the stream code produced.
@@ -40,55 +42,26 @@ as Python objects. The rebuilt samples are equal to the ones the stream code pro
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import pickle
 import time
 from array import array
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from replay.format import LogDir, read_events, read_items, read_users
+from learner.split import OfflineDataError, Split, anchor_entry
+from replay.format import read_events, read_items, read_users
 from stream.samples import Sample, SampleRules, flush, sample_id, step
 from stream.windows import DAY_MS, Behavior, UserState, WindowRules, Windows, snapshot
-from xdm.errors import XdmError
 from xdm.records import Item
 
 log = logging.getLogger(__name__)
 
 _KINDS = ("short", "long", "unclicked", "labels")
-CACHE_VERSION = 1  # bump when the protocol or the stored layout changes
-
-
-DEFAULT_TEST_DAYS = 2.0
-TEST_ANCHORS = ("cut", "first_click")  # where a test user's windows are taken (module docstring)
-DEFAULT_TEST_ANCHOR = "first_click"  # the protocol of the README's Table 2
-
-
-def _anchor_entry(test_anchor: str) -> dict[str, str]:
-    # "cut" is left unnamed, so the cache keys and row records written before the anchor existed still match
-    return {"test_anchor": test_anchor} if test_anchor != "cut" else {}
-
-
-def recorded_test_anchor(summary: dict[str, Any]) -> str:
-    """The test anchor of a split's summary (or a run's record of it); one that names none was cut."""
-    return summary.get("test_anchor", "cut")
-
-
-def test_windows_taken(summary: dict[str, Any], who: str = "test user") -> str:
-    """Where a split's test windows were taken, in words for reports."""
-    if recorded_test_anchor(summary) == "cut":
-        return f"each {who}'s windows at the cut"
-    return f"each {who}'s windows at their first click after the cut"
-
-
-class OfflineDataError(XdmError):
-    """The log cannot give an offline split (too short, no test users ...); the message says why."""
 
 
 class SampleTable(Sequence[Sample]):
@@ -171,58 +144,38 @@ class _LengthsOnly:
 
 @dataclass
 class OfflineData:
-    """One time split of a log: training samples before the cut, one test sample per test user."""
+    """One time split of a log, built: training samples before the cut, one test sample per test user."""
 
-    data_dir: str
+    split: Split  # what was built
     cut_ms: int  # test period starts here (ms); every training label lies before it
     end_ms: int  # one ms after the last event
-    test_days: float
     train: SampleTable
     test: SampleTable
     items: list[Item]  # every item of the catalogue and of the events, by item index
     stats: dict[str, float] = field(default_factory=dict)
-    holdout_days: float = 0.0  # last days of the log left out (a validation split when > 0)
-    test_anchor: str = "cut"  # where the test windows are taken (TEST_ANCHORS); splits pickled before it were cut
 
     def summary(self) -> dict[str, object]:
-        return {"data_dir": self.data_dir, "cut_ms": self.cut_ms, "end_ms": self.end_ms,
-                "test_days": self.test_days, "holdout_days": self.holdout_days, **_anchor_entry(self.test_anchor),
+        s = self.split
+        return {"data_dir": str(s.data_dir), "cut_ms": self.cut_ms, "end_ms": self.end_ms,
+                "test_days": s.test_days, "holdout_days": s.holdout_days, **anchor_entry(s.test_anchor),
                 "train_samples": len(self.train), "test_users": len(self.test), "items": len(self.items),
                 **self.stats}
 
 
-def build_offline_data(
-    data_dir: str | Path,
-    wrules: WindowRules | None = None,
-    srules: SampleRules | None = None,
-    test_days: float = DEFAULT_TEST_DAYS,
-    cache_dir: str | Path | None = None,
-    progress: bool = True,
-    holdout_days: float = 0.0,
-    test_anchor: str = DEFAULT_TEST_ANCHOR,
-) -> OfflineData:
-    """Train and test samples of the log in `data_dir` (protocol in the module docstring).
+def build_offline_data(split: Split, progress: bool = True) -> OfflineData:
+    """Train and test samples of `split` (protocol in the module docstring).
 
-    With `cache_dir`, the split is stored there under a key of the log files' size and mtime, the rules,
-    test_days and holdout_days, and reused: building replays every event through the stream code (minutes).
+    With `split.cache_dir`, the built split is stored there under `split.cache_key()` and reused: building
+    replays every event through the stream code (minutes).
     """
-    wrules, srules = wrules or WindowRules(), srules or SampleRules()
-    if test_days <= 0:
-        raise OfflineDataError(f"test_days must be positive, got {test_days}")
-    if holdout_days < 0:
-        raise OfflineDataError(f"holdout_days must not be negative, got {holdout_days}")
-    if test_anchor not in TEST_ANCHORS:
-        raise OfflineDataError(f"test_anchor must be one of {', '.join(TEST_ANCHORS)}, got {test_anchor!r}")
-    data_dir = Path(data_dir)
-    cache = (_cache_path(cache_dir, data_dir, wrules, srules, test_days, holdout_days, test_anchor)
-             if cache_dir else None)
+    cache = split.cache_path()
     if cache is not None and cache.exists():
         with open(cache, "rb") as handle:
-            data = pickle.load(handle)
+            data = _as_built(pickle.load(handle), split)
         log.info("offline data from cache", extra={"cache": str(cache), "train": len(data.train),
                                                    "test": len(data.test)})
         return data
-    data = _build(data_dir, wrules, srules, test_days, holdout_days, progress, test_anchor)
+    data = _build(split, progress)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
@@ -232,8 +185,15 @@ def build_offline_data(
     return data
 
 
-def _build(data_dir: Path, wrules: WindowRules, srules: SampleRules, test_days: float, holdout_days: float,
-           progress: bool, test_anchor: str) -> OfflineData:
+def _as_built(cached: Any, split: Split) -> OfflineData:
+    """The cached samples as `split`'s (its key matched). Splits pickled before `Split` existed carry their
+    settings as fields of their own instead of a `split`; the key guarantees they are the same."""
+    return OfflineData(split, cached.cut_ms, cached.end_ms, cached.train, cached.test, cached.items, cached.stats)
+
+
+def _build(split: Split, progress: bool) -> OfflineData:
+    data_dir, wrules, srules = split.data_dir, split.windows, split.samples
+    test_days, holdout_days, test_anchor = split.test_days, split.holdout_days, split.test_anchor
     started = time.monotonic()
     catalogue = read_items(data_dir)
     profiles = {u: p.fields for u, p in read_users(data_dir).items()}
@@ -291,8 +251,7 @@ def _build(data_dir: Path, wrules: WindowRules, srules: SampleRules, test_days: 
         raise OfflineDataError(f"{data_dir}: no test user (a user active before the cut who clicks after it)")
     stats = {"build_s": round(time.monotonic() - started, 1), "events": n_events, "users_before_cut": len(at_cut)}
     log.info("offline data built", extra={"train": len(train), "test": len(test), **stats})
-    return OfflineData(str(data_dir), cut_ms, end_ms, test_days, train, test, items, stats, holdout_days,
-                       test_anchor)
+    return OfflineData(split, cut_ms, end_ms, train, test, items, stats)
 
 
 def _close_at_cut(states: dict[str, UserState], cut_ms: int, wrules: WindowRules, srules: SampleRules,
@@ -322,20 +281,6 @@ def _end_of_log(data_dir: Path) -> tuple[int, int]:
     if count == 0:
         raise OfflineDataError(f"{data_dir}: the events file has no rows")
     return last + 1, count
-
-
-def _cache_path(cache_dir: str | Path, data_dir: Path, wrules: WindowRules, srules: SampleRules,
-                test_days: float, holdout_days: float, test_anchor: str) -> Path:
-    logdir = LogDir(data_dir)
-    files = [logdir.events, logdir.items, logdir.users]
-    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files if p is not None]
-    key = json.dumps({"v": CACHE_VERSION, "dir": str(data_dir.resolve()), "files": stamp,
-                      "windows": asdict(wrules), "samples": asdict(srules), "test_days": test_days,
-                      # only when set, so the splits cached before holdouts existed keep their keys
-                      **({"holdout_days": holdout_days} if holdout_days else {}),
-                      **_anchor_entry(test_anchor)},
-                     sort_keys=True)
-    return Path(cache_dir) / f"{hashlib.blake2b(key.encode(), digest_size=10).hexdigest()}.pkl"
 
 
 def iter_batches(table: SampleTable, order: Iterator[list[int]]) -> Iterator[list[Sample]]:

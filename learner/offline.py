@@ -29,20 +29,12 @@ from tqdm import tqdm
 
 from learner.batch import Vocabulary, collate, length_buckets
 from learner.checkpoint import load_checkpoint, save_checkpoint
-from learner.data import (
-    DEFAULT_TEST_ANCHOR,
-    DEFAULT_TEST_DAYS,
-    OfflineData,
-    SampleTable,
-    build_offline_data,
-    recorded_test_anchor,
-)
+from learner.data import OfflineData, SampleTable, build_offline_data
 from learner.evaluation_stats import DEFAULT_BOOT, bootstrap_ci, paired_lift, random_hit_rate
 from learner.metrics import metrics_at
 from learner.model import ModelConfig, config_for
+from learner.split import Split
 from learner.trainer import Trainer
-from stream.samples import SampleRules
-from stream.windows import WindowRules
 from xdm.errors import XdmError
 
 log = logging.getLogger(__name__)
@@ -88,26 +80,20 @@ def metric_keys() -> list[str]:
 
 
 def train_offline(
-    data_dir: str | Path,
+    split: Split | OfflineData,
     variant: str,
     out_dir: str | Path,
     settings: TrainSettings | None = None,
     model_overrides: dict[str, Any] | None = None,
-    wrules: WindowRules | None = None,
-    srules: SampleRules | None = None,
-    test_days: float = DEFAULT_TEST_DAYS,
-    cache_dir: str | Path | None = None,
-    data: OfflineData | None = None,
     progress: bool = True,
-    holdout_days: float = 0.0,
-    test_anchor: str = DEFAULT_TEST_ANCHOR,
 ) -> Path:
-    """Train `variant` on the log's training samples; returns the run directory `out_dir`."""
+    """Train `variant` on the split's training samples; returns the run directory `out_dir`.
+
+    `split` is built here, or already built (an ablation trains every row on one built split)."""
     settings = settings or TrainSettings()
     model_cfg = config_for(variant, **(model_overrides or {}))
     started = time.monotonic()
-    if data is None:
-        data = build_offline_data(data_dir, wrules, srules, test_days, cache_dir, progress, holdout_days, test_anchor)
+    data = split if isinstance(split, OfflineData) else build_offline_data(split, progress)
     data_s = time.monotonic() - started
     trainer = Trainer(model_cfg, lr=settings.lr, clip_norm=settings.clip_norm, seed=settings.seed,
                       device=settings.device, vocab=Vocabulary(model_cfg.profile_field_names),
@@ -148,8 +134,8 @@ def train_offline(
         "train_settings": asdict(settings),
         "device": str(trainer.device),
         "data": data.summary(),
-        "window_rules": asdict(wrules or WindowRules()),
-        "sample_rules": asdict(srules or SampleRules()),
+        "window_rules": asdict(data.split.windows),
+        "sample_rules": asdict(data.split.samples),
         "timings": {"data_s": round(data_s, 2), "train_s": round(train_s, 2),
                     "samples_per_s": round(trainer.samples_seen / train_s, 1) if train_s else None},
         "samples_seen": trainer.samples_seen,
@@ -194,10 +180,7 @@ def evaluate(
     """
     run, trainer = load_run(run_dir)
     if data is None:
-        source = data_dir or run["data"]["data_dir"]
-        data = build_offline_data(source, WindowRules(**run["window_rules"]), SampleRules(**run["sample_rules"]),
-                                  run["data"]["test_days"], cache_dir, progress,
-                                  run["data"].get("holdout_days", 0.0), recorded_test_anchor(run["data"]))
+        data = build_offline_data(Split.of_run(run, data_dir, cache_dir), progress)
     per_user = score_test_users(trainer, data.test)
     n_items = trainer.vocab.size("item") - 1
     known = [sum(trainer.vocab.lookup("item", i) > 0 for i in set(data.test.label_items(u)))

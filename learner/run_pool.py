@@ -10,8 +10,8 @@ rebuilding it would replay the whole log per worker, and a split is too large to
 Processes are spawned, not forked: a forked child inherits torch's thread pool state and hangs.
 
 A finished row leaves `row.json` in its folder: every input that decides its figures (the variant's
-full model config or the peer's recipe, the train settings, the window and sample rules, the split's
-identity, the bootstrap). With `resume`, a row whose row.json equals the one this run would write is
+full model config or the peer's recipe, the train settings, the split's window and sample rules, the
+split's identity, the bootstrap). With `resume`, a row whose row.json equals the one this run would write is
 read back instead of trained again, so a long ablation that was stopped goes on where it stopped; any
 difference (a changed default, another seed, another log) trains the row again. row.json is removed
 when a row starts and written after its eval.json, so it marks a row that finished.
@@ -41,8 +41,6 @@ from tqdm import tqdm
 from learner.data import OfflineData
 from learner.model import config_for
 from learner.offline import TrainSettings, evaluate, train_offline
-from stream.samples import SampleRules
-from stream.windows import WindowRules
 
 VARIANT = "variant"  # an XDM/SDM variant of learner/model.py, trained by learner/offline.py
 PEER = "peer"  # a torch-rechub peer of learner/peers.py
@@ -85,21 +83,18 @@ def run_jobs(
     workers: int = 1,
     progress: bool = True,
     on_done: Callable[[JobResult], None] | None = None,
-    rules: tuple[WindowRules, SampleRules] | None = None,
     resume: bool = False,
 ) -> dict[str, JobResult]:
     """Train and score every job on `data`, `workers` at a time; results by job name, in job order.
 
-    `rules` are the window and sample rules `data` was built with (recorded in each run.json). With
-    `resume`, rows that already finished with the same inputs are read back (module docstring).
+    With `resume`, rows that already finished with the same inputs are read back (module docstring).
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    rules = rules or (WindowRules(), SampleRules())
     done = {}
     for job in jobs if resume else ():
-        reused = (finished_row(job, data, settings, rules, n_boot, seed)
-                  or rescored_row(job, data, settings, rules, n_boot, seed))
+        reused = (finished_row(job, data, settings, n_boot, seed)
+                  or rescored_row(job, data, settings, n_boot, seed))
         if reused is not None:
             log.info("row rescored" if reused.rescored else "row reused",
                      extra={"row": job.name, "folder": str(job.out_dir)})
@@ -109,17 +104,15 @@ def run_jobs(
     todo = [job for job in jobs if job.name not in done]
     if workers == 1 or len(todo) <= 1:
         for job in todo:
-            done[job.name] = _run(job, data, settings, rules, n_boot, seed, progress)
+            done[job.name] = _run(job, data, settings, n_boot, seed, progress)
             if on_done:
                 on_done(done[job.name])
     else:
-        done.update(_run_in_pool(todo, data, settings, rules, n_boot, seed, min(workers, len(todo)), progress,
-                                 on_done))
+        done.update(_run_in_pool(todo, data, settings, n_boot, seed, min(workers, len(todo)), progress, on_done))
     return {job.name: done[job.name] for job in jobs}
 
 
-def row_record(job: Job, data: OfflineData, settings: TrainSettings, rules: tuple[WindowRules, SampleRules],
-               n_boot: int, seed: int) -> dict[str, Any]:
+def row_record(job: Job, data: OfflineData, settings: TrainSettings, n_boot: int, seed: int) -> dict[str, Any]:
     """Every input that decides a row's figures, as the JSON that row.json holds (less its seconds)."""
     if job.kind == PEER:
         from learner.peers import recipe
@@ -128,8 +121,9 @@ def row_record(job: Job, data: OfflineData, settings: TrainSettings, rules: tupl
     else:
         model = {"variant": job.model, "model_config": asdict(config_for(job.model, **job.model_overrides))}
     split = {k: v for k, v in data.summary().items() if k not in _TIMING_KEYS}
-    record = {"kind": job.kind, **model, "train_settings": asdict(settings), "window_rules": asdict(rules[0]),
-              "sample_rules": asdict(rules[1]), "split": split, "bootstrap": {"n_boot": n_boot, "seed": seed}}
+    record = {"kind": job.kind, **model, "train_settings": asdict(settings),
+              "window_rules": asdict(data.split.windows), "sample_rules": asdict(data.split.samples),
+              "split": split, "bootstrap": {"n_boot": n_boot, "seed": seed}}
     return json.loads(json.dumps(record))  # tuples as lists, as they read back
 
 
@@ -141,21 +135,19 @@ def _stored(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def finished_row(job: Job, data: OfflineData, settings: TrainSettings, rules: tuple[WindowRules, SampleRules],
-                 n_boot: int, seed: int) -> JobResult | None:
+def finished_row(job: Job, data: OfflineData, settings: TrainSettings, n_boot: int, seed: int) -> JobResult | None:
     """The row in job.out_dir if it finished with exactly these inputs, else None (train it)."""
     out = Path(job.out_dir)
     stored, evaluation = _stored(out / ROW_RECORD), _stored(out / "eval.json")
     if stored is None or evaluation is None:
         return None
     seconds = stored.pop("seconds", 0.0)
-    if stored != row_record(job, data, settings, rules, n_boot, seed):
+    if stored != row_record(job, data, settings, n_boot, seed):
         return None
     return JobResult(job.name, evaluation, seconds, reused=True)
 
 
-def rescored_row(job: Job, data: OfflineData, settings: TrainSettings, rules: tuple[WindowRules, SampleRules],
-                 n_boot: int, seed: int) -> JobResult | None:
+def rescored_row(job: Job, data: OfflineData, settings: TrainSettings, n_boot: int, seed: int) -> JobResult | None:
     """The variant row in job.out_dir re-scored on `data`'s test samples, if only the test side differs."""
     out = Path(job.out_dir)
     if job.kind != VARIANT:
@@ -164,7 +156,7 @@ def rescored_row(job: Job, data: OfflineData, settings: TrainSettings, rules: tu
     if stored is None or run is None:
         return None
     trained_s = stored.pop("seconds", 0.0)
-    wanted = row_record(job, data, settings, rules, n_boot, seed)
+    wanted = row_record(job, data, settings, n_boot, seed)
     if stored == wanted or _training_side(stored) != _training_side(wanted):
         return None
     started = time.monotonic()
@@ -194,9 +186,8 @@ def reused_note(reused: list[str] | None, rescored: list[str] | None = None) -> 
     return f" ({'; '.join(parts)})" if parts else ""
 
 
-def _run_in_pool(jobs: list[Job], data: OfflineData, settings: TrainSettings,
-                 rules: tuple[WindowRules, SampleRules], n_boot: int, seed: int, workers: int, progress: bool,
-                 on_done: Callable[[JobResult], None] | None) -> dict[str, JobResult]:
+def _run_in_pool(jobs: list[Job], data: OfflineData, settings: TrainSettings, n_boot: int, seed: int, workers: int,
+                 progress: bool, on_done: Callable[[JobResult], None] | None) -> dict[str, JobResult]:
     split_file = _split_handoff(Path(jobs[0].out_dir).parent, data)
     with open(split_file, "wb") as handle:
         pickle.dump(data, handle, protocol=pickle.HIGHEST_PROTOCOL)
@@ -207,7 +198,7 @@ def _run_in_pool(jobs: list[Job], data: OfflineData, settings: TrainSettings,
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_load_split,
                                  initargs=(str(split_file),)) as pool:
-            pending = {pool.submit(_run_in_worker, job, settings, rules, n_boot, seed) for job in jobs}
+            pending = {pool.submit(_run_in_worker, job, settings, n_boot, seed) for job in jobs}
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
@@ -252,14 +243,12 @@ def _load_split(path: str) -> None:
         _worker_data = pickle.load(handle)
 
 
-def _run_in_worker(job: Job, settings: TrainSettings, rules: tuple[WindowRules, SampleRules], n_boot: int,
-                   seed: int) -> JobResult:
+def _run_in_worker(job: Job, settings: TrainSettings, n_boot: int, seed: int) -> JobResult:
     assert _worker_data is not None, "the pool initializer loads the split"
-    return _run(job, _worker_data, settings, rules, n_boot, seed, progress=False)
+    return _run(job, _worker_data, settings, n_boot, seed, progress=False)
 
 
-def _run(job: Job, data: OfflineData, settings: TrainSettings, rules: tuple[WindowRules, SampleRules], n_boot: int,
-         seed: int, progress: bool) -> JobResult:
+def _run(job: Job, data: OfflineData, settings: TrainSettings, n_boot: int, seed: int, progress: bool) -> JobResult:
     started = time.monotonic()
     out = Path(job.out_dir)
     (out / ROW_RECORD).unlink(missing_ok=True)  # until this row finishes again, its folder is not a finished row
@@ -268,11 +257,10 @@ def _run(job: Job, data: OfflineData, settings: TrainSettings, rules: tuple[Wind
 
         evaluation = train_and_evaluate_peer(job.model, data, out, settings, n_boot, seed, progress)
     else:
-        run = train_offline(data.data_dir, job.model, out, settings, job.model_overrides, rules[0], rules[1],
-                            data.test_days, data=data, progress=progress, holdout_days=data.holdout_days)
+        run = train_offline(data, job.model, out, settings, job.model_overrides, progress)
         evaluation = evaluate(run, data=data, n_boot=n_boot, seed=seed)
         (run / "eval.json").write_text(json.dumps(evaluation))
     seconds = round(time.monotonic() - started, 1)
-    record = {**row_record(job, data, settings, rules, n_boot, seed), "seconds": seconds}
+    record = {**row_record(job, data, settings, n_boot, seed), "seconds": seconds}
     (out / ROW_RECORD).write_text(json.dumps(record, indent=2))
     return JobResult(job.name, evaluation, seconds)

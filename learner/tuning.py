@@ -19,13 +19,12 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from learner.data import DEFAULT_TEST_ANCHOR, DEFAULT_TEST_DAYS, build_offline_data, test_windows_taken
+from learner.data import build_offline_data
 from learner.evaluation_stats import DEFAULT_BOOT
 from learner.model import VARIANTS, ModelConfig
 from learner.offline import CUTOFFS, METRIC_LABELS, METRICS, TrainSettings, compare, format_lift, metric_key
 from learner.run_pool import VARIANT, Job, reused_note, run_jobs
-from stream.samples import SampleRules
-from stream.windows import WindowRules
+from learner.split import Split, test_windows_taken
 from xdm.setting_text import parse_setting
 from xdm.errors import XdmError
 
@@ -58,7 +57,7 @@ def _typed(name: str, text: str, default: Any) -> Any:
 
 
 def tune(
-    data_dir: str | Path,
+    split: Split,
     out_dir: str | Path,
     param: str,
     values: list[Any],
@@ -66,19 +65,15 @@ def tune(
     baseline: str | None = "sdm",
     settings: TrainSettings | None = None,
     model_overrides: dict[str, Any] | None = None,
-    wrules: WindowRules | None = None,
-    srules: SampleRules | None = None,
-    test_days: float = DEFAULT_TEST_DAYS,
-    cache_dir: str | Path | None = None,
     select: str = "hr@50",
     n_boot: int = DEFAULT_BOOT,
     seed: int = 0,
     workers: int = 1,
     progress: bool = True,
     resume: bool = False,
-    test_anchor: str = DEFAULT_TEST_ANCHOR,
 ) -> dict[str, Any]:
-    """Train `variant` once per value of `param` on the validation split; returns what tune.json holds.
+    """Train `variant` once per value of `param` on `split`'s validation split (`Split.validation`: its test
+    period is never read); returns what tune.json holds.
 
     `resume` reads back rows of `out_dir` that finished with the same inputs (learner/run_pool.py).
     """
@@ -87,18 +82,16 @@ def tune(
     if select not in {metric_key(m, n) for m in METRICS for n in CUTOFFS}:
         raise TuningError(f"select must be one of the metrics, like hr@50 or mrr@50; got {select!r}")
     settings = settings or TrainSettings()
-    wrules, srules = wrules or WindowRules(), srules or SampleRules()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    data = build_offline_data(data_dir, wrules, srules, test_days, cache_dir, progress, holdout_days=test_days,
-                              test_anchor=test_anchor)
+    data = build_offline_data(split.validation(), progress)
     base = dict(model_overrides or {})
     rows = {_row_name(param, v): v for v in values}
     jobs = [Job(name, variant, out / name, VARIANT, {**base, param: value}) for name, value in rows.items()]
     if baseline is not None:
         jobs.append(Job(baseline, baseline, out / baseline, VARIANT, base))
-    results = run_jobs(jobs, data, settings, n_boot, seed, workers, progress, rules=(wrules, srules), resume=resume)
+    results = run_jobs(jobs, data, settings, n_boot, seed, workers, progress, resume=resume)
     evals = {name: result.evaluation for name, result in results.items()}
     best = max(rows, key=lambda name: evals[name]["summary"][select]["mean"])
     report = {

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from learner.data import DEFAULT_TEST_ANCHOR, DEFAULT_TEST_DAYS, TEST_ANCHORS
+from learner.split import DEFAULT_TEST_ANCHOR, DEFAULT_TEST_DAYS, TEST_ANCHORS, Split
 from xdm.config import Config, as_dict, load_config, parse_set_options
 from xdm.errors import XdmError
 from xdm.log import setup_logging
@@ -456,6 +456,11 @@ def model_overrides(cfg: Config) -> dict:
     return {k: v for k, v in asdict(cfg.model).items() if k not in {"use_unclicked", "fusion", "triplet"}}
 
 
+def _split(cfg: Config, data_dir: Path, test_days: float, test_anchor: str, cache_dir: str) -> Split:
+    """The offline split the options name, with the config's window and sample rules."""
+    return Split(data_dir, cfg.windows, cfg.samples, test_days, test_anchor=test_anchor, cache_dir=cache_dir)
+
+
 def _check_variant(name: str) -> str:
     from learner.model import VARIANTS
 
@@ -481,9 +486,8 @@ def train(ctx: click.Context, data_dir: Path, variant: str, out: Path, epochs: i
     from learner.offline import train_offline
 
     cfg = _cfg(ctx)
-    run = train_offline(data_dir, _check_variant(variant), out, _train_settings(cfg, epochs, batch_size, 3),
-                        model_overrides(cfg), cfg.windows, cfg.samples, test_days, cache_dir or None,
-                        test_anchor=test_anchor)
+    run = train_offline(_split(cfg, data_dir, test_days, test_anchor, cache_dir), _check_variant(variant), out,
+                        _train_settings(cfg, epochs, batch_size, 3), model_overrides(cfg))
     info = json.loads((run / "run.json").read_text())
     click.echo(f"trained {variant} on {info['data']['train_samples']:,} samples x {info['train_settings']['epochs']} "
                f"epoch(s) in {info['timings']['train_s']:.0f} s; final loss "
@@ -505,7 +509,7 @@ def evaluate(run_dir: Path, data_dir: Path | None, json_out: Path | None, boot: 
     from learner.offline import evaluate as run_evaluation
     from learner.offline import metric_keys
 
-    result = run_evaluation(run_dir, data_dir, n_boot=boot, cache_dir=cache_dir or None)
+    result = run_evaluation(run_dir, data_dir, n_boot=boot, cache_dir=cache_dir)
     target = json_out or run_dir / "eval.json"
     target.write_text(json.dumps(result))
     click.echo(f"{result['variant']} on {len(result['users']):,} test users, {result['n_items_ranked']:,} items ranked")
@@ -555,9 +559,9 @@ def ablate(ctx: click.Context, data_dir: Path, out: Path, variants: str | None, 
 
     cfg = _cfg(ctx)
     names = tuple(_check_variant(v.strip()) for v in variants.split(",") if v.strip()) if variants else TABLE2
-    report = run_ablation(data_dir, out, names, _train_settings(cfg, epochs, batch_size, 3), model_overrides(cfg),
-                          cfg.windows, cfg.samples, test_days, cache_dir or None, peers, n_boot=boot, workers=jobs,
-                          resume=resume, test_anchor=test_anchor)
+    report = run_ablation(_split(cfg, data_dir, test_days, test_anchor, cache_dir), out, names,
+                          _train_settings(cfg, epochs, batch_size, 3), model_overrides(cfg), peers, n_boot=boot,
+                          workers=jobs, resume=resume)
     click.echo((out / "ablation.md").read_text())
     click.echo(f"written: {out / 'ablation.md'}, {out / 'ablation.json'}, {out / 'ablation.png'} "
                f"in {report['timings']['total_s']:.0f} s")
@@ -582,10 +586,10 @@ def tune(ctx: click.Context, data_dir: Path, param: str, values: str, variant: s
 
     cfg = _cfg(ctx)
     name, grid = parse_grid(param, values)
-    report = run_tuning(data_dir, out, name, grid, _check_variant(variant),
-                        _check_variant(baseline) if baseline else None, _train_settings(cfg, epochs, batch_size, 3),
-                        model_overrides(cfg), cfg.windows, cfg.samples, test_days, cache_dir or None, select.lower(),
-                        n_boot=boot, workers=jobs, resume=resume, test_anchor=test_anchor)
+    report = run_tuning(_split(cfg, data_dir, test_days, test_anchor, cache_dir), out, name, grid,
+                        _check_variant(variant), _check_variant(baseline) if baseline else None,
+                        _train_settings(cfg, epochs, batch_size, 3), model_overrides(cfg), select.lower(),
+                        n_boot=boot, workers=jobs, resume=resume)
     click.echo((out / "tune.md").read_text())
     click.echo(f"best: --set model.{name}={report['best']['value']}; written: {out / 'tune.md'}, "
                f"{out / 'tune.json'}, {out / 'tune.png'}")

@@ -19,6 +19,7 @@ from learner.ablation import ablate
 from learner.checkpoint import load_checkpoint
 from learner.model import config_for
 from learner.offline import TrainSettings, load_evaluation
+from learner.split import Split
 from learner.trainer import Trainer
 from replay.simulate import simulate
 from xdm.cli import cli
@@ -31,8 +32,8 @@ def ablation(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("offline")
     # ~60 steps in all here: a warm-up of the default 100 steps would never reach the full learning rate
     simulate(300, 800, 6, 3, root / "world")
-    report = ablate(root / "world", root / "ablation", ("sdm", "xdm"),
-                    TrainSettings(epochs=3, batch_size=64, device="cpu", lr_warmup_steps=10), SMALL_MODEL, test_days=1.0,
+    report = ablate(Split(root / "world", test_days=1.0), root / "ablation", ("sdm", "xdm"),
+                    TrainSettings(epochs=3, batch_size=64, device="cpu", lr_warmup_steps=10), SMALL_MODEL,
                     n_boot=300, progress=False)
     return root, report
 
@@ -97,9 +98,9 @@ def test_cli_compare_prints_the_lift_and_rejects_a_missing_evaluation(ablation, 
 @pytest.mark.timeout(180)
 def test_rows_trained_in_two_processes_score_exactly_as_one_by_one(ablation, tmp_path):
     root, report = ablation
-    again = ablate(root / "world", tmp_path / "parallel", ("sdm", "xdm"),
+    again = ablate(Split(root / "world", test_days=1.0), tmp_path / "parallel", ("sdm", "xdm"),
                    TrainSettings(epochs=3, batch_size=64, device="cpu", lr_warmup_steps=10), SMALL_MODEL,
-                   test_days=1.0, n_boot=300, progress=False, workers=2)
+                   n_boot=300, progress=False, workers=2)
     assert again["workers"] == 2
     for row in ("sdm", "xdm"):
         assert load_evaluation(tmp_path / "parallel" / row)["users"] == load_evaluation(root / "ablation" / row)["users"]
@@ -148,7 +149,7 @@ def test_a_failing_row_in_a_worker_fails_the_run_and_leaves_no_split_behind(abla
     from learner.run_pool import Job, run_jobs
 
     root, _ = ablation
-    data = build_offline_data(root / "world", test_days=1.0, progress=False)
+    data = build_offline_data(Split(root / "world", test_days=1.0), progress=False)
     jobs = [Job("broken", "no_such_variant", tmp_path / "broken"), Job("other", "no_such_either", tmp_path / "other")]
     with pytest.raises(ValueError, match="unknown model variant 'no_such"):
         run_jobs(jobs, data, TrainSettings(epochs=1, device="cpu"), n_boot=100, seed=0, workers=2, progress=False)
@@ -163,9 +164,9 @@ def test_resume_reads_back_finished_rows_and_trains_the_stopped_one_again(ablati
     checkpoint = next((out / "sdm").rglob("checkpoint.pt"))
     before = checkpoint.stat().st_mtime_ns
     (out / "xdm" / "row.json").unlink()  # xdm was stopped before it finished
-    again = ablate(root / "world", out, ("sdm", "xdm"),
+    again = ablate(Split(root / "world", test_days=1.0), out, ("sdm", "xdm"),
                    TrainSettings(epochs=3, batch_size=64, device="cpu", lr_warmup_steps=10), SMALL_MODEL,
-                   test_days=1.0, n_boot=300, progress=False, resume=True)
+                   n_boot=300, progress=False, resume=True)
     assert again["reused"] == ["sdm"]
     assert checkpoint.stat().st_mtime_ns == before  # read back, not trained again
     assert again["summary"] == report["summary"]  # the retrained row scores as before: training is seeded
@@ -178,9 +179,9 @@ def test_resume_trains_again_when_an_input_changed(ablation, tmp_path):
     root, _ = ablation
     out = tmp_path / "ablation"
     shutil.copytree(root / "ablation", out)
-    again = ablate(root / "world", out, ("sdm",),
+    again = ablate(Split(root / "world", test_days=1.0), out, ("sdm",),
                    TrainSettings(epochs=3, batch_size=64, device="cpu", lr_warmup_steps=10),
-                   {**SMALL_MODEL, "dropout": 0.2}, test_days=1.0, n_boot=300, progress=False, resume=True)
+                   {**SMALL_MODEL, "dropout": 0.2}, n_boot=300, progress=False, resume=True)
     assert again["reused"] == []
     record = json.loads((out / "sdm" / "row.json").read_text())
     assert record["model_config"]["dropout"] == 0.2 and record["seconds"] > 0
@@ -195,23 +196,23 @@ def test_resume_scores_rows_again_on_another_test_anchor_without_training_them(a
     out = tmp_path / "ablation"
     shutil.copytree(root / "ablation", out)
     checkpoints = {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")}
-    again = ablate(root / "world", out, ("sdm", "xdm"),
+    again = ablate(Split(root / "world", test_days=1.0, test_anchor="cut"), out, ("sdm", "xdm"),
                    TrainSettings(epochs=3, batch_size=64, device="cpu", lr_warmup_steps=10), SMALL_MODEL,
-                   test_days=1.0, n_boot=300, progress=False, resume=True, test_anchor="cut")
+                   n_boot=300, progress=False, resume=True)
     assert report["data"]["test_anchor"] == "first_click"  # the default
     assert again["rescored"] == ["sdm", "xdm"] and again["reused"] == []
     assert {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")} == checkpoints  # not trained again
     assert "test_anchor" not in again["data"] and again["summary"] != report["summary"]  # cut: as recorded before
-    data = build_offline_data(root / "world", test_days=1.0, progress=False, test_anchor="cut")
+    data = build_offline_data(Split(root / "world", test_days=1.0, test_anchor="cut"), progress=False)
     # the row's figures are its saved model's on the new test samples, and `xdm evaluate` on it agrees
     fresh = evaluate(out / "xdm", n_boot=300)
     assert fresh["users"] == list(data.test.user_ids) == load_evaluation(out / "xdm")["users"]
     assert fresh["per_user"] == load_evaluation(out / "xdm")["per_user"]
     assert "were scored on these test samples" in (out / "ablation.md").read_text()
     assert "each test user's windows at the cut" in (out / "ablation.md").read_text()
-    back = ablate(root / "world", out, ("sdm",), TrainSettings(epochs=3, batch_size=64, device="cpu",
-                                                             lr_warmup_steps=10), SMALL_MODEL,
-                  test_days=1.0, n_boot=300, progress=False, resume=True)  # and back to the default, by scoring
+    back = ablate(Split(root / "world", test_days=1.0), out, ("sdm",),
+                  TrainSettings(epochs=3, batch_size=64, device="cpu", lr_warmup_steps=10), SMALL_MODEL,
+                  n_boot=300, progress=False, resume=True)  # and back to the default, by scoring
     assert back["rescored"] == ["sdm"] and back["summary"]["sdm"] == report["summary"]["sdm"]
 
 
@@ -241,7 +242,7 @@ def test_a_split_handoff_left_by_a_killed_run_is_removed_and_a_live_runs_is_kept
     live = tmp_path / f".split-{os.getpid()}-7f01.pkl"
     for path in (left_behind, live):
         path.write_bytes(b"a split")
-    data = build_offline_data(root / "world", test_days=1.0, progress=False)
+    data = build_offline_data(Split(root / "world", test_days=1.0), progress=False)
     jobs = [Job("broken", "no_such_variant", tmp_path / "broken"), Job("other", "no_such_either", tmp_path / "other")]
     with pytest.raises(ValueError, match="unknown model variant"):
         run_jobs(jobs, data, TrainSettings(epochs=1, device="cpu"), n_boot=100, seed=0, workers=2, progress=False)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import pickle
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
-from learner.data import DEFAULT_TEST_ANCHOR, TEST_ANCHORS, OfflineDataError, build_offline_data
-from replay.format import write_events, write_items, write_users
+from learner.data import OfflineData, build_offline_data
+from learner.split import DEFAULT_TEST_ANCHOR, TEST_ANCHORS, OfflineDataError, Split
+from replay.format import LogDir, write_events, write_items, write_users
 from stream.samples import SampleRules, flush, step
 from stream.windows import DAY_MS, UserState, WindowRules, snapshot
 from xdm.records import Event, Item, UserProfile
@@ -63,7 +68,7 @@ def log_dir(tmp_path: Path) -> tuple[Path, list[Event]]:
 @pytest.mark.parametrize("anchor", TEST_ANCHORS)
 def test_no_test_label_leaks_into_training(log_dir, anchor):
     root, events = log_dir
-    data = build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False, test_anchor=anchor)
+    data = build_offline_data(Split(root, RULES, SRULES, test_days=1.0, test_anchor=anchor), progress=False)
     assert data.end_ms == events[-1].ts_ms + 1
     assert data.cut_ms == data.end_ms - DAY_MS
     train = list(data.train)
@@ -82,7 +87,7 @@ def test_no_test_label_leaks_into_training(log_dir, anchor):
 
 def test_training_samples_are_the_stream_samples_of_the_pre_cut_events(log_dir):
     root, events = log_dir
-    data = build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False)
+    data = build_offline_data(Split(root, RULES, SRULES, test_days=1.0), progress=False)
     items = catalogue()
     states: dict[str, UserState] = {}
     expected = []
@@ -102,7 +107,7 @@ def test_training_samples_are_the_stream_samples_of_the_pre_cut_events(log_dir):
 
 def test_test_sample_is_the_snapshot_at_the_cut_with_the_next_clicks_as_labels(log_dir):
     root, events = log_dir
-    data = build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False, test_anchor="cut")
+    data = build_offline_data(Split(root, RULES, SRULES, test_days=1.0, test_anchor="cut"), progress=False)
     items = catalogue()
     by_user = {s.user_id: s for s in data.test}
     # u3 has no event before the cut (cold start) and u4 no click after it: neither is a test user
@@ -122,7 +127,7 @@ def test_test_sample_is_the_snapshot_at_the_cut_with_the_next_clicks_as_labels(l
 
 def test_items_missing_from_the_catalogue_become_bare_items(log_dir):
     root, _ = log_dir
-    data = build_offline_data(root, RULES, SRULES, test_days=2.0, progress=False)
+    data = build_offline_data(Split(root, RULES, SRULES, test_days=2.0), progress=False)
     behaviours = [b for s in list(data.train) + list(data.test)
                   for w in (s.windows.short, s.windows.long, s.labels) for b in w]
     assert Item("i99") in {b.item for b in behaviours}
@@ -131,12 +136,12 @@ def test_items_missing_from_the_catalogue_become_bare_items(log_dir):
 
 def test_more_test_days_move_the_cut_back_and_the_cache_returns_the_same_split(log_dir, tmp_path_factory):
     root, _ = log_dir
-    one = build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False)
-    two = build_offline_data(root, RULES, SRULES, test_days=2.0, progress=False)
+    one = build_offline_data(Split(root, RULES, SRULES, test_days=1.0), progress=False)
+    two = build_offline_data(Split(root, RULES, SRULES, test_days=2.0), progress=False)
     assert two.cut_ms == one.cut_ms - DAY_MS and len(two.train) < len(one.train)
     cache = tmp_path_factory.mktemp("cache")
-    first = build_offline_data(root, RULES, SRULES, 1.0, cache_dir=cache, progress=False)
-    again = build_offline_data(root, RULES, SRULES, 1.0, cache_dir=cache, progress=False)
+    first = build_offline_data(Split(root, RULES, SRULES, 1.0, cache_dir=cache), progress=False)
+    again = build_offline_data(Split(root, RULES, SRULES, 1.0, cache_dir=cache), progress=False)
     assert len(list(cache.iterdir())) == 1
     assert list(again.train) == list(first.train) == list(one.train)
     assert list(again.test) == list(one.test)
@@ -145,13 +150,13 @@ def test_more_test_days_move_the_cut_back_and_the_cache_returns_the_same_split(l
 def test_a_log_shorter_than_its_test_period_is_refused_with_a_reason(log_dir):
     root, _ = log_dir
     with pytest.raises(OfflineDataError, match="no training sample"):
-        build_offline_data(root, RULES, SRULES, test_days=3.0, progress=False)
+        build_offline_data(Split(root, RULES, SRULES, test_days=3.0), progress=False)
 
 
 def test_a_validation_split_never_reads_the_held_out_days(log_dir, tmp_path_factory):
     root, events = log_dir
-    test_split = build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False)
-    val = build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False, holdout_days=1.0)
+    test_split = build_offline_data(Split(root, RULES, SRULES, test_days=1.0), progress=False)
+    val = build_offline_data(Split(root, RULES, SRULES, test_days=1.0, holdout_days=1.0), progress=False)
     assert val.end_ms == test_split.cut_ms and val.cut_ms == test_split.cut_ms - DAY_MS
     assert val.summary()["holdout_days"] == 1.0
     held_out = {e.item_id for e in events if e.ts_ms >= test_split.cut_ms}
@@ -164,21 +169,21 @@ def test_a_validation_split_never_reads_the_held_out_days(log_dir, tmp_path_fact
     assert {s.user_id for s in val.test} <= {e.user_id for e in day_before}
     assert held_out  # the test period had events, and none of them got in
     cache = tmp_path_factory.mktemp("cache")
-    build_offline_data(root, RULES, SRULES, 1.0, cache_dir=cache, progress=False)
-    build_offline_data(root, RULES, SRULES, 1.0, cache_dir=cache, progress=False, holdout_days=1.0)
+    build_offline_data(Split(root, RULES, SRULES, 1.0, cache_dir=cache), progress=False)
+    build_offline_data(Split(root, RULES, SRULES, 1.0, cache_dir=cache, holdout_days=1.0), progress=False)
     assert len(list(cache.iterdir())) == 2  # a validation split is never served from the test split's cache
 
 
 def test_a_negative_holdout_is_refused(log_dir):
     root, _ = log_dir
     with pytest.raises(OfflineDataError, match="holdout_days"):
-        build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False, holdout_days=-1.0)
+        build_offline_data(Split(root, RULES, SRULES, test_days=1.0, holdout_days=-1.0), progress=False)
 
 
 def test_a_first_click_anchor_takes_the_test_windows_at_each_users_first_post_cut_click(log_dir, tmp_path_factory):
     root, events = log_dir
-    at_cut = build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False, test_anchor="cut")
-    data = build_offline_data(root, RULES, SRULES, test_days=1.0, progress=False)
+    at_cut = build_offline_data(Split(root, RULES, SRULES, test_days=1.0, test_anchor="cut"), progress=False)
+    data = build_offline_data(Split(root, RULES, SRULES, test_days=1.0), progress=False)
     assert DEFAULT_TEST_ANCHOR == "first_click"  # the README's Table 2 protocol
     assert list(data.train) == list(at_cut.train)  # training never sees a post-cut event either way
     assert data.summary()["test_anchor"] == "first_click" and "test_anchor" not in at_cut.summary()
@@ -199,7 +204,62 @@ def test_a_first_click_anchor_takes_the_test_windows_at_each_users_first_post_cu
                                                                      for e in post_clicks[1:4]]
     cache = tmp_path_factory.mktemp("cache")
     for anchor in ("cut", "first_click", "first_click"):
-        build_offline_data(root, RULES, SRULES, 1.0, cache_dir=cache, progress=False, test_anchor=anchor)
+        build_offline_data(Split(root, RULES, SRULES, 1.0, cache_dir=cache, test_anchor=anchor), progress=False)
     assert len(list(cache.iterdir())) == 2
     with pytest.raises(OfflineDataError, match="test_anchor"):
-        build_offline_data(root, RULES, SRULES, 1.0, progress=False, test_anchor="noon")
+        build_offline_data(Split(root, RULES, SRULES, 1.0, test_anchor="noon"), progress=False)
+
+
+def _cache_key_before_split(data_dir: Path, wrules: WindowRules, srules: SampleRules, test_days: float,
+                            holdout_days: float, test_anchor: str) -> str:
+    """The cache key as build_offline_data computed it before `Split` owned it, kept verbatim as the reference:
+    splits cached under those keys (var/offline-cache) must be found again."""
+    logdir = LogDir(data_dir)
+    files = [logdir.events, logdir.items, logdir.users]
+    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files if p is not None]
+    key = json.dumps({"v": 1, "dir": str(data_dir.resolve()), "files": stamp,
+                      "windows": asdict(wrules), "samples": asdict(srules), "test_days": test_days,
+                      **({"holdout_days": holdout_days} if holdout_days else {}),
+                      **({"test_anchor": test_anchor} if test_anchor != "cut" else {})},
+                     sort_keys=True)
+    return hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
+
+
+@pytest.mark.parametrize("anchor", TEST_ANCHORS)
+@pytest.mark.parametrize("holdout_days", (0.0, 1.0))
+def test_a_split_keeps_the_cache_keys_of_the_splits_cached_before_it(log_dir, tmp_path_factory, anchor, holdout_days):
+    root, _ = log_dir
+    cache = tmp_path_factory.mktemp("cache")
+    split = Split(root, RULES, SRULES, 1.0, holdout_days, anchor, cache)
+    assert split.cache_key() == _cache_key_before_split(root, RULES, SRULES, 1.0, holdout_days, anchor)
+    assert split.cache_path() == cache / f"{split.cache_key()}.pkl"
+    assert Split(str(root), RULES, SRULES, 1.0, holdout_days, anchor).cache_path() is None
+    assert Split(root, RULES, SRULES, 1.0, holdout_days, anchor, cache_dir="").cache_path() is None
+    assert Split(root, RULES, SRULES, 1.0, holdout_days, anchor, cache_dir=None) == split  # the cache is not the split
+
+
+def test_a_split_cached_before_split_existed_is_read_back_as_the_split_asked_for(log_dir, tmp_path_factory):
+    root, _ = log_dir
+    cache = tmp_path_factory.mktemp("cache")
+    split = Split(root, RULES, SRULES, 1.0, cache_dir=cache)
+    fresh = build_offline_data(Split(root, RULES, SRULES, 1.0), progress=False)
+    old = object.__new__(OfflineData)  # the layout pickled until now: the settings were fields of the data
+    old.__dict__.update(data_dir=str(root), cut_ms=fresh.cut_ms, end_ms=fresh.end_ms, test_days=1.0,
+                        train=fresh.train, test=fresh.test, items=fresh.items, stats=fresh.stats, holdout_days=0.0,
+                        test_anchor="first_click")
+    split.cache_path().write_bytes(pickle.dumps(old))
+    again = build_offline_data(split, progress=False)
+    assert again.split == split and again.summary() == fresh.summary()
+    assert list(again.train) == list(fresh.train) and list(again.test) == list(fresh.test)
+
+
+def test_the_validation_split_holds_out_the_test_period_and_a_run_names_its_split():
+    split = Split("var/world", RULES, SRULES, 2.0, test_anchor="cut", cache_dir="var/cache")
+    assert split.validation() == Split("var/world", RULES, SRULES, 2.0, 2.0, "cut")
+    run = {"data": {"data_dir": "var/world", "test_days": 2.0}, "window_rules": asdict(RULES),
+           "sample_rules": asdict(SRULES)}  # recorded before holdouts and anchors: no holdout, scored at the cut
+    assert Split.of_run(run) == split
+    assert Split.of_run({**run, "data": {**run["data"], "holdout_days": 2.0, "test_anchor": "first_click"}},
+                        data_dir="elsewhere", cache_dir="c") == Split("elsewhere", RULES, SRULES, 2.0, 2.0)
+    with pytest.raises(OfflineDataError, match="test_days"):
+        Split("var/world", test_days=0)
