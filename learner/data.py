@@ -46,7 +46,7 @@ import logging
 import pickle
 import time
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,9 +281,3 @@ def _end_of_log(data_dir: Path) -> tuple[int, int]:
     if count == 0:
         raise OfflineDataError(f"{data_dir}: the events file has no rows")
     return last + 1, count
-
-
-def iter_batches(table: SampleTable, order: Iterator[list[int]]) -> Iterator[list[Sample]]:
-    """Rebuild the samples of each index list (from `length_buckets`) as one batch."""
-    for indices in order:
-        yield [table[i] for i in indices]

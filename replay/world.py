@@ -416,9 +416,6 @@ class World:
 
     # ------------------------------------------------------------------------------------ interests
 
-    def day_of(self, ts_ms: np.ndarray | int) -> np.ndarray:
-        return (np.asarray(ts_ms) - self.cfg.start_ms) // DAY_MS
-
     def _time(self, ts_ms: np.ndarray | int) -> np.ndarray | int:
         # one time per user row broadcasts over that row's interest slots
         return np.asarray(ts_ms).reshape(-1, 1) if np.ndim(ts_ms) else ts_ms
@@ -558,9 +555,6 @@ class World:
     def item_number(self, item_ids: list[str]) -> np.ndarray:
         """Inverse of item_id: the catalogue row of each id (ValueError for an id this world never wrote)."""
         return np.array([_number(i, "i", self.cfg.n_items) for i in item_ids], dtype=np.int64)
-
-    def user_number(self, user_ids: list[str]) -> np.ndarray:
-        return np.array([_number(u, "u", self.cfg.n_users) for u in user_ids], dtype=np.int64)
 
     def item_records(self) -> list[Item]:
         cat = self.catalogue

@@ -14,7 +14,6 @@ walks them all while the whole server waits (bench/gc_pause.py).
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 
 from stream.mirror import TopicMirror
@@ -76,8 +75,3 @@ class WindowsReader:
             del self._cache[user_id]
         else:
             self._cache[user_id] = (raw, self._compute(user_id, raw))
-
-    def staleness_ms(self, user_id: str) -> float | None:
-        """Wall-clock age of the newest changelog record of this user (broker timestamp)."""
-        ts = self.mirror.last_update_ms.get(user_id)
-        return None if ts is None else time.time() * 1000 - ts

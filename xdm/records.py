@@ -7,9 +7,7 @@ embedding rows itself. An empty side-info string means "unknown" (an item not ye
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
-EventKind = Literal["impression", "click"]
 EVENT_KINDS: tuple[str, ...] = ("impression", "click")
 UNKNOWN = ""
 
