@@ -17,6 +17,7 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 from prometheus_client import Histogram
 
@@ -25,6 +26,7 @@ from serving.compute import Computed, compute
 from serving.compute_process import ComputeProcess
 from serving.search import VectorSearch
 from stream.windows import WindowRows
+from xdm.supervision import SupervisedTask, Supervisor
 
 BATCH_SIZE = Histogram("xdm_recall_batch_size", "Requests answered by one tower call and one search",
                        buckets=(1, 2, 4, 8, 16, 32, 64))
@@ -51,16 +53,17 @@ class MicroBatcher:
         self.batches = 0
         self.requests = 0
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[SupervisedTask] = []
         self._pool = ThreadPoolExecutor(max_workers=runners, thread_name_prefix="recall-compute")
 
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._run(), name=f"recall-batcher-{i}") for i in range(self.runners)]
+    def start(self, supervisor: Supervisor | None = None) -> None:
+        """Start the runners, each a task under `supervisor` (one of its own if None): a runner that fails is
+        restarted, or every later request would wait on a queue nobody reads."""
+        supervisor = supervisor or Supervisor()
+        self._tasks = [supervisor.start(f"recall-batcher-{i}", partial(self._run, i)) for i in range(self.runners)]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(task.stop() for task in self._tasks))
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def recall(self, tower: Tower, windows: WindowRows, k: int) -> list[tuple[str, float]]:
@@ -69,7 +72,8 @@ class MicroBatcher:
         self._queue.put_nowait(_Job(tower, windows, k, future))
         return await future
 
-    async def _run(self) -> None:
+    async def _run(self, runner: int) -> None:
+        task = self._tasks[runner]
         while True:
             jobs = [await self._queue.get()]
             while len(jobs) < self.max_batch and not self._queue.empty():
@@ -78,8 +82,15 @@ class MicroBatcher:
             groups: dict[int, list[_Job]] = {}
             for job in jobs:
                 groups.setdefault(id(job.tower), []).append(job)
-            for group in groups.values():
-                await self._answer(group)
+            try:
+                for group in groups.values():
+                    await self._answer(group)
+            except Exception as exc:  # its callers hear of it now, not at their deadline; the runner is restarted
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                raise
+            task.progressed()
 
     async def _answer(self, jobs: list[_Job]) -> None:
         self.batches += 1

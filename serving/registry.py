@@ -29,6 +29,7 @@ from serving.compute_process import ComputeProcess
 from stream.mirror import stop_background
 from xdm.client_security import kafka_client_kwargs
 from xdm.config import Config
+from xdm.supervision import SupervisedTask, Supervisor
 from xdm.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class TowerRegistry:
             process.on_lost = self.forget
         self.current: dict[str, Tower] = {}
         self.swaps = 0
-        self._task: asyncio.Task | None = None
+        self._task: SupervisedTask | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._letters: AIOKafkaProducer | None = None  # started at the first dead letter
@@ -58,14 +59,15 @@ class TowerRegistry:
     def get(self, arm: str) -> Tower | None:
         return self.current.get(arm)
 
-    async def start(self) -> None:
+    async def start(self, supervisor: Supervisor | None = None) -> None:
+        """Read the store, then watch for announcements in a task under `supervisor` (one of its own if None)."""
         self._loop = asyncio.get_running_loop()
         # Listen first, then read the store: a version announced in between is then seen either way.
         self._consumer = AIOKafkaConsumer(self.cfg.kafka.versions_topic, **kafka_client_kwargs(self.cfg.kafka, "aiokafka"),
                                           auto_offset_reset="latest", enable_auto_commit=False)
         await self._consumer.start()
         await self.poll_store()
-        self._task = asyncio.create_task(self._watch(), name="tower-watch")
+        self._task = (supervisor or Supervisor()).start("tower-watch", self._watch)
 
     async def poll_store(self) -> None:
         """Load each arm's LATEST version from the model store (start-up, and a safety net). A LATEST.json that
@@ -118,7 +120,10 @@ class TowerRegistry:
             log.warning("version dropped until the store is read again", extra={"arm": info.arm, "version": info.version})
 
     async def _watch(self) -> None:
-        assert self._consumer is not None
+        # A failure here (a store poll that raises, a consumer error) restarts this loop under its supervisor
+        # with backoff, counted in xdm_background_task_failures_total{task="tower-watch"}; failing on for
+        # serving.task_unhealthy_after_s turns the server's health NOT_SERVING.
+        assert self._consumer is not None and self._task is not None
         while True:
             batches = await self._consumer.getmany(timeout_ms=STORE_POLL_MS)
             if not batches:
@@ -126,6 +131,7 @@ class TowerRegistry:
             for records in batches.values():
                 for record in records:
                     await self._on_announcement(record)
+            self._task.progressed()
 
     async def _on_announcement(self, record: ConsumerRecord) -> None:
         refusal = await self._take(partial(decode_announcement, record.value or b""))

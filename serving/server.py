@@ -1,6 +1,7 @@
 """The grpc.aio Recall server: build it, add services, start, wait; stop gracefully on SIGTERM.
 
-Besides Recall it serves the standard gRPC health service (NOT_SERVING while it drains), also alone on a
+Besides Recall it serves the standard gRPC health service (NOT_SERVING while it drains, or while a
+background task has been failing for serving.task_unhealthy_after_s: xdm/supervision.py), also alone on a
 plaintext serving.health_port for probes that cannot speak TLS, and, when serving.reflection is on,
 reflection, so grpcurl works without the .proto files. Access: TLS with serving.tls_cert / tls_key, a bearer
 token with serving.auth_token_file (serving/auth.py), requests above serving.max_request_bytes refused.
@@ -14,7 +15,7 @@ import logging
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -35,6 +36,7 @@ from stream.reader import WindowsReader
 from xdm.client_security import read_secret
 from xdm.config import Config, ServingConfig
 from xdm.errors import ConfigError
+from xdm.supervision import Supervisor
 from xdm.v1 import recall_pb2, recall_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ class Deps:
     popular: PopularItems
     batcher: MicroBatcher
     process: ComputeProcess | None = None
+    supervisor: Supervisor = field(default_factory=Supervisor)  # runs the background tasks of the ones above
 
     async def stop(self) -> None:
         await self.batcher.stop()
@@ -92,18 +95,27 @@ async def start_deps(cfg: Config) -> Deps:
     check_local_index(cfg.serving)
     process = _compute_process(cfg)
     arms = Arms.parse(cfg.serving.arms)
-    reader = WindowsReader(cfg)
+    supervisor = _supervisor(cfg)
+    reader = WindowsReader(cfg, supervisor=supervisor)
     await reader.start()
     registry = TowerRegistry(cfg, arms.learners, process)
-    await registry.start()
-    popular = PopularItems(cfg)
+    await registry.start(supervisor)
+    popular = PopularItems(cfg, supervisor)
     await popular.start()
     search = VectorSearch(cfg.milvus, cfg.serving.search_timeout_s)
     batcher = MicroBatcher(search, cfg.serving.batch_max, cfg.serving.batch_runners, process)
-    batcher.start()
+    batcher.start(supervisor)
     if cfg.serving.gc_freeze:
         _freeze_startup_heap()
-    return Deps(reader=reader, registry=registry, search=search, popular=popular, batcher=batcher, process=process)
+    return Deps(reader=reader, registry=registry, search=search, popular=popular, batcher=batcher, process=process,
+                supervisor=supervisor)
+
+
+def _supervisor(cfg: Config) -> Supervisor:
+    try:
+        return Supervisor(cfg.serving.task_unhealthy_after_s)
+    except ValueError as exc:
+        raise ConfigError(f"serving.task_unhealthy_after_s: {exc}") from None
 
 
 def _compute_process(cfg: Config) -> ComputeProcess | None:
@@ -153,8 +165,7 @@ async def create_server(cfg: Config, deps: Deps) -> RunningServer:
     if port == 0:
         raise OSError(f"cannot bind {address}")
     await server.start()
-    for name in (SERVICE_NAME, ""):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    _follow_task_health(health_servicer, deps.supervisor)
     health_server = await _start_health_port(sc, health_servicer)
     log.info("recall server listening", extra={"address": f"{sc.host}:{port}", "tls": bool(sc.tls_cert),
                                                "token": bool(sc.auth_token_file), "reflection": sc.reflection})
@@ -227,6 +238,19 @@ async def _start_health_port(sc: ServingConfig, health_servicer: health.HealthSe
         raise OSError(f"cannot bind {address} (serving.health_port)")
     await server.start()
     return server
+
+
+def _follow_task_health(health_servicer: health.HealthServicer, supervisor: Supervisor) -> None:
+    """SERVING while the background tasks are healthy, NOT_SERVING while one has been failing for longer than
+    serving.task_unhealthy_after_s: a server whose windows or versions stopped moving should lose its traffic
+    to replicas that are current, and get it back once it recovers."""
+    def report(healthy: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in (SERVICE_NAME, ""):
+            health_servicer.set(name, status)
+
+    report(supervisor.healthy)
+    supervisor.on_health_change(report)
 
 
 def _tls(cert: str, key: str) -> grpc.ServerCredentials:

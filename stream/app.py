@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import faust
+from faust.types import TP
 
+from stream.dlq import DeadLetterSink
 from stream.mirror import TopicMirror
+from stream.mirror_letters import MirrorDeadLetters
 from stream.consumer import CountingMonitor, RawBytesSchema, XdmFaustApp, set_stream_yield_every
 from stream.topics import WINDOWS_TABLE
 from stream.wire import decode_item, decode_profile
@@ -56,6 +59,7 @@ class StreamApp:
     catalogue: TopicMirror[Item]
     profiles: TopicMirror[UserProfile]
     counters: Counters
+    mirror_letters: MirrorDeadLetters  # dead letters for bad records of the catalogue and profile topics
 
 
 def make_app(cfg: Config) -> StreamApp:
@@ -97,4 +101,10 @@ def make_app(cfg: Config) -> StreamApp:
     windows = app.Table(WINDOWS_TABLE, default=None, key_type=bytes, value_type=bytes, partitions=k.partitions)
     catalogue = TopicMirror(k, k.items_topic, decode_item, name="catalogue")
     profiles = TopicMirror(k, k.users_topic, decode_profile, name="profiles")
-    return StreamApp(cfg, app, events, samples, dead_letters, windows, catalogue, profiles, Counters())
+    counters = Counters()
+    # Every worker mirrors both topics whole; only the holder of clicks partition 0 writes their letters
+    # (stream/mirror_letters.py says why and what that leaves).
+    letters = MirrorDeadLetters(app, DeadLetterSink(dead_letters, counters, cfg.stream.max_event_bytes),
+                                TP(k.clicks_topic, 0))
+    catalogue.on_reject = profiles.on_reject = letters.reject
+    return StreamApp(cfg, app, events, samples, dead_letters, windows, catalogue, profiles, counters, letters)

@@ -16,12 +16,14 @@ from xdm.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 
-# Reason text (as written by stream.wire, stream.batch and the worker) -> code; first match wins.
+# Reason text (as written by stream.wire, stream.batch, stream.mirror and the worker) -> code; first match wins.
 REASON_CODES: tuple[tuple[str, str], ...] = (
     ("empty payload", "empty"),
     ("exceeds", "oversized"),
     ("not an xdm.v1.", "not_protobuf"),
     ("missing ", "missing_field"),
+    (" without ", "missing_field"),  # an item or profile record without its id
+    ("has no key", "no_key"),  # a record of a keyed topic (items, users) without a key
     ("longer than", "id_too_long"),
     ("unknown event kind", "unknown_kind"),
     ("before 2000-01-01", "timestamp_too_old"),
@@ -51,14 +53,18 @@ class DeadLetterSink:
     async def send(self, event: faust.EventT, reason: str) -> None:
         msg = event.message
         payload = event.value if isinstance(event.value, bytes) else b""
-        payload = payload[:self.max_payload_bytes]
+        await self.send_letter(msg.topic, msg.partition, msg.offset, msg.key if isinstance(msg.key, bytes) else None,
+                               payload, reason)
+
+    async def send_letter(self, topic: str, partition: int, offset: int, key: bytes | None, payload: bytes | None,
+                          reason: str) -> None:
+        """Set aside the record at topic/partition/offset with its reason; the letter is keyed by `key`."""
         letter = events_pb2.DeadLetter(
-            source_topic=msg.topic, partition=msg.partition, offset=msg.offset, reason=reason,
-            payload=payload, at_ms=int(time.time() * 1000),
+            source_topic=topic, partition=partition, offset=offset, reason=reason,
+            payload=(payload or b"")[:self.max_payload_bytes], at_ms=int(time.time() * 1000),
         )
-        await self.topic.send(key=msg.key if isinstance(msg.key, bytes) else None, value=letter.SerializeToString())
+        await self.topic.send(key=key, value=letter.SerializeToString())
         code = reason_code(reason)
         self.counters.dead_letters += 1
         self.counters.dead_letter_reasons[code] = self.counters.dead_letter_reasons.get(code, 0) + 1
-        log.warning("dead letter %s: %s (topic %s, partition %d, offset %d)", code, reason, msg.topic,
-                    msg.partition, msg.offset)
+        log.warning("dead letter %s: %s (topic %s, partition %d, offset %d)", code, reason, topic, partition, offset)

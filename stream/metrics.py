@@ -1,7 +1,9 @@
 """The worker's counters as Prometheus metrics, read from the live `Counters` at scrape time.
 
 A collector over the one `Counters` record (instead of parallel prometheus Counter objects) keeps a
-single source of truth: the log line, the metrics and the tests all read the same numbers.
+single source of truth: the log line, the metrics and the tests all read the same numbers. Beside it the
+worker exports what its mirrors and their supervisor count themselves: records skipped as bad
+(xdm_bad_records_total{reader}) and background task failures and health (xdm/supervision.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from stream.app import Counters
+from stream.mirror import BAD_RECORDS
+from xdm.supervision import TASK_FAILURES, TASK_HEALTHY
 
 PREFIX = "xdm_stream_"
 HELP = {
@@ -54,6 +58,8 @@ class CountersCollector:
 def metrics_registry(collector: CountersCollector) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=True)
     registry.register(collector)
+    for own_metric in (BAD_RECORDS, TASK_FAILURES, TASK_HEALTHY):  # counted by the mirrors and their supervisor
+        registry.register(own_metric)
     return registry
 
 

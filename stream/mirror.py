@@ -4,6 +4,11 @@ It reads every partition from the beginning, without a consumer group, so any nu
 machine can hold one. `caught_up` is only declared after a fetch at the broker's reported end returns
 nothing: the embedded broker can report an end offset below the true high watermark (STACK.md), so the
 reported end alone would let a reader start serving with rows missing.
+
+The reader loop runs under a Supervisor (xdm/supervision.py): a failed fetch restarts it with backoff.
+One record that cannot be used (no key, undecodable, refused by `on_update`) is counted in
+`xdm_bad_records_total{reader}`, handed to `on_reject` (the worker dead-letters it) and skipped: it
+never ends the loop, and it never replaces the key's last good value.
 """
 
 from __future__ import annotations
@@ -11,23 +16,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable, Generic, TypeVar
+from typing import Any, Awaitable, Callable, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import Counter
 
 from stream.true_ends import probe_with_own_consumer
 from xdm.client_security import kafka_client_kwargs
 from xdm.config import KafkaConfig
+from xdm.supervision import SupervisedTask, Supervisor
 
 log = logging.getLogger(__name__)
 V = TypeVar("V")
+BAD_RECORDS = Counter("xdm_bad_records", "Records a background reader skipped: no key, undecodable or refused",
+                      ["reader"])
 
 
 class TopicMirror(Generic[V]):
     """Keeps {key: decode(value)} for one topic; a None value (tombstone) deletes the key."""
 
     def __init__(self, kafka: KafkaConfig, topic: str, decode: Callable[[bytes], V], name: str = "",
-                 read_committed: bool = False) -> None:
+                 read_committed: bool = False, supervisor: Supervisor | None = None) -> None:
         self.kafka = kafka
         # a topic written in transactions (kafka.exactly_once) must not show records of aborted ones
         self.isolation_level = "read_committed" if read_committed else "read_uncommitted"
@@ -38,10 +47,14 @@ class TopicMirror(Generic[V]):
         self.last_update_ms: dict[str, int] = {}  # broker timestamp of the latest record per key
         self.records = 0
         self.bad_records = 0
+        self.supervisor = supervisor or Supervisor()
         self._caught_up = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task | None = None
+        self._task: SupervisedTask | None = None
+        # Called with (key, value) before a record is stored (value None: a tombstone); raising refuses it.
         self.on_update: Callable[[str, V | None], None] | None = None
+        # Called with (record, reason) for each record skipped as bad.
+        self.on_reject: Callable[[Any, str], Awaitable[None]] | None = None
 
     @property
     def caught_up(self) -> bool:
@@ -58,18 +71,17 @@ class TopicMirror(Generic[V]):
         partitions = await self._partitions()
         self._consumer.assign(partitions)
         await self._consumer.seek_to_beginning(*partitions)
-        self._task = asyncio.create_task(self._run(partitions), name=f"mirror-{self.name}")
+        self._task = self.supervisor.start(f"mirror-{self.name}", lambda: self._run(partitions))
 
     async def wait_caught_up(self, timeout_s: float = 60.0) -> None:
-        """Wait until caught up; a mirror whose reader task died raises that task's error here."""
-        assert self._task is not None, "start() the mirror first"
-        waiter = asyncio.create_task(self._caught_up.wait())
-        done, _ = await asyncio.wait({waiter, self._task}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        if waiter not in done:
-            waiter.cancel()
-            if self._task in done:
-                self._task.result()
-            raise TimeoutError(f"mirror of {self.topic} not caught up after {timeout_s:.0f} s")
+        """Wait until caught up; the timeout's message names the reader's last failure, if any."""
+        task = self._task
+        assert task is not None, "start() the mirror first"
+        try:
+            await asyncio.wait_for(self._caught_up.wait(), timeout_s)
+        except TimeoutError:
+            failed = f"; its reader failed {task.failures} times, last: {task.last_error!r}" if task.failures else ""
+            raise TimeoutError(f"mirror of {self.topic} not caught up after {timeout_s:.0f} s{failed}") from None
 
     async def stop(self) -> None:
         await stop_background(self._task, self._consumer)
@@ -88,13 +100,16 @@ class TopicMirror(Generic[V]):
         raise RuntimeError(f"topic {self.topic} does not exist; create topics first (xdm topics)")
 
     async def _run(self, partitions: list[TopicPartition]) -> None:
-        assert self._consumer is not None
-        consumer = self._consumer
+        assert self._consumer is not None and self._task is not None
+        consumer, task = self._consumer, self._task
         while True:
             batches = await consumer.getmany(timeout_ms=200, max_records=5000)
             for records in batches.values():
                 for record in records:
-                    self._apply(record)
+                    reason = self._apply(record)
+                    if reason and self.on_reject is not None:
+                        await self.on_reject(record, reason)
+            task.progressed()
             if not batches and not self.caught_up and await self._at_true_end(partitions):
                 self._caught_up.set()
                 log.info("mirror caught up", extra={"mirror": self.name, "keys": len(self.values)})
@@ -111,35 +126,36 @@ class TopicMirror(Generic[V]):
         ends = await probe_with_own_consumer(self.kafka, reported)
         return all(positions[tp] >= (ends.get(tp) or 0) for tp in partitions)
 
-    def _apply(self, record) -> None:
+    def _apply(self, record) -> str:
+        """Store one record; returns "" or, for a record skipped as bad, the reason."""
         self.records += 1
         if record.key is None:
-            self.bad_records += 1
-            return
-        key = record.key.decode() if isinstance(record.key, bytes) else str(record.key)
-        if record.value is None:
+            return self._skip(record, "record has no key")
+        try:
+            key = record.key.decode() if isinstance(record.key, bytes) else str(record.key)
+            value = None if record.value is None else self.decode(record.value)
+            if self.on_update:
+                self.on_update(key, value)
+        except Exception as exc:  # a bad row must not stop a replica: it is counted, reported and skipped
+            return self._skip(record, str(exc) or type(exc).__name__)
+        if value is None:
             self.values.pop(key, None)
-            value = None
         else:
-            try:
-                value = self.decode(record.value)
-            except Exception:  # a bad row must not stop a replica; it is counted and skipped
-                self.bad_records += 1
-                log.warning("undecodable record skipped", extra={"mirror": self.name, "key": key})
-                return
             self.values[key] = value
         self.last_update_ms[key] = record.timestamp
-        if self.on_update:
-            self.on_update(key, value)
+        return ""
+
+    def _skip(self, record, reason: str) -> str:
+        self.bad_records += 1
+        BAD_RECORDS.labels(self.name).inc()
+        log.warning("bad record skipped: %s", reason, extra={"mirror": self.name, "partition": record.partition,
+                                                             "offset": record.offset})
+        return reason
 
 
-async def stop_background(task: asyncio.Task | None, consumer: AIOKafkaConsumer | None) -> None:
-    """Cancel a background reader task and close its consumer (either may be None: never started)."""
+async def stop_background(task: SupervisedTask | None, consumer: AIOKafkaConsumer | None) -> None:
+    """Stop a supervised reader task and close its consumer (either may be None: never started)."""
     if task:
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
+        await task.stop()
     if consumer:
         await consumer.stop()

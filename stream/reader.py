@@ -10,26 +10,36 @@ The cache keeps the windows as stored rows (`WindowRows`: tuples of ints and str
 records (serving reads the rows; `windows` builds the records, ~40 µs at Table-1 lengths): the garbage
 collector stops tracking plain tuples, while ~110 records a user stay tracked, and every full collection
 walks them all while the whole server waits (bench/gc_pause.py).
+
+A changelog record this code cannot read (a newer state format during a rolling upgrade, a corrupt
+row) is refused by the mirror and counted; the user keeps the windows of their last good record. Only
+the format byte is checked on arrival (a full decode of every record would cost the replica its
+speed); a user whose stored state still fails to decode on read is answered as one without windows.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 
-from stream.mirror import TopicMirror
-from stream.state_codec import decode_state
+from stream.mirror import BAD_RECORDS, TopicMirror
+from stream.state_codec import FORMAT_VERSION, StateFormatError, UnsupportedStateVersion, decode_state
 from stream.topics import changelog_topic
 from stream.windows import NO_EVENTS, WindowRows, WindowRules, Windows, snapshot_rows, windows_of
 from xdm.config import Config
+from xdm.supervision import Supervisor
+
+log = logging.getLogger(__name__)
 
 
 class WindowsReader:
     """Current windows of any user, as the workers last wrote them."""
 
-    def __init__(self, cfg: Config, cache_users: int = 10_000) -> None:
+    def __init__(self, cfg: Config, cache_users: int = 10_000, supervisor: Supervisor | None = None) -> None:
         self.rules: WindowRules = cfg.windows
-        self.mirror: TopicMirror[bytes] = TopicMirror(cfg.kafka, changelog_topic(cfg), bytes, name="windows",
-                                                      read_committed=cfg.kafka.exactly_once)
+        self.mirror: TopicMirror[bytes] = TopicMirror(cfg.kafka, changelog_topic(cfg), readable_state,
+                                                      name="windows", read_committed=cfg.kafka.exactly_once,
+                                                      supervisor=supervisor)
         self.cache_users = cache_users
         self._cache: OrderedDict[str, tuple[bytes, WindowRows | None]] = OrderedDict()  # user -> (record, rows)
         self.mirror.on_update = self._on_record
@@ -55,23 +65,40 @@ class WindowsReader:
         if cached is not None and cached[0] is raw:  # every changelog record is a new bytes object
             self._cache.move_to_end(user_id)
             return cached[1]
-        return self._compute(user_id, raw)
+        try:
+            return self._compute(user_id, raw)
+        except StateFormatError as exc:  # one corrupt row: this user is answered without windows
+            BAD_RECORDS.labels(self.mirror.name).inc()
+            log.warning("stored windows undecodable, answering without them: %s", exc, extra={"user": user_id})
+            self._remember(user_id, raw, None)
+            return None
 
     def _compute(self, user_id: str, raw: bytes) -> WindowRows | None:
         state = decode_state(raw)
         rows = None if state.max_ts == NO_EVENTS else snapshot_rows(state, state.max_ts, self.rules)
+        self._remember(user_id, raw, rows)
+        return rows
+
+    def _remember(self, user_id: str, raw: bytes, rows: WindowRows | None) -> None:
         if self.cache_users > 0:
             self._cache[user_id] = (raw, rows)
             self._cache.move_to_end(user_id)
             if len(self._cache) > self.cache_users:
                 self._cache.popitem(last=False)
-        return rows
 
     def _on_record(self, user_id: str, raw: bytes | None) -> None:
-        """A changelog record arrived: refresh a user that is being read, forget a deleted one."""
+        """A changelog record arrived: refresh a user that is being read, forget a deleted one. A record
+        that does not decode raises: the mirror refuses it and the user keeps their last good windows."""
         if user_id not in self._cache:
             return
         if raw is None:
             del self._cache[user_id]
         else:
-            self._cache[user_id] = (raw, self._compute(user_id, raw))
+            self._compute(user_id, raw)
+
+
+def readable_state(raw: bytes) -> bytes:
+    """A changelog record as the mirror keeps it, if its format is one this code reads (else it raises)."""
+    if not raw or raw[0] != FORMAT_VERSION:
+        raise UnsupportedStateVersion(f"state format {raw[0] if raw else 'none'}, this code reads {FORMAT_VERSION}")
+    return raw

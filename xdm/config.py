@@ -154,6 +154,7 @@ class ServingConfig:
     max_pending_calls: int = 20_000  # calls queued before the server takes them; gRPC cancels the overflow
     switch_interval_ms: float = 5.0  # Python's GIL switch interval in the server; 1 ms measured no better (bench)
     popular_half_life_ms: int = 86_400_000  # decay of click counts behind cold-start answers (event time)
+    task_unhealthy_after_s: float = 30.0  # a background task failing this long (s) turns health NOT_SERVING (xdm/supervision.py)
     tls_cert: str = ""  # PEM certificate file; with tls_key, the server speaks TLS only
     tls_key: str = ""  # PEM private key file
     tls_ca: str = ""  # PEM CA bundle clients (xdm recall, replay) trust for the server; set, they speak TLS
