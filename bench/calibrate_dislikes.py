@@ -39,6 +39,7 @@ from learner.split import DEFAULT_TEST_DAYS, TEST_ANCHORS, Split, test_windows_t
 from replay.simulate import simulate  # noqa: E402
 from replay.stats import PAPER_TABLE1  # noqa: E402
 from replay.world import WorldConfig  # noqa: E402
+from xdm.plotting import pyplot  # noqa: E402
 
 DEFAULT_WORLD_SEED = 1  # `xdm simulate`'s default: the world Table 2 is read on
 PAPERS_HR50_LIFT = (0.0108, 0.0138)  # w/o conf+metric vs SDM, HR@50: XDM Table 2, SRU2B Table 2
@@ -120,11 +121,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def plot_report(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     points = report["points"]
     labels = ["\n".join(r["point"]) or "off" for r in points]
     fig, ax = plt.subplots(figsize=(2.2 * len(points) + 3, 4))

@@ -122,11 +122,9 @@ def _lift(lift: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
+    from xdm.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     labels = [str(row["rehearsal_steps"]) for row in report["rows"]]
     for ax, metric in zip(axes, ("hr@50", "mrr@50")):

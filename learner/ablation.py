@@ -35,6 +35,7 @@ from learner.offline import (
 )
 from learner.run_pool import PEER, VARIANT, Job, JobResult, reused_note, run_jobs
 from learner.split import Split, test_windows_taken
+from xdm.plotting import pyplot
 
 log = logging.getLogger(__name__)
 
@@ -167,12 +168,9 @@ def _label(key: str) -> str:
 
 def plot_ablation(report: dict[str, Any], path: Path) -> None:
     """Grouped bars (one group per metric, one bar per row) with 95% bootstrap intervals."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    plt = pyplot()
     rows = report["rows"]
     fig, axes = plt.subplots(1, len(CUTOFFS), figsize=(7 * len(CUTOFFS), 4.5), squeeze=False)
     width = 0.8 / len(rows)
@@ -197,11 +195,7 @@ def plot_ablation(report: dict[str, Any], path: Path) -> None:
 
 def plot_lifts(report: dict[str, Any], path: Path, keys: tuple[str, ...] = ("hr@50", "mrr@50")) -> None:
     """Each row's lift vs the baseline with its 95% paired interval, one panel per metric (a forest plot)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = [name for name in report["rows"] if name != report["baseline"]]
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 0.45 * len(rows) + 1.5), squeeze=False,
                              sharey=True)

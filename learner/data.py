@@ -56,8 +56,9 @@ from tqdm import tqdm
 from learner.split import OfflineDataError, Split, anchor_entry
 from replay.format import read_events, read_items, read_users
 from stream.samples import Sample, SampleRules, flush, sample_id, step
-from stream.windows import DAY_MS, Behavior, UserState, WindowRules, Windows, snapshot
+from stream.windows import Behavior, UserState, WindowRules, Windows, snapshot
 from xdm.records import Item
+from xdm.time_units import DAY_MS
 
 log = logging.getLogger(__name__)
 

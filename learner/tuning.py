@@ -25,6 +25,7 @@ from learner.model import VARIANTS, ModelConfig
 from learner.offline import CUTOFFS, METRIC_LABELS, METRICS, TrainSettings, compare, format_lift, metric_key
 from learner.run_pool import VARIANT, Job, reused_note, run_jobs
 from learner.split import Split, test_windows_taken
+from xdm.plotting import pyplot
 from xdm.setting_text import parse_setting
 from xdm.errors import XdmError
 
@@ -149,11 +150,7 @@ def format_tuning(report: dict[str, Any]) -> str:
 
 def plot_tuning(report: dict[str, Any], path: Path) -> None:
     """The select metric per value with its 95% interval; the baseline as a band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     key = report["select"]
     names = list(report["values"])
     mean = [report["summary"][n][key]["mean"] for n in names]

@@ -38,14 +38,16 @@ from replay.learner_gate import LearnerGate
 from replay.learner_sync import LearnerProgress, wait_learners_idle
 from replay.replayer import _max_ts
 from replay.simulate import simulate, world_for
-from replay.world import DAY_MS, World
+from replay.world import World
 from serving.arms import Arms
 from stream.mirror import TopicMirror
 from stream.topics import changelog_topic
 from stream.wire import encode_event
 from xdm.config import Config
+from xdm.plotting import pyplot
 from xdm.recall_channel import recall_aio_channel
 from xdm.records import Event
+from xdm.time_units import DAY_MS, HOUR_MS
 from xdm.v1 import recall_pb2, recall_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -129,7 +131,7 @@ async def _day(cfg, opts, world, stub, producer, mirror, rng, day, daily, tallie
     """One A/B day; returns the Recall calls that failed (those users saw no page)."""
     failed = 0
     active = np.flatnonzero(rng.random(opts.users) < opts.active_day_prob * world.users.activity)
-    start = world.cfg.start_ms + day * DAY_MS + rng.integers(8, 22, len(active)) * 3_600_000
+    start = world.cfg.start_ms + day * DAY_MS + rng.integers(8, 22, len(active)) * HOUR_MS
     mood = world.session_engagement(len(active), rng)
     shown: list[set[str]] = [set() for _ in active]
     user_ids = world.user_id(active).tolist()
@@ -203,13 +205,13 @@ async def _wait_users(mirror: TopicMirror, last: dict[str, int], timeout_s: floa
     pending = dict(last)
     show = since_ms is not None
     first = since_ms or 0
-    hours = (max(last.values(), default=first) - first) / 3_600_000
+    hours = (max(last.values(), default=first) - first) / HOUR_MS
     with tqdm(total=round(hours, 1), desc="workers' event time", unit="h", disable=not show) as bar:
         while pending and loop.time() < deadline:
             pending = {u: t for u, t in pending.items() if (mirror.get(u) or 0) < t}
             if show:
                 reached = max(mirror.values.values(), default=first)
-                bar.n = round(min(hours, max(0.0, (reached - first) / 3_600_000)), 1)
+                bar.n = round(min(hours, max(0.0, (reached - first) / HOUR_MS)), 1)
                 bar.refresh()
             await asyncio.sleep(0.05)
     if pending:
@@ -275,11 +277,9 @@ def _markdown(report: dict) -> str:
 
 
 def _plot(report: dict, out_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for arm, days in sorted(report["daily"].items()):

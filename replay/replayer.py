@@ -47,11 +47,11 @@ from stream.wire import encode_event
 from xdm.config import Config
 from xdm.recall_channel import recall_aio_channel
 from xdm.records import Event
+from xdm.time_units import DAY_MS
 from xdm.v1 import recall_pb2, recall_pb2_grpc
 
 log = logging.getLogger(__name__)
 N_LABELS = 5
-DAY_MS = 86_400_000
 TOP_N = 80
 CUTS = (50, 80)
 

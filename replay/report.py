@@ -15,11 +15,12 @@ import numpy as np
 
 from infra.learner_settings import describe, recorded
 from replay.abstats import arm_estimate, compare_means, compare_paired
+from xdm.plotting import pyplot
+from xdm.time_units import DAY_MS
 
 METRICS = ("hr50", "mrr50", "r50", "f150", "hr80", "mrr80", "r80", "f180")
 LABELS = {"hr50": "HR@50", "mrr50": "MRR@50", "r50": "R@50", "f150": "F1@50",
           "hr80": "HR@80", "mrr80": "MRR@80", "r80": "R@80", "f180": "F1@80"}
-DAY_MS = 86_400_000
 PLOTTED = ("hr50", "mrr50", "r50", "f150")
 
 
@@ -181,11 +182,7 @@ def _over_time(rows: list[dict], arms: list[str], first_day: int) -> dict:
 
 
 def _plots(report: dict, out_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     for metric, arms in report["over_time"].items():
         fig, ax = plt.subplots(figsize=(7, 3.6))
         for arm, series in sorted(arms.items()):

@@ -65,9 +65,9 @@ import numpy as np
 from tqdm import tqdm
 
 from replay.format import EventWriter, LogDir, write_items, write_users
-from replay.world import DAY_MS, RowSampler, World, WorldConfig
+from replay.world import RowSampler, World, WorldConfig
+from xdm.time_units import DAY_MS, HOUR_MS
 
-HOUR_MS = 3_600_000
 HISTORY, STALE, INTENT, POPULAR, EXPLORE = range(5)  # feed sources, see the module docstring
 MAX_SESSIONS = 6  # sessions a user can have in one day, each in its own hour
 # Relative chance that a session starts in each hour of the day (an e-commerce app's evening peak).

@@ -32,8 +32,8 @@ import numpy as np
 
 from xdm.records import Item, UserProfile
 from xdm.setting_text import parse_setting
+from xdm.time_units import DAY_MS
 
-DAY_MS = 86_400_000
 APPEAL_TABLE_CELLS = 4_000_000  # (user state x leaf) cells click_prob_pairs fills at once
 NEVER = 1 << 30  # start / end day of an interest slot that has not been scheduled
 NEVER_MS = np.iinfo(np.int64).max  # the same in milliseconds

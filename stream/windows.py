@@ -44,8 +44,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 
 from xdm.records import Event, Item
-
-DAY_MS = 86_400_000
+from xdm.time_units import DAY_MS
 
 # A stored behaviour is (ts_ms, item key), the key being the item's five fields joined by FIELD_SEP.
 # One string per item, shared by all its rows, is far cheaper to hash, encode and decode than five

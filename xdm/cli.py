@@ -449,13 +449,6 @@ def _train_settings(cfg: Config, epochs: int | None, batch_size: int | None, def
                          threads=lc.torch_threads)
 
 
-def model_overrides(cfg: Config) -> dict:
-    """Model settings from config (--set model.x=...) except the switches the variant decides."""
-    from dataclasses import asdict
-
-    return {k: v for k, v in asdict(cfg.model).items() if k not in {"use_unclicked", "fusion", "triplet"}}
-
-
 def _split(cfg: Config, data_dir: Path, test_days: float, test_anchor: str, cache_dir: str) -> Split:
     """The offline split the options name, with the config's window and sample rules."""
     return Split(data_dir, cfg.windows, cfg.samples, test_days, test_anchor=test_anchor, cache_dir=cache_dir)
@@ -484,6 +477,7 @@ def train(ctx: click.Context, data_dir: Path, variant: str, out: Path, epochs: i
           test_days: float, test_anchor: str, cache_dir: str) -> None:
     """Train a model offline on the log's samples before its test period; writes a run directory."""
     from learner.offline import train_offline
+    from learner.online import model_overrides
 
     cfg = _cfg(ctx)
     run = train_offline(_split(cfg, data_dir, test_days, test_anchor, cache_dir), _check_variant(variant), out,
@@ -556,6 +550,7 @@ def ablate(ctx: click.Context, data_dir: Path, out: Path, variants: str | None, 
     """Train every Table 2 row on one split and write the table with lifts vs SDM and their intervals."""
     from learner.ablation import TABLE2
     from learner.ablation import ablate as run_ablation
+    from learner.online import model_overrides
 
     cfg = _cfg(ctx)
     names = tuple(_check_variant(v.strip()) for v in variants.split(",") if v.strip()) if variants else TABLE2
@@ -582,6 +577,7 @@ def tune(ctx: click.Context, data_dir: Path, param: str, values: str, variant: s
          boot: int, jobs: int, resume: bool) -> None:
     """Pick a model setting on a validation split cut before the test period (the test days are never read)."""
     from learner.tuning import parse_grid
+    from learner.online import model_overrides
     from learner.tuning import tune as run_tuning
 
     cfg = _cfg(ctx)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from replay.report import METRICS, ReportError, build_report
+from xdm.time_units import DAY_MS
 
-DAY_MS = 86_400_000
 START = 1_700_000_000_000
 
 

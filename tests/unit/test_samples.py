@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from stream.samples import Sample, SampleRules, flush, sample_id, step
 from stream.state_codec import decode_state, encode_state
-from stream.windows import DAY_MS, Outcome, UserState, WindowRules, apply_event, snapshot
+from stream.windows import Outcome, UserState, WindowRules, apply_event, snapshot
 from xdm.records import Event, Item
+from xdm.time_units import DAY_MS
 
 MIN = 60_000
 T0 = 1_700_000_000_000
