@@ -22,7 +22,6 @@ from typing import Any
 
 from learner.data import build_offline_data
 from learner.evaluation_stats import DEFAULT_BOOT
-from learner.model import ModelConfig
 from learner.offline import (
     CUTOFFS,
     METRIC_LABELS,
@@ -35,6 +34,7 @@ from learner.offline import (
 )
 from learner.run_pool import PEER, VARIANT, Job, JobResult, reused_note, run_jobs
 from learner.split import Split, test_windows_taken
+from xdm.model_config import ModelConfig
 from xdm.plotting import pyplot
 
 log = logging.getLogger(__name__)

@@ -55,9 +55,10 @@ from tqdm import tqdm
 
 from learner.split import OfflineDataError, Split, anchor_entry
 from replay.format import read_events, read_items, read_users
-from stream.samples import Sample, SampleRules, flush, sample_id, step
-from stream.windows import Behavior, UserState, WindowRules, Windows, snapshot
+from stream.samples import Sample, flush, sample_id, step
+from stream.windows import Behavior, UserState, Windows, snapshot
 from xdm.records import Item
+from xdm.stream_rules import SampleRules, WindowRules
 from xdm.time_units import DAY_MS
 
 log = logging.getLogger(__name__)

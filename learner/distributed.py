@@ -41,11 +41,12 @@ from torch import Tensor, nn
 
 from learner.batch import ITEM_KINDS, Vocabulary, collate, profile_kind
 from learner.checkpoint import load_checkpoint, save_checkpoint
-from learner.model import ModelConfig, config_for, pick_device
+from learner.model import config_for, pick_device
 from learner.online import (LearnerStatus, OnlineLearner, Taken, assign_from, model_overrides, samples_consumer,
                             wait_partitions)
 from learner.trainer import StepStats, Trainer
 from xdm.config import Config
+from xdm.model_config import ModelConfig
 
 log = logging.getLogger(__name__)
 

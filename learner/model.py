@@ -13,7 +13,6 @@ from the input embeddings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
@@ -23,58 +22,7 @@ from torch import Tensor
 from learner import losses
 from learner.batch import ITEM_KINDS, Batch, profile_kind
 from learner.sampler import LogUniformSampler
-
-FUSIONS = ("none", "simple", "confidence")
-TRIPLETS = ("none", "asymmetric", "symmetric", "unclk_lab", "lab_clk", "unclk_clk")
-_NEEDS_N = {"asymmetric", "symmetric", "unclk_lab", "unclk_clk"}  # metric losses that involve n
-_NEEDS_C = {"asymmetric", "symmetric", "unclk_lab", "lab_clk"}  # ... and those that involve c
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    embed_dim: int = 64  # Le: size of every feature embedding, q_i, e_u, h, n, c, z (papers: 128)
-    lstm_layers: int = 1  # depth of SDM's short-term LSTM
-    n_heads: int = 4  # heads of SDM's multi-head self-attention; must divide embed_dim
-    dropout: float = 0.1  # dropout on behaviour embeddings q_i and on self-attention weights (training)
-    init_std: float = 0.05  # std of the normal init of embedding rows, initial and grown online
-    profile_fields: str = ""  # comma-separated user profile field names (e_u inputs); "" = learned constant e_u
-    use_unclicked: bool = True  # encode the unclicked window into n (eq. 3); False gives plain SDM
-    fusion: str = "confidence"  # z from h and n: none (z = h), simple (eq. 6), confidence (eqs. 7-8)
-    triplet: str = "symmetric"  # metric loss: none, asymmetric (eq. 4), symmetric (eq. 5), or a Table 3 pair
-    share_label_encoder: bool = True  # c uses the same f as n ("embedded in the same way", §3.3)
-    margin: float = 5.0  # m* of eq. 5; also m of eq. 4 and the hinge of the Table 3 pair losses
-    # λ of eq. 9, weight of the metric loss against the cross-entropy. The papers' 10 was chosen on their
-    # data; on the default simulated world `xdm tune` picks 0.3 on the validation split (README, Table 2).
-    triplet_weight: float = 0.3
-    triplet_warmup_steps: int = 0  # λ ramps linearly from 0 over this many optimiser steps (0 = full λ at once)
-    # Added to the confidence gate's initial bias b (eq. 7). At 0 (PyTorch's init) G starts near 0.5, so z
-    # starts as h minus half of an untrained n; a negative shift starts z near h, SDM's user vector.
-    gate_bias_shift: float = 0.0
-    tie_item_embeddings: bool = False  # v_i (eq. 2) IS the item-id input embedding: n, c and z share one space
-    n_negatives: int = 1000  # j, log-uniform negatives per batch for the sampled softmax (papers: 20000)
-    remove_accidental_hits: bool = True  # drop sampled negatives equal to one of the user's labels
-
-    def __post_init__(self) -> None:
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"model.fusion must be one of {', '.join(FUSIONS)}; got {self.fusion!r}")
-        if self.triplet not in TRIPLETS:
-            raise ValueError(f"model.triplet must be one of {', '.join(TRIPLETS)}; got {self.triplet!r}")
-        if not self.use_unclicked and (self.fusion != "none" or self.triplet in _NEEDS_N):
-            raise ValueError(
-                f"fusion={self.fusion!r} / triplet={self.triplet!r} need n: set use_unclicked=True"
-            )
-        if self.triplet_warmup_steps < 0:
-            raise ValueError(f"model.triplet_warmup_steps must be >= 0; got {self.triplet_warmup_steps}")
-        if self.embed_dim < 1 or self.embed_dim % self.n_heads:
-            raise ValueError(f"model.embed_dim ({self.embed_dim}) must be a positive multiple of n_heads")
-        for name in self.profile_field_names:
-            if not name.isidentifier():
-                raise ValueError(f"profile field {name!r} must be an identifier (letters, digits, _)")
-
-    @property
-    def profile_field_names(self) -> tuple[str, ...]:
-        return tuple(f.strip() for f in self.profile_fields.split(",") if f.strip())
-
+from xdm.model_config import TRIPLETS_WITH_C, ModelConfig
 
 # Table 2 rows (§4.2) and Table 3 rows (§5.3.2). "w/o fusion+sym" keeps n for the asymmetric triplet
 # but recommends with z = h; the Table 3 pair variants replace the triplet inside the full XDM.
@@ -273,7 +221,7 @@ class XDM(nn.Module):
         self.long_term = LongTermEncoder(cfg)
         self.gated = GatedFusion(d)
         self.unclicked = UnclickedEncoder(d) if cfg.use_unclicked else None
-        needs_c = cfg.triplet in _NEEDS_C
+        needs_c = cfg.triplet in TRIPLETS_WITH_C
         # c is "embedded in the same way" as n (§3.3); sharing f puts n and c in one space by
         # construction, so the metric loss can only be met through the item embeddings (unclicked items
         # vs. label items), not by two independent tanh layers drifting their biases m* apart.

@@ -26,6 +26,7 @@ import torch
 from learner.vector_store import collection_name
 from xdm.config import MilvusConfig
 from xdm.errors import XdmError
+from xdm.model_config import ModelConfig
 from xdm.v1 import events_pb2
 
 # 2: weights as tensors and all else one JSON header. Format 1 pickled the rest as containers and was read
@@ -188,7 +189,7 @@ def load_tower(store: str, arm: str, version: int) -> Tower:
     weights-only unpickler. Raises TowerFileError for a file that holds anything but tensors and plain data,
     is of another format, or is the tower of another arm or version (a file copied to the wrong name)."""
     from learner.batch import Vocabulary
-    from learner.model import XDM, ModelConfig
+    from learner.model import XDM
 
     path = tower_path(store, arm, version)
     try:

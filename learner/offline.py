@@ -32,10 +32,11 @@ from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.data import OfflineData, SampleTable, build_offline_data
 from learner.evaluation_stats import DEFAULT_BOOT, bootstrap_ci, paired_lift, random_hit_rate
 from learner.metrics import metrics_at
-from learner.model import ModelConfig, config_for
+from learner.model import config_for
 from learner.split import Split
 from learner.trainer import Trainer
 from xdm.errors import XdmError
+from xdm.model_config import ModelConfig
 
 log = logging.getLogger(__name__)
 

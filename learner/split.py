@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from replay.format import LogDir
-from stream.samples import SampleRules
-from stream.windows import WindowRules
 from xdm.errors import XdmError
+from xdm.stream_rules import SampleRules, WindowRules
 
 DEFAULT_TEST_DAYS = 2.0
 TEST_ANCHORS = ("cut", "first_click")  # where a test user's windows are taken (learner/data.py)

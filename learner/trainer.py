@@ -25,8 +25,9 @@ import torch
 
 from learner.batch import Vocabulary, collate
 from learner.metrics import mean_metrics, metrics_at
-from learner.model import XDM, ModelConfig, pick_device
+from learner.model import XDM, pick_device
 from learner.sampler import LogUniformSampler
+from xdm.model_config import ModelConfig
 
 VALIDATION_N = 50
 

@@ -21,12 +21,13 @@ from typing import Any
 
 from learner.data import build_offline_data
 from learner.evaluation_stats import DEFAULT_BOOT
-from learner.model import VARIANTS, ModelConfig
+from learner.model import VARIANTS
 from learner.offline import CUTOFFS, METRIC_LABELS, METRICS, TrainSettings, compare, format_lift, metric_key
 from learner.run_pool import VARIANT, Job, reused_note, run_jobs
 from learner.split import Split, test_windows_taken
+from xdm.config import parse_setting
+from xdm.model_config import ModelConfig
 from xdm.plotting import pyplot
-from xdm.setting_text import parse_setting
 from xdm.errors import XdmError
 
 

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from replay.format import read_events, read_items
-from stream.samples import Sample, SampleRules, flush, step
-from stream.windows import Behavior, Outcome, UserState, WindowRules
+from stream.samples import Sample, flush, step
+from stream.windows import Behavior, Outcome, UserState
 from xdm.records import Item
+from xdm.stream_rules import SampleRules, WindowRules
 
 LEAF_HIT_TOP = 2  # leaves a category-level stand-in recommends (see leaf_hit_* above)
 # SRU2B Table 1 (Taobao, Tmall): the averages a calibrated log should come near.

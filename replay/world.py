@@ -30,8 +30,8 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
+from xdm.config import parse_setting
 from xdm.records import Item, UserProfile
-from xdm.setting_text import parse_setting
 from xdm.time_units import DAY_MS
 
 APPEAL_TABLE_CELLS = 4_000_000  # (user state x leaf) cells click_prob_pairs fills at once

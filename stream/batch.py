@@ -20,9 +20,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from stream.samples import Sample, SampleRules, step
-from stream.windows import BadEvent, Outcome, UserState, WindowRules
+from stream.samples import Sample, step
+from stream.windows import BadEvent, Outcome, UserState
 from xdm.records import Event, Item
+from xdm.stream_rules import SampleRules, WindowRules
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,8 +25,9 @@ from collections import OrderedDict
 from stream.mirror import BAD_RECORDS, TopicMirror
 from stream.state_codec import FORMAT_VERSION, StateFormatError, UnsupportedStateVersion, decode_state
 from stream.topics import changelog_topic
-from stream.windows import NO_EVENTS, WindowRows, WindowRules, Windows, snapshot_rows, windows_of
+from stream.windows import NO_EVENTS, WindowRows, Windows, snapshot_rows, windows_of
 from xdm.config import Config
+from xdm.stream_rules import WindowRules
 from xdm.supervision import Supervisor
 
 log = logging.getLogger(__name__)

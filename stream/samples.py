@@ -21,25 +21,13 @@ from stream.windows import (
     Behavior,
     Outcome,
     UserState,
-    WindowRules,
     Windows,
     apply_event,
     behaviors,
     snapshot,
 )
 from xdm.records import Event, Item
-
-
-@dataclass(frozen=True)
-class SampleRules:
-    every_m_clicks: int = 1  # one click in m (by event-id hash) anchors a sample
-    n_labels: int = 5  # next k clicked items taken as labels, k = 5 (§4.3)
-    expire_ms: int = 86_400_000  # labels must all fall within this span (ms) after the anchor
-
-    def __post_init__(self) -> None:
-        if self.every_m_clicks < 1 or self.n_labels < 1 or self.expire_ms < 0:
-            raise ValueError("samples.every_m_clicks and samples.n_labels must be at least 1, "
-                             "samples.expire_ms not negative")
+from xdm.stream_rules import SampleRules, WindowRules
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 
 from xdm.records import Event, Item
+from xdm.stream_rules import WindowRules
 from xdm.time_units import DAY_MS
 
 # A stored behaviour is (ts_ms, item key), the key being the item's five fields joined by FIELD_SEP.
@@ -64,27 +65,6 @@ class Outcome(enum.Enum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"  # event id already applied: nothing changed
     TOO_LATE = "too_late"  # older than the user's watermark: dropped, nothing changed
-
-
-@dataclass(frozen=True)
-class WindowRules:
-    session_gap_ms: int = 600_000  # a gap longer than this (ms) between two clicks starts a new session
-    session_max: int = 50  # most clicks in one session; one more starts a new session
-    long_term_ms: int = 7 * DAY_MS  # long-term = clicks this long (ms) before the session start
-    long_term_max: int = 100  # most long-term clicks kept (newest)
-    unclicked_ms: int = 3 * DAY_MS  # unclicked span (ms) before the snapshot time, §4.1 rule 1
-    unclicked_min_exposures: int = 2  # impressions needed in that span: "more than k=1 times", §4.1 rule 2
-    unclicked_max: int = 100  # most unclicked items kept (latest impressions), §4.1
-    lateness_ms: int = 60_000  # how far (ms) an event may trail the user's newest event and still count
-    dedup_max: int = 1024  # most event ids remembered per user for redelivery checks
-    prune_every_ms: int = 600_000  # watermark progress (ms) between two prunes of old state
-
-    def __post_init__(self) -> None:
-        if self.session_max < 1 or self.dedup_max < 1:
-            raise ValueError("windows.session_max and windows.dedup_max must be at least 1")
-        for name, value in vars(self).items():
-            if value < 0:
-                raise ValueError(f"windows.{name} must not be negative, got {value}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,11 +12,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from learner.model import ModelConfig
-from stream.samples import SampleRules
-from stream.windows import WindowRules
 from xdm.errors import ConfigError
-from xdm.setting_text import parse_setting
+from xdm.model_config import ModelConfig
+from xdm.stream_rules import SampleRules, WindowRules
 
 
 @dataclass(frozen=True)
@@ -308,6 +306,23 @@ def _check_kafka_security(k: KafkaConfig) -> None:
         raise ValueError(f"kafka.ssl_* files are set but kafka.security_protocol is {k.security_protocol}; use SSL or SASL_SSL")
     if bool(k.ssl_certfile) != bool(k.ssl_keyfile):
         raise ValueError("kafka.ssl_certfile and kafka.ssl_keyfile go together: set both (mutual TLS) or neither")
+
+
+def parse_setting(text: str, kind: type) -> Any:
+    """`text` read as a setting of type `kind` (int, float, bool, str), the one way config overrides, `xdm tune`
+    values and `xdm simulate --world` read theirs; ValueError when it is not one."""
+    if kind is bool:
+        return _parse_bool(text)
+    return kind(text)
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(text)
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:

@@ -75,7 +75,7 @@ def test_rehearsal_settings_out_of_range_are_a_config_error_naming_the_key(key, 
 def test_one_reader_of_setting_text_serves_config_tune_and_simulate() -> None:
     from learner.tuning import TuningError, parse_grid
     from replay.world import WorldConfig
-    from xdm.setting_text import parse_setting
+    from xdm.config import parse_setting
 
     assert parse_setting("3", int) == 3 and parse_setting("0.5", float) == 0.5 and parse_setting("x", str) == "x"
     assert parse_setting(" Yes", bool) is True and parse_setting("off", bool) is False

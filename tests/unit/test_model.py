@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from learner.batch import Vocabulary, collate
-from learner.model import (
-    VARIANTS, XDM, ConfidenceFusion, ModelConfig, UnclickedEncoder, config_for, pick_device,
-)
+from learner.model import VARIANTS, XDM, ConfidenceFusion, UnclickedEncoder, config_for, pick_device
 from learner.sampler import LogUniformSampler
+from xdm.model_config import ModelConfig
 from xdm.records import Item
 
 TINY = dict(embed_dim=8, n_heads=2, n_negatives=16, profile_fields="age,gender", dropout=0.0)

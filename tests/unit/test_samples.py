@@ -9,10 +9,11 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.samples import Sample, SampleRules, flush, sample_id, step
+from stream.samples import Sample, flush, sample_id, step
 from stream.state_codec import decode_state, encode_state
-from stream.windows import Outcome, UserState, WindowRules, apply_event, snapshot
+from stream.windows import Outcome, UserState, apply_event, snapshot
 from xdm.records import Event, Item
+from xdm.stream_rules import SampleRules, WindowRules
 from xdm.time_units import DAY_MS
 
 MIN = 60_000

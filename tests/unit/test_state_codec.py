@@ -13,8 +13,9 @@ from stream.state_codec import (
     decode_state,
     encode_state,
 )
-from stream.windows import FIELD_SEP, NO_EVENTS, UserState, WindowRules, apply_event
+from stream.windows import FIELD_SEP, NO_EVENTS, UserState, apply_event
 from xdm.records import Event, Item
+from xdm.stream_rules import WindowRules
 
 T0 = 1_700_000_000_000
 

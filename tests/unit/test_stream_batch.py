@@ -6,10 +6,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.batch import Incoming, StateCache, apply_batch
-from stream.samples import SampleRules, step
+from stream.samples import step
 from stream.state_codec import encode_state
-from stream.windows import UserState, WindowRules
+from stream.windows import UserState
 from xdm.records import Event, Item
+from xdm.stream_rules import SampleRules, WindowRules
 
 T0 = 1_700_000_000_000
 W = WindowRules(lateness_ms=10_000)

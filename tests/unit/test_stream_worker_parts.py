@@ -202,8 +202,9 @@ def test_probe_reads_past_an_under_reported_end_and_never_lowers_one():
 
 
 def test_an_item_impressed_before_and_after_its_side_info_arrived_counts_as_one_item():
-    from stream.windows import UserState, WindowRules, apply_event, snapshot
+    from stream.windows import UserState, apply_event, snapshot
     from xdm.records import Item
+    from xdm.stream_rules import WindowRules
 
     rules = WindowRules()
     state = UserState()

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from learner.batch import Vocabulary
-from learner.model import XDM, ModelConfig
+from learner.model import XDM
 from learner.model_store import (AnnouncementRejected, TowerFileError, VersionInfo, latest_path, load_tower,
                                  read_latest, save_tower, tower_path, tower_payload, validate_announcement)
 from xdm.config import MilvusConfig
+from xdm.model_config import ModelConfig
 
 MILVUS = MilvusConfig(collection_prefix="xdm")
 ARMS = ("xdm", "sdm")

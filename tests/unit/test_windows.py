@@ -16,13 +16,13 @@ from stream.windows import (
     Behavior,
     Outcome,
     UserState,
-    WindowRules,
     Windows,
     apply_event,
     snapshot,
     watermark,
 )
 from xdm.records import Event, Item
+from xdm.stream_rules import WindowRules
 
 MIN = 60_000
 T0 = 1_700_000_000_000
