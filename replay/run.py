@@ -56,7 +56,7 @@ def _start(cfg: Config, profile: str, out_dir: Path, arms: str, workers: int, le
     server, every worker and learner exposing metrics for the returned gate."""
     from infra.processes import free_port
     from infra.stack import start_services
-    from infra.up import start_system
+    from replay.bring_up import start_system
     from serving.arms import Arms
 
     learners = Arms.parse(arms).learners

@@ -284,7 +284,7 @@ def recall_cmd(ctx: click.Context, user_id: str, k: int, arm: str, address: str 
 @friendly
 def up(ctx: click.Context, log_dir: Path | None, root: Path, arms: str, workers: int, exit_after_recall: bool) -> None:
     """Start the whole stack on this machine with simulated traffic and answer a Recall."""
-    from infra.up import bring_up
+    from replay.bring_up import bring_up
 
     signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM stops the stack like Ctrl-C does
     result = bring_up(_cfg(ctx), ctx.meta["profile"], root.resolve(), log_dir, arms, workers)

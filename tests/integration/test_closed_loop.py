@@ -9,8 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from infra.up import bring_up
 from learner.model_store import read_latest
+from replay.bring_up import bring_up
 from replay.format import read_items
 from serving.client import recall
 

@@ -1,4 +1,7 @@
-"""`xdm up`: the whole stack on one machine, fed by the simulator (or a given log), ending in a Recall."""
+"""`xdm up`: the whole stack on one machine, fed by the simulator (or a given log), ending in a Recall.
+
+It lives with replay, not infra: it drives the simulator, the producer and a Recall client on top of the
+processes infra starts (`start_system` is also how the A/B replays start theirs)."""
 
 from __future__ import annotations
 
