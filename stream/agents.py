@@ -18,6 +18,7 @@ import mode
 
 from stream.app import StreamApp, make_app
 from stream.metrics import CountersCollector, serve_metrics
+from stream.retention import RetentionService, RetentionSweep
 from stream.updater import WindowsUpdater
 from xdm.config import Config
 
@@ -89,7 +90,10 @@ def run_worker(cfg: Config, loglevel: str = "INFO") -> None:
     """Run one worker process until SIGTERM / Ctrl-C; metrics on stream.metrics_port when set."""
     sa, updater = build_worker_app(cfg)
     serve_metrics(worker_collector(sa, updater), cfg.stream.metrics_port)
-    worker = faust.Worker(sa.app, JoinSources(sa), loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    services: list[mode.Service] = [JoinSources(sa)]
+    if cfg.stream.user_retention_ms > 0:
+        services.append(RetentionService(RetentionSweep(sa, updater), cfg.stream.retention_sweep_s))
+    worker = faust.Worker(sa.app, *services, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
 
 

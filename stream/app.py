@@ -39,6 +39,7 @@ class Counters:
     state_writes: int = 0  # user states written to the table
     forced_releases: int = 0  # records released before the other topic caught up in event time
     abandoned: int = 0  # held records let go unacknowledged at a rebalance (read again later)
+    expired_users: int = 0  # users idle past stream.user_retention_ms deleted from the table (stream/retention.py)
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)  # reason code -> letters
 
     def summary(self) -> str:

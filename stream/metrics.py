@@ -31,6 +31,7 @@ HELP = {
     "state_writes": "User states written to the windows table",
     "forced_releases": "Records released before the other topic caught up in event time",
     "abandoned": "Held records let go unacknowledged at a rebalance (read again from the committed offset)",
+    "expired_users": "Users idle past stream.user_retention_ms (event time) deleted from the windows table, tombstoned",
 }
 
 

@@ -26,7 +26,7 @@ import logging
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, AsyncIterator, Iterable, Iterator, Sequence
 
 import faust
 from faust.streams import _current_event
@@ -181,6 +181,17 @@ class WindowsUpdater:
         self._revoking = False
         self.cache.clear()
         self._abandon(p.event for p in self.aligner.abandon())
+
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[bool]:
+        """Hold rounds off while the caller changes the table outside the batch path (stream/retention.py).
+        Yields False during a rebalance (change nothing then); the state cache is dropped afterwards, as it
+        may hold a row the caller deleted."""
+        async with self._lock:
+            try:
+                yield not self._revoking
+            finally:
+                self.cache.clear()
 
     @property
     def held(self) -> int:

@@ -72,6 +72,8 @@ class StreamConfig:
     counters_log_s: float = 10.0  # log the worker counters this often (s)
     fetch_max_wait_ms: int = 100  # longest a fetch waits at the broker for records (ms); Faust's own is 1500
     yield_every: int = 64  # Faust's stream iterator yields to the event loop once per this many records (1 = Faust's)
+    user_retention_ms: int = 0  # users idle this long (event time, ms) leave the windows table, tombstoned; 0 = kept forever
+    retention_sweep_s: float = 600.0  # how often (s) the worker looks for users idle past user_retention_ms
 
 
 @dataclass(frozen=True)
