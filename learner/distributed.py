@@ -17,9 +17,10 @@ Every step, in the same order on every rank:
    replicas never drift; a checksum at every checkpoint verifies it.
 
 Rank 0 restores and broadcasts the checkpoint, writes checkpoints (with every rank's offsets) and
-publishes versions exactly as a single learner does. Step, checkpoint, eviction and exit decisions are
-taken collectively (one small all-reduce per poll), so all ranks call the same collectives in the same
-order. `learner.batch_size` is per rank: a step trains on up to world_size x batch_size samples.
+publishes versions exactly as a single learner does (beside training, never reusing a number). Step,
+checkpoint, eviction and exit decisions are taken collectively (one small all-reduce per poll), so all
+ranks call the same collectives in the same order. `learner.batch_size` is per rank: a step trains on up
+to world_size x batch_size samples.
 """
 
 from __future__ import annotations
@@ -425,8 +426,8 @@ class DistributedLearner(OnlineLearner):
         lc = self.cfg.learner
         buffer: list[Taken] = []
         pending: dict[int, int] = {}
-        batch_started = last_data = last_publish = time.monotonic()
-        at_publish = at_checkpoint = at_evict = self.trainer.steps
+        batch_started = last_data = time.monotonic()
+        at_checkpoint = at_evict = self.trainer.steps
         reading = bool(self.status.partitions)
         while True:
             polled = consumer.poll(timeout_ms=200, max_records=lc.batch_size - len(buffer)) if (
@@ -464,12 +465,9 @@ class DistributedLearner(OnlineLearner):
                 if self.trainer.steps - at_checkpoint >= lc.checkpoint_every_steps:
                     self._checkpoint(consumer)
                     at_checkpoint = self.trainer.steps
-            # Publishing involves no collective: rank 0 alone decides; the others wait at the next flags.
-            steps_since = self.trainer.steps - at_publish
-            if self.comm.rank == 0 and steps_since and (
-                    steps_since >= lc.publish_every_steps or now - last_publish >= lc.publish_every_s):
-                if self._publish():
-                    at_publish, last_publish = self.trainer.steps, time.monotonic()
+            # Publishing involves no collective: rank 0 alone snapshots and publishes on a thread of its own.
+            if self.comm.rank == 0:
+                self._publish_point()
         if not buffer:
             self.covered.update(pending)
         self._checkpoint(consumer)  # collective: every rank leaves the loop at the same iteration

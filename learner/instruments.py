@@ -25,3 +25,6 @@ TRAINED_TO_PUBLISHED = Histogram("xdm_trained_to_published_seconds",
                                  "Oldest unpublished step to its version being searchable in Milvus",
                                  ["arm"], buckets=LAG_BUCKETS)
 PUBLISH_SECONDS = Histogram("xdm_publish_seconds", "Duration of one publish", ["arm"], buckets=LAG_BUCKETS)
+PUBLISH_FAILURES = Counter("xdm_learner_publish_failures_total",
+                           "Publishes that announced nothing: reason error (raised) or deadline (abandoned)",
+                           ["arm", "reason"])

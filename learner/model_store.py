@@ -106,7 +106,12 @@ def tower_path(store: str, arm: str, version: int) -> Path:
 
 
 def save_tower(store: str, arm: str, version: int, payload: dict[str, Any]) -> str:
+    """Write a version's tower; FileExistsError if it has one: servers may hold that file's model, so a
+    version's tower is never rewritten (publish under a new number)."""
     path = tower_path(store, arm, version)
+    if path.exists():
+        raise FileExistsError(f"{path} exists: version {version} of arm {arm} was published or attempted before "
+                              f"and is never rewritten; publish under a higher version number")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".pt.tmp")
     torch.save(payload, tmp)
@@ -151,11 +156,15 @@ def _plain_fields(info: VersionInfo) -> bool:
             and all(isinstance(t, str) for t in texts))
 
 
+def tower_versions(store: str, arm: str) -> list[int]:
+    """Version numbers that have a tower file, announced or not: all taken."""
+    return sorted(int(path.stem.split("-v")[1]) for path in (Path(store) / arm).glob("tower-v*.pt"))
+
+
 def drop_towers_before(store: str, arm: str, keep_from: int) -> None:
-    for path in (Path(store) / arm).glob("tower-v*.pt"):
-        version = int(path.stem.split("-v")[1])
+    for version in tower_versions(store, arm):
         if version < keep_from:
-            path.unlink(missing_ok=True)
+            tower_path(store, arm, version).unlink(missing_ok=True)
 
 
 @dataclass

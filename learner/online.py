@@ -8,6 +8,11 @@ parameters as a run that never stopped (CPU, same seed; one samples partition ma
 independent of poll timing when batches fill up). After each step on new samples it takes
 `learner.rehearsal_steps` more on random batches of the last `learner.rehearsal_window` samples
 (learner/rehearsal.py: why, and how a restart draws the same batches).
+
+Versions are published beside training (learner/background_publish.py): the loop snapshots the model
+between batches and goes on training while a thread publishes it, so a slow or stopped Milvus delays
+versions, never steps. Version numbers only grow, across restarts too: a resumed learner numbers above
+its checkpoint and above every version the stores hold (learner/publish.py: next_version).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from kafka.structs import OffsetAndMetadata
 from prometheus_client import start_http_server
 
 from learner import instruments as m
+from learner.background_publish import BackgroundPublisher, Outcome, PublishSchedule
 from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.dedup import SeenSamples
 from learner.model import config_for
@@ -86,13 +92,16 @@ class OnlineLearner:
                                seed=lc.seed, device=lc.device, threads=lc.torch_threads,
                                adagrad_init=lc.adagrad_init, lr_warmup_steps=lc.lr_warmup_steps)
         self.publisher = Publisher(cfg, self.arm, self.variant)
+        self.publishing = BackgroundPublisher(self.publisher, lc.publish_deadline_s)
+        self.schedule = PublishSchedule(lc.publish_every_steps, lc.publish_every_s)
         self.status = LearnerStatus()
-        self.version = 0
+        self.version = 0  # the newest version this learner announced (or its checkpoint recorded)
         self.covered: dict[int, int] = {}  # partition -> next offset covered by trained samples
         self.seen = SeenSamples(lc.dedup_samples)
         self.rehearsal = Rehearsal(lc.rehearsal_steps, lc.rehearsal_window, lc.seed)
         self._recent: deque[tuple[float, float]] = deque(maxlen=RUNNING_STEPS)
-        self._unpublished_since: float | None = None  # wall time of the oldest step not yet published
+        self._unpublished_since: float | None = None  # wall time of the oldest step in no snapshot being published
+        self._publishing_since: float | None = None  # ... that the snapshot being published includes
         self._stop = threading.Event()
         self._producer: KafkaProducer | None = None
 
@@ -116,10 +125,12 @@ class OnlineLearner:
 
     def run(self, max_steps: int | None = None, idle_exit_s: float | None = None) -> LearnerStatus:
         consumer = self._consumer()
+        self.schedule.restart(self.trainer.steps)
         try:
             self._loop(consumer, max_steps, idle_exit_s)
         finally:
             consumer.close(autocommit=False)
+            self._published(self.publishing.wait())  # a publish in flight gets its deadline to finish
             self.publisher.close()
             if self._producer:
                 self._producer.close(timeout=5)
@@ -148,8 +159,8 @@ class OnlineLearner:
         lc = self.cfg.learner
         buffer: list[Taken] = []
         pending: dict[int, int] = {}
-        batch_started = last_data = last_publish = time.monotonic()
-        at_publish = at_checkpoint = at_evict = self.trainer.steps
+        batch_started = last_data = time.monotonic()
+        at_checkpoint = at_evict = self.trainer.steps
         while not self._stop.is_set() and (max_steps is None or self.trainer.steps < max_steps):
             polled = consumer.poll(timeout_ms=200, max_records=lc.batch_size - len(buffer))
             for tp, records in sorted(polled.items(), key=lambda kv: kv[0].partition):
@@ -178,10 +189,7 @@ class OnlineLearner:
             if self.trainer.steps - at_checkpoint >= lc.checkpoint_every_steps:
                 self._checkpoint(consumer)
                 at_checkpoint = self.trainer.steps
-            steps_since = self.trainer.steps - at_publish
-            if steps_since and (steps_since >= lc.publish_every_steps or now - last_publish >= lc.publish_every_s):
-                if self._publish():
-                    at_publish, last_publish = self.trainer.steps, time.monotonic()
+            self._publish_point()
         if not buffer:
             self.covered.update(pending)
             if self.trainer.steps > at_checkpoint or pending:
@@ -261,20 +269,36 @@ class OnlineLearner:
         except Exception:  # the checkpoint holds the offsets; the group commit only informs monitoring tools
             log.warning("offset commit failed; the checkpoint still holds the offsets", exc_info=True)
 
+    def _publish_point(self) -> None:
+        """Take the outcome of a publish that ended, then start the next one if due. Never waits."""
+        self._published(self.publishing.poll())
+        if not self.publishing.busy and self.schedule.due(self.trainer.steps):
+            self._start_publish()
+
     def _publish(self) -> bool:
-        started = time.time()
-        try:
-            self.publisher.publish(self.trainer, self.version + 1)
-        except Exception:  # broker or Milvus down: nothing was announced; retry at the next publish point
-            log.exception("publish failed; will retry at the next publish point", extra={"arm": self.arm})
+        """Publish now and wait for the outcome (within learner.publish_deadline_s); True when announced."""
+        if not self.publishing.busy:
+            self._start_publish()
+        return self._published(self.publishing.wait())
+
+    def _start_publish(self) -> None:
+        self.publishing.start(self.trainer, after_version=self.version)
+        self.schedule.attempted(self.trainer.steps)
+        self._publishing_since, self._unpublished_since = self._unpublished_since, None
+
+    def _published(self, outcome: Outcome | None) -> bool:
+        """Account for an ended publish (failures were logged and counted by BackgroundPublisher)."""
+        if outcome is None:
             return False
-        self.version += 1
+        since, self._publishing_since = self._publishing_since, None
+        if outcome.info is None:
+            self._unpublished_since = since or self._unpublished_since  # those steps are still unpublished
+            return False
+        self.version = outcome.info.version
         self.status.versions.append(self.version)
-        done = time.time()
-        m.PUBLISH_SECONDS.labels(self.arm).observe(done - started)
-        if self._unpublished_since is not None:
-            m.TRAINED_TO_PUBLISHED.labels(self.arm).observe(done - self._unpublished_since)
-            self._unpublished_since = None
+        self.schedule.published_steps = outcome.steps
+        if since is not None:
+            m.TRAINED_TO_PUBLISHED.labels(self.arm).observe(time.time() - since)
         m.VERSION.labels(self.arm).set(self.version)
         return True
 

@@ -2,12 +2,16 @@
 
 A version's collection is filled, flushed, indexed, loaded and counted before anyone is told about it, so
 a server searching the collection named in a version announcement always sees every row of that version
-and only that version. The same code runs against Milvus Lite (a server process) and a real Milvus.
+and only that version. A collection is never rewritten: a version number that has a collection is taken
+for good (write_version refuses it), whether that version was announced or its publish died halfway.
+Every call carries milvus.call_timeout_s, so a Milvus that stops answering fails the caller instead of
+hanging it. The same code runs against Milvus Lite (a server process) and a real Milvus.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Sequence
 
@@ -16,7 +20,7 @@ from pymilvus import DataType, MilvusClient
 
 from xdm.client_security import milvus_client_kwargs
 from xdm.config import MilvusConfig
-from xdm.errors import ConfigError, ServiceError
+from xdm.errors import ConfigError, ServiceError, XdmError
 
 log = logging.getLogger(__name__)
 ID_FIELD = "item_id"
@@ -24,6 +28,10 @@ VECTOR_FIELD = "vector"
 INSERT_CHUNK = 5000
 CONNECT_RETRY_S = 0.5  # pause between connect attempts
 GRPC_NEVER_MS = 2**31 - 1  # gRPC reads INT_MAX milliseconds as "never"
+
+
+class VersionExists(XdmError):
+    """A version number that already has a collection: publish under a new number, never over it."""
 
 
 def collection_name(cfg: MilvusConfig, arm: str, version: int) -> str:
@@ -68,22 +76,29 @@ def grpc_options(cfg: MilvusConfig) -> dict[str, int | bool]:
 
 def write_version(client: MilvusClient, cfg: MilvusConfig, arm: str, version: int, item_ids: Sequence[str],
                   vectors: np.ndarray) -> str:
-    """Create and fully load the collection of one version; returns its name. Idempotent on retry."""
+    """Create and fully load the collection of one version; returns its name.
+
+    Raises VersionExists when the version already has a collection: it may be one servers are answering
+    from (a learner that resumed from an older checkpoint used to drop and refill it under their feet), so
+    a retry takes a new number (learner/publish.py next_version) instead.
+    """
     if len(item_ids) != len(vectors):
         raise ValueError(f"{len(item_ids)} ids but {len(vectors)} vectors")
     name = collection_name(cfg, arm, version)
-    if client.has_collection(name):
-        client.drop_collection(name)  # a leftover of a publish that died before its announcement
+    timeout = cfg.call_timeout_s
+    if client.has_collection(name, timeout=timeout):
+        raise VersionExists(f"collection {name} exists: version {version} of arm {arm} was published or attempted "
+                            f"before and is never rewritten; publish under a higher version number")
     client.create_collection(name, schema=_schema(vectors.shape[1]), index_params=_index(client, cfg),
-                             consistency_level="Strong")
+                             consistency_level="Strong", timeout=timeout)
     for start in range(0, len(item_ids), INSERT_CHUNK):
         rows = [{ID_FIELD: item_ids[i], VECTOR_FIELD: vectors[i].tolist()}
                 for i in range(start, min(start + INSERT_CHUNK, len(item_ids)))]
-        client.insert(name, rows)
-    client.flush(name)
-    _compact(client, name)
-    client.load_collection(name)
-    count = _count(client, name)
+        client.insert(name, rows, timeout=timeout)
+    client.flush(name, timeout=timeout)
+    _compact(client, name, timeout)
+    client.load_collection(name, timeout=timeout)
+    count = _count(client, name, timeout)
     if count != len(item_ids):
         raise ServiceError(f"collection {name} holds {count} rows after loading {len(item_ids)}")
     return name
@@ -91,18 +106,26 @@ def write_version(client: MilvusClient, cfg: MilvusConfig, arm: str, version: in
 
 def point_alias(client: MilvusClient, cfg: MilvusConfig, arm: str, collection: str) -> None:
     alias = alias_name(cfg, arm)
-    if alias in client.list_aliases().get("aliases", []):
-        client.alter_alias(collection, alias)
+    timeout = cfg.call_timeout_s
+    if alias in client.list_aliases(timeout=timeout).get("aliases", []):
+        client.alter_alias(collection, alias, timeout=timeout)
     else:
-        client.create_alias(collection, alias)
+        client.create_alias(collection, alias, timeout=timeout)
+
+
+def versions(client: MilvusClient, cfg: MilvusConfig, arm: str) -> list[int]:
+    """Version numbers of the arm's collections, announced or left by a publish that died: all taken."""
+    prefix = f"{cfg.collection_prefix}_{arm}_v"
+    names = client.list_collections(timeout=cfg.call_timeout_s)
+    return sorted(int(n[len(prefix):]) for n in names if n.startswith(prefix) and n[len(prefix):].isdigit())
 
 
 def drop_versions_before(client: MilvusClient, cfg: MilvusConfig, arm: str, keep_from: int) -> list[str]:
-    prefix = f"{cfg.collection_prefix}_{arm}_v"
     dropped = []
-    for name in client.list_collections():
-        if name.startswith(prefix) and name[len(prefix):].isdigit() and int(name[len(prefix):]) < keep_from:
-            client.drop_collection(name)
+    for version in versions(client, cfg, arm):
+        if version < keep_from:
+            name = collection_name(cfg, arm, version)
+            client.drop_collection(name, timeout=cfg.call_timeout_s)
             dropped.append(name)
     return dropped
 
@@ -114,9 +137,10 @@ def search(client: MilvusClient, collection: str, vectors: np.ndarray, limit: in
     return [[(h["entity"][ID_FIELD] if "entity" in h else h["id"], float(h["distance"])) for h in row] for row in hits]
 
 
-def read_all(client: MilvusClient, collection: str, batch: int = 10_000) -> tuple[list[str], np.ndarray]:
-    """Every (item id, vector) of a collection, in pages."""
-    iterator = client.query_iterator(collection, batch_size=batch, filter="", output_fields=[ID_FIELD, VECTOR_FIELD])
+def read_all(client: MilvusClient, collection: str, batch: int = 10_000, *,
+             timeout_s: float) -> tuple[list[str], np.ndarray]:
+    """Every (item id, vector) of a collection, in pages; each page's call fails after timeout_s."""
+    iterator = _open_iterator(client, collection, batch, timeout_s)
     ids: list[str] = []
     rows: list[list[float]] = []
     try:
@@ -126,6 +150,31 @@ def read_all(client: MilvusClient, collection: str, batch: int = 10_000) -> tupl
     finally:
         iterator.close()
     return ids, np.asarray(rows, dtype=np.float32)
+
+
+def _open_iterator(client: MilvusClient, collection: str, batch: int, timeout_s: float):
+    """client.query_iterator, given up after timeout_s. pymilvus 3.0's QueryIterator sends its first
+    request (describe_collection) without the timeout it is handed, and that request waits forever on a
+    server that stopped answering; so it is opened on a thread of its own, which ends when the server
+    answers or the connection drops. Its later page requests do carry the timeout."""
+    opened: list = []
+    done = threading.Event()
+
+    def open_it() -> None:
+        try:
+            opened.append(client.query_iterator(collection, batch_size=batch, filter="",
+                                                output_fields=[ID_FIELD, VECTOR_FIELD], timeout=timeout_s))
+        except Exception as exc:  # raised on the caller's thread below
+            opened.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=open_it, name="milvus-open-iterator", daemon=True).start()
+    if not done.wait(timeout_s):
+        raise ServiceError(f"Milvus did not open a query iterator on {collection} within {timeout_s} s")
+    if isinstance(opened[0], Exception):
+        raise opened[0]
+    return opened[0]
 
 
 def _schema(dim: int):
@@ -142,18 +191,18 @@ def _index(client: MilvusClient, cfg: MilvusConfig):
     return params
 
 
-def _compact(client: MilvusClient, name: str, timeout_s: float = 60.0) -> None:
+def _compact(client: MilvusClient, name: str, call_timeout_s: float, wait_s: float = 60.0) -> None:
     """Merge the inserted segments: searches over many small segments cost far more (STACK.md)."""
-    job = client.compact(name)
-    deadline = time.monotonic() + timeout_s
+    job = client.compact(name, timeout=call_timeout_s)
+    deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        state = str(client.get_compaction_state(job)).lower()
+        state = str(client.get_compaction_state(job, timeout=call_timeout_s)).lower()
         if "completed" in state or "undefined" in state:
             return
         time.sleep(0.05)
     log.warning("compaction still running; the version is published uncompacted", extra={"collection": name})
 
 
-def _count(client: MilvusClient, name: str) -> int:
-    rows = client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
+def _count(client: MilvusClient, name: str, timeout_s: float) -> int:
+    rows = client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong", timeout=timeout_s)
     return int(rows[0]["count(*)"])

@@ -106,7 +106,7 @@ def load_local_index(cfg: MilvusConfig, serving: ServingConfig, collection: str,
     """Read every (id, vector) of a version's collection and index it; blocking, run it in a thread."""
     client = vector_store.connect(cfg)
     try:
-        ids, vectors = vector_store.read_all(client, collection, batch)
+        ids, vectors = vector_store.read_all(client, collection, batch, timeout_s=cfg.call_timeout_s)
     finally:
         client.close()
     return build_local_index(ids, vectors, serving)

@@ -94,6 +94,7 @@ class LearnerConfig:
     dedup_samples: int = 200_000  # newest sample ids remembered to skip repeats after a worker restart (0 = off)
     publish_every_steps: int = 20  # publish a model version after this many steps
     publish_every_s: float = 30.0  # ... or after this many seconds with new steps
+    publish_deadline_s: float = 600.0  # a publish running longer (s) is abandoned unannounced; training never waits on one
     model_store: str = "var/models"  # folder that holds one user tower per published version
     keep_versions: int = 3  # published versions kept before older ones are dropped
     evict_after_ms: int = 14 * 86_400_000  # free item rows unseen in samples for this long (event time, ms); 0 = never
@@ -121,6 +122,7 @@ class MilvusConfig:
     # of every client in the process. The stack that starts Milvus Lite sets 0: on loopback a server that
     # dies resets the connection at once, so nothing needs the pings.
     keepalive_s: float = 10.0
+    call_timeout_s: float = 120.0  # deadline of one Milvus call (s) in publishing and in reading a version's vectors
     token_file: str = ""  # file holding the Milvus token ("user:password" or an API key); "" = no login
     tls_ca: str = ""  # PEM CA that signed the Milvus server's certificate; set, clients speak TLS ("" = plaintext)
 
