@@ -3,14 +3,15 @@
 1. Warm-up: the first `warm_days` of a simulated log (the simulator's own exposure policy, the same for
    every user) go through the live system, so every arm starts from a trained model; the A/B days start
    once the workers hold every warm-up event and every arm's learner has trained on every warm-up
-   sample (replay.learner_sync), so no arm starts behind because its steps cost more. With the default
+   sample (replay.learner_wait), so no arm starts behind because its steps cost more. With the default
    options the world is the 14-day world of 6,000 users (`xdm simulate --users 6000 --days 14`): its
    first 10 days are the warm-up, and its last 4 days are replaced by the A/B days.
 2. A/B days: users open sessions; each page of a session asks the live Recall server (sticky arm by user
    hash) for candidates, shows the first `page_size` not yet shown in the session, and the world's click
    model (hidden interests, drift, position bias, session mood) decides the clicks. Impressions and
    clicks go to the broker, so each arm's learner trains on its own users' feedback, and the next page
-   sees the windows updated by the previous one (the replayer waits for the workers between pages).
+   sees the windows updated by the previous one (replay.worker_sync waits for the workers between pages,
+   as the replayer does between slices).
 3. Report: CTR per arm (clicks / impressions over the arm's users) with a cluster-bootstrap interval,
    the CTR lift against the baseline arm with its interval and a delta-method p-value, and CTR per day.
 
@@ -34,15 +35,10 @@ from tqdm import tqdm
 from infra.learner_settings import describe, recorded
 from replay.abstats import compare_ratios, ratio_estimate
 from replay.format import read_events
-from replay.learner_gate import LearnerGate
-from replay.learner_sync import LearnerProgress, wait_learners_idle
-from replay.replayer import _max_ts
+from replay.learner_wait import LearnerProgress, LearnerWait
 from replay.simulate import simulate, world_for
+from replay.worker_sync import WorkerSync
 from replay.world import World
-from serving.arms import Arms
-from stream.mirror import TopicMirror
-from stream.topics import changelog_topic
-from stream.wire import encode_event
 from xdm.config import Config
 from xdm.plotting import pyplot
 from xdm.recall_channel import recall_aio_channel
@@ -69,7 +65,7 @@ class ClosedLoopOptions:
     # once overflowed the gRPC server's queue of calls not yet taken, and the overflow came back CANCELLED
     concurrency: int = 32
     baseline: str = "sdm"
-    max_learner_lag: int = 2000  # samples a learner may be behind the workers when a page is asked (replay.learner_gate)
+    max_learner_lag: int = 2000  # samples a learner may be behind the workers when a page is asked (replay.learner_wait)
 
 
 @dataclass
@@ -79,9 +75,9 @@ class ArmTally:
 
 
 def run_closed_loop(cfg: Config, out_dir: Path, opts: ClosedLoopOptions, recall_address: str,
-                    progress: bool = True, gate: LearnerGate | None = None) -> dict:
+                    learners: LearnerWait, progress: bool = True) -> dict:
     """Warm up, run the A/B days against the live system at recall_address, write and return the report.
-    gate: before each page of the A/B days, waits until every learner is close to the workers."""
+    learners: waited for until they settle after the warm-up, and before each page of the A/B days."""
     out_dir.mkdir(parents=True, exist_ok=True)
     days = opts.warm_days + opts.ab_days
     log_dir = out_dir / "warmup-log"
@@ -90,25 +86,23 @@ def run_closed_loop(cfg: Config, out_dir: Path, opts: ClosedLoopOptions, recall_
     # days are simulated: the world's state is then the one at the start of the A/B days.
     world = world_for(opts.users, opts.items, days, opts.seed)
     simulate(opts.users, opts.items, opts.warm_days, opts.seed, log_dir, progress=progress, world=world)
-    return asyncio.run(_run(cfg, out_dir, opts, recall_address, world, log_dir, progress, gate))
+    return asyncio.run(_run(cfg, out_dir, opts, recall_address, world, log_dir, progress, learners))
 
 
 async def _run(cfg: Config, out_dir: Path, opts: ClosedLoopOptions, address: str, world: World, log_dir: Path,
-               progress: bool, gate: LearnerGate | None) -> dict:
+               progress: bool, learners: LearnerWait) -> dict:
     from replay.producer import make_producer, produce_catalogue
 
     producer = make_producer(cfg.kafka)
     produce_catalogue(producer, cfg.kafka, log_dir)
     warm_end = world.cfg.start_ms + opts.warm_days * DAY_MS
     warm = [e for e in read_events(log_dir) if e.ts_ms < warm_end]
-    _send(producer, cfg, warm, "warm-up events sent" if progress else None)
-    mirror = TopicMirror(cfg.kafka, changelog_topic(cfg), _max_ts, name="closed-loop-sync")
-    await mirror.start()
+    workers = WorkerSync(cfg, producer, name="closed-loop-sync")
+    workers.send(warm, "warm-up events sent" if progress else None)
+    await workers.start()
     # the workers need about a second per 5,000 events on two shared cores
-    await _wait_users(mirror, _last_ts(warm), timeout_s=max(600.0, len(warm) / 2000),
-                      since_ms=warm[0].ts_ms if progress and warm else None)
-    learners = await wait_learners_idle(cfg, Arms.parse(cfg.serving.arms).learners, opts.learner_wait_s,
-                                        show=progress)
+    await workers.wait(timeout_s=max(600.0, len(warm) / 2000), since_ms=warm[0].ts_ms if progress and warm else None)
+    warm_up = await learners.settled(cfg, opts.learner_wait_s, show=progress)
     rng = np.random.default_rng([opts.seed, 7])
     daily: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     users_seen: dict[str, ArmTally] = defaultdict(lambda: ArmTally(defaultdict(int), defaultdict(int)))
@@ -118,16 +112,16 @@ async def _run(cfg: Config, out_dir: Path, opts: ClosedLoopOptions, address: str
     bar = tqdm(total=opts.ab_days * opts.pages, desc="closed-loop pages", disable=not progress)
     try:
         for day in range(opts.warm_days, opts.warm_days + opts.ab_days):
-            failed += await _day(cfg, opts, world, stub, producer, mirror, rng, day, daily, users_seen, bar, gate)
+            failed += await _day(opts, world, stub, workers, rng, day, daily, users_seen, bar, learners)
     finally:
         bar.close()
         await channel.close()
-        await mirror.stop()
+        await workers.stop()
         producer.close(timeout=10)
-    return _report(out_dir, opts, daily, users_seen, learners, failed, gate)
+    return _report(out_dir, opts, daily, users_seen, warm_up, failed, learners)
 
 
-async def _day(cfg, opts, world, stub, producer, mirror, rng, day, daily, tallies, bar, gate) -> int:
+async def _day(opts, world, stub, workers, rng, day, daily, tallies, bar, learners) -> int:
     """One A/B day; returns the Recall calls that failed (those users saw no page)."""
     failed = 0
     active = np.flatnonzero(rng.random(opts.users) < opts.active_day_prob * world.users.activity)
@@ -137,8 +131,7 @@ async def _day(cfg, opts, world, stub, producer, mirror, rng, day, daily, tallie
     user_ids = world.user_id(active).tolist()
     for page in range(opts.pages):
         ts = start + page * 30_000
-        if gate is not None:
-            await gate.wait()
+        await learners.caught_up()
         in_flight = asyncio.Semaphore(opts.concurrency)
         answers = await asyncio.gather(*(_ask(stub, u, opts.candidates, in_flight) for u in user_ids))
         failed += sum(answer is None for answer in answers)
@@ -166,8 +159,8 @@ async def _day(cfg, opts, world, stub, producer, mirror, rng, day, daily, tallie
             daily[arm][day][1] += int(clicked.sum())
             tallies[arm].impressions[user] += len(items)
             tallies[arm].clicks[user] += int(clicked.sum())
-        _send(producer, cfg, sorted(events, key=lambda e: e.ts_ms))
-        await _wait_users(mirror, _last_ts(events), timeout_s=60)
+        workers.send(sorted(events, key=lambda e: e.ts_ms))
+        await workers.wait(timeout_s=60)
         bar.update(1)
     return failed
 
@@ -182,51 +175,15 @@ async def _ask(stub, user: str, k: int, gate: asyncio.Semaphore) -> tuple[str, l
     return answer.arm, [i.item_id for i in answer.items]
 
 
-def _send(producer, cfg: Config, events: list[Event], label: str | None = None) -> None:
-    k = cfg.kafka
-    for e in tqdm(events, desc=label, unit="ev", disable=label is None, mininterval=1.0):
-        producer.send(k.clicks_topic if e.kind == "click" else k.impressions_topic, key=e.user_id.encode(),
-                      value=encode_event(e))
-    producer.flush()
-
-
-def _last_ts(events: list[Event]) -> dict[str, int]:
-    last: dict[str, int] = {}
-    for e in events:
-        last[e.user_id] = max(last.get(e.user_id, 0), e.ts_ms)
-    return last
-
-
-async def _wait_users(mirror: TopicMirror, last: dict[str, int], timeout_s: float, since_ms: int | None = None) -> None:
-    """Wait until each user's windows reflect their last sent event. With `since_ms`, a bar shows the
-    event time the workers have reached (they apply events in event-time order), in hours since then."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    pending = dict(last)
-    show = since_ms is not None
-    first = since_ms or 0
-    hours = (max(last.values(), default=first) - first) / HOUR_MS
-    with tqdm(total=round(hours, 1), desc="workers' event time", unit="h", disable=not show) as bar:
-        while pending and loop.time() < deadline:
-            pending = {u: t for u, t in pending.items() if (mirror.get(u) or 0) < t}
-            if show:
-                reached = max(mirror.values.values(), default=first)
-                bar.n = round(min(hours, max(0.0, (reached - first) / HOUR_MS)), 1)
-                bar.refresh()
-            await asyncio.sleep(0.05)
-    if pending:
-        log.warning("workers behind after the sync timeout", extra={"users_behind": len(pending)})
-
-
-def _report(out_dir: Path, opts: ClosedLoopOptions, daily, tallies, learners: LearnerProgress,
-            failed: int, gate: LearnerGate | None) -> dict:
+def _report(out_dir: Path, opts: ClosedLoopOptions, daily, tallies, warm_up: LearnerProgress,
+            failed: int, learners: LearnerWait) -> dict:
     arms = sorted(tallies)
     base = opts.baseline if opts.baseline in arms else arms[0]
     report: dict = {"options": asdict(opts), "baseline": base, "arms": {}, "comparisons": [], "daily": {},
                     "failed_requests": failed, "learner_settings": recorded(out_dir),
-                    "learner_gate": asdict(gate.stats) if gate is not None else None,
-                    "warm_up": {"learners_idle": learners.idle, "waited_s": round(learners.waited_s, 1),
-                                "trained_samples": learners.trained_samples, "versions": learners.versions}}
+                    "learner_gate": asdict(learners.stats),
+                    "warm_up": {"learners_idle": warm_up.idle, "waited_s": round(warm_up.waited_s, 1),
+                                "trained_samples": warm_up.trained_samples, "versions": warm_up.versions}}
     arrays = {}
     for arm in arms:
         users = sorted(tallies[arm].impressions)

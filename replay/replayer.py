@@ -10,9 +10,9 @@ Protocol (replay evaluation). The log is cut into event-time slices of `slice_ms
    at 50 and 80, learner.metrics); then the slice's events are produced.
 Answers therefore never see the clicks they are scored on, and see the user's state at most one slice
 old. Users are the unit of the A/B statistics (replay.abstats). Producing waits for the workers
-(back-pressure through step 1), so nothing is dropped however fast the log is replayed; with a gate,
-scoring also waits until every arm's learner is within `max_learner_lag` samples of the workers
-(replay.learner_gate), so a learner slower than its machine does not handicap its arm.
+(back-pressure through step 1, replay.worker_sync), so nothing is dropped however fast the log is
+replayed; with a learner wait, scoring also waits until every arm's learner is within `max_learner_lag`
+samples of the workers (replay.learner_wait), so a learner slower than its machine does not handicap its arm.
 
 A run keeps its scored requests in `scores.jsonl` and its position in `state.json` in the output folder;
 `--resume` re-sends the events before the position without scoring (rebuilding the same live state on a
@@ -37,13 +37,10 @@ from tqdm import tqdm
 
 from learner.metrics import metrics_at
 from replay.format import read_events, read_items, read_users
-from replay.learner_gate import LearnerGate
+from replay.learner_wait import LearnerWait
 from replay.producer import make_producer, produce_catalogue
+from replay.worker_sync import WorkerSync
 from serving.arms import Arms
-from stream.mirror import TopicMirror
-from stream.state_codec import decode_state
-from stream.topics import changelog_topic
-from stream.wire import encode_event
 from xdm.config import Config
 from xdm.recall_channel import recall_aio_channel
 from xdm.records import Event
@@ -65,7 +62,7 @@ class ReplayOptions:
     sync_timeout_s: float = 60.0  # longest wait for the workers to catch up with a slice
     paired: bool = False  # every sampled request asks every arm (same users in each arm; replay.abstats)
     warm_days: float = 0.0  # the log's first days train the system unscored (an A/B starts from trained arms)
-    max_learner_lag: int = 2000  # samples a learner may be behind the workers when a slice is scored (replay.learner_gate)
+    max_learner_lag: int = 2000  # samples a learner may be behind the workers when a slice is scored (replay.learner_wait)
     resume: bool = False
 
 
@@ -163,10 +160,10 @@ def requests_of(batch: list[Event], opts: ReplayOptions) -> list[tuple[str, int]
 
 class Replayer:
     def __init__(self, cfg: Config, log_dir: Path, out_dir: Path, recall_address: str, opts: ReplayOptions,
-                 gate: LearnerGate | None = None) -> None:
-        """gate: waits for the learners before each scored slice (None: learners are not waited for)."""
+                 learners: LearnerWait | None = None) -> None:
+        """learners: waited for before each scored slice (None: learners are not waited for)."""
         self.cfg = cfg
-        self.gate = gate
+        self.learners = learners
         # Paired: the log does not depend on the answers and every arm's learner trains on every user,
         # so each arm can answer each request; otherwise ("") the server's sticky assignment picks one.
         self.asked_arms = Arms.parse(cfg.serving.arms).names if opts.paired else ("",)
@@ -185,13 +182,12 @@ class Replayer:
     async def _run(self, clicks: ClickIndex, resume_at: int, bar_on: bool, limit: int | None) -> ReplayProgress:
         producer = make_producer(self.cfg.kafka)
         produce_catalogue(producer, self.cfg.kafka, self.log_dir)
-        mirror = TopicMirror(self.cfg.kafka, changelog_topic(self.cfg), _max_ts, name="replay-sync")
-        await mirror.start()
+        workers = WorkerSync(self.cfg, producer, name="replay-sync")
+        await workers.start()
         scores = open(self.out_dir / "scores.jsonl", "a" if resume_at else "w")
         bar = tqdm(desc="replaying", unit="ev", disable=not bar_on, smoothing=0.05)
         channel = recall_aio_channel(self.cfg.serving, self.address)
         stub = recall_pb2_grpc.RecallStub(channel)
-        last_ts: dict[str, int] = {}
         try:
             for batch in slices(read_events(self.log_dir), self.opts.slice_ms):
                 if limit is not None and self.progress.events_sent >= limit:
@@ -200,17 +196,18 @@ class Replayer:
                     self.progress.log_start_ms = batch[0].ts_ms
                 skipping = self.progress.events_sent + len(batch) <= resume_at
                 if not skipping:
-                    await self._sync(mirror, last_ts)
-                    if self.gate is not None:
-                        await self.gate.wait()
+                    if not await workers.wait(self.opts.sync_timeout_s):
+                        self.progress.sync_timeouts += 1
+                    if self.learners is not None:
+                        await self.learners.caught_up()
                     if batch[0].ts_ms >= self.progress.log_start_ms + self.opts.warm_days * DAY_MS:
                         await self._score(stub, batch, clicks, scores)
-                self._produce(producer, batch, last_ts)
+                workers.send(batch)
                 self.progress.events_sent += len(batch)
                 self.progress.slices += 1
                 bar.update(len(batch))
-                waits = {"learner_waits": self.gate.stats.waits} if self.gate is not None else {}
-                bar.set_postfix(scored=self.progress.scored, lag_users=len(last_ts), **waits, refresh=False)
+                waits = {"learner_waits": self.learners.stats.waits} if self.learners is not None else {}
+                bar.set_postfix(scored=self.progress.scored, lag_users=len(workers.pending), **waits, refresh=False)
                 if not skipping:
                     self._save_state()
             producer.flush()
@@ -218,35 +215,10 @@ class Replayer:
             bar.close()
             scores.close()
             await channel.close()
-            await mirror.stop()
+            await workers.stop()
             producer.close(timeout=10)
         self._save_state()
         return self.progress
-
-    def _produce(self, producer, batch: list[Event], last_ts: dict[str, int]) -> None:
-        k = self.cfg.kafka
-        for event in batch:
-            topic = k.clicks_topic if event.kind == "click" else k.impressions_topic
-            producer.send(topic, key=event.user_id.encode(), value=encode_event(event))
-            last_ts[event.user_id] = max(last_ts.get(event.user_id, 0), event.ts_ms)
-        producer.flush()
-
-    async def _sync(self, mirror: TopicMirror, last_ts: dict[str, int]) -> None:
-        """Wait until the workers' windows reflect every produced event (per user, by event time)."""
-        deadline = time.monotonic() + self.opts.sync_timeout_s
-        while last_ts:
-            behind = {u: t for u, t in last_ts.items() if (mirror.get(u) or 0) < t}
-            last_ts.clear()
-            last_ts.update(behind)
-            if not behind:
-                return
-            if time.monotonic() > deadline:
-                self.progress.sync_timeouts += 1
-                log.warning("workers did not catch up within the sync timeout; scoring anyway",
-                            extra={"users_behind": len(behind)})
-                last_ts.clear()
-                return
-            await asyncio.sleep(0.02)
 
     async def _score(self, stub, batch: list[Event], clicks: ClickIndex, out) -> None:
         wanted = [(u, t, clicks.next_clicks(u, t)) for u, t in requests_of(batch, self.opts)]
@@ -282,13 +254,9 @@ class Replayer:
 
     def _save_state(self) -> None:
         tmp = self.out_dir / "state.json.tmp"
-        gate = asdict(self.gate.stats) if self.gate is not None else None
-        tmp.write_text(json.dumps(asdict(self.progress) | {"options": asdict(self.opts), "learner_gate": gate}))
+        waits = asdict(self.learners.stats) if self.learners is not None else None
+        tmp.write_text(json.dumps(asdict(self.progress) | {"options": asdict(self.opts), "learner_gate": waits}))
         tmp.replace(self.out_dir / "state.json")
-
-
-def _max_ts(raw: bytes) -> int:
-    return decode_state(raw).max_ts
 
 
 def check_log(log_dir: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from infra.learner_settings import parse_learner_settings, record
-from replay.learner_gate import LearnerGate
+from replay.learner_wait import LearnerWait
 from replay.replayer import ReplayOptions, ReplayProgress, Replayer, check_log
 from replay.report import build_report
 from xdm.config import Config
@@ -29,9 +29,9 @@ def replay_embedded(cfg: Config, profile: str, log_dir: Path, out_dir: Path, arm
                     learner_sets: tuple[str, ...] = ()) -> ReplayRun:
     """learner_sets: `ARM:learner.FIELD=VALUE` items for one arm's learner (infra/learner_settings.py)."""
     check_log(log_dir)
-    stack, gate = _start(cfg, profile, out_dir, arms, workers, learner_sets, opts.max_learner_lag)
+    stack, learners = _start(cfg, profile, out_dir, arms, workers, learner_sets, opts.max_learner_lag)
     try:
-        replayer = Replayer(stack.cfg, log_dir, out_dir, f"127.0.0.1:{stack.cfg.serving.port}", opts, gate)
+        replayer = Replayer(stack.cfg, log_dir, out_dir, f"127.0.0.1:{stack.cfg.serving.port}", opts, learners)
         done = replayer.run(progress_bar, limit_events)
     finally:
         stack.stop()
@@ -43,17 +43,18 @@ def closed_loop_embedded(cfg: Config, profile: str, out_dir: Path, arms: str, op
     """The closed-loop A/B on a fresh embedded stack (one learner per arm); returns its report."""
     from replay.closed_loop import run_closed_loop
 
-    stack, gate = _start(cfg, profile, out_dir, arms, workers, learner_sets, opts.max_learner_lag)
+    stack, learners = _start(cfg, profile, out_dir, arms, workers, learner_sets, opts.max_learner_lag)
     try:
-        return run_closed_loop(stack.cfg, out_dir, opts, f"127.0.0.1:{stack.cfg.serving.port}", progress_bar, gate)
+        return run_closed_loop(stack.cfg, out_dir, opts, f"127.0.0.1:{stack.cfg.serving.port}", learners,
+                               progress_bar)
     finally:
         stack.stop()
 
 
 def _start(cfg: Config, profile: str, out_dir: Path, arms: str, workers: int, learner_sets: tuple[str, ...],
-           max_lag: int) -> tuple[Stack, LearnerGate]:
+           max_lag: int) -> tuple[Stack, LearnerWait]:
     """A fresh stack with workers, one learner per arm (with its own settings, recorded in out_dir) and the
-    server, every worker and learner exposing metrics for the returned gate."""
+    server, every worker and learner exposing metrics for the returned learner wait."""
     from infra.processes import free_port
     from infra.stack import start_services
     from replay.bring_up import start_system
@@ -73,6 +74,6 @@ def _start(cfg: Config, profile: str, out_dir: Path, arms: str, workers: int, le
     except BaseException:
         stack.stop()
         raise
-    gate = LearnerGate([stack.metrics_url(n) for n in worker_names],
-                       {arm: stack.metrics_url(f"learner-{arm}") for arm in learners}, max_lag)
-    return stack, gate
+    waits = LearnerWait([stack.metrics_url(n) for n in worker_names],
+                        {arm: stack.metrics_url(f"learner-{arm}") for arm in learners}, max_lag)
+    return stack, waits

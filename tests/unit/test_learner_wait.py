@@ -1,5 +1,6 @@
-"""The replay's learner gate against real Prometheus endpoints on loopback: it waits while a learner is
-behind, lets go once it catches up, counts the waits, and fails loudly on a stalled or missing learner."""
+"""The learner waits of replay/learner_wait.py. Catching up, against real Prometheus endpoints on loopback:
+it waits while a learner is behind, lets go once it catches up, counts the waits, and fails loudly on a
+stalled or missing learner. Settling: which version announcements count as a learner's progress."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from infra.processes import free_port
-from replay.learner_gate import LearnerGate, LearnerStalled
+from learner.model_store import VersionInfo, encode_announcement
+from replay.learner_wait import LearnerProgress, LearnerStalled, LearnerWait, _take
 
 
 class Endpoint:
@@ -59,10 +61,10 @@ def test_waits_for_the_slow_learner_then_counts_the_wait(endpoints):
     worker.add("xdm_stream_samples", 3000)
     fast.add("xdm_learner_samples", 2990)
     slow.add("xdm_learner_samples", 500)
-    gate = LearnerGate([worker.url], {"sdm": fast.url, "xdm": slow.url}, max_lag=100, poll_s=0.05)
+    learners = LearnerWait([worker.url], {"sdm": fast.url, "xdm": slow.url}, max_lag=100, poll_s=0.05)
 
     async def scenario() -> dict[str, int]:
-        waiting = asyncio.create_task(gate.wait())
+        waiting = asyncio.create_task(learners.caught_up())
         await asyncio.sleep(0.5)
         assert not waiting.done()  # xdm is 2,500 behind
         slow.add("xdm_learner_samples", 2300)
@@ -72,23 +74,39 @@ def test_waits_for_the_slow_learner_then_counts_the_wait(endpoints):
 
     lags = asyncio.run(scenario())
     assert lags == {"sdm": 10, "xdm": 50}
-    assert gate.stats.waits == 1 and gate.stats.wait_s >= 0.4 and gate.stats.max_lag_seen == 2500
-    assert asyncio.run(gate.wait()) == lags and gate.stats.waits == 1  # within the lag: no wait
+    assert learners.stats.waits == 1 and learners.stats.wait_s >= 0.4 and learners.stats.max_lag_seen == 2500
+    assert asyncio.run(learners.caught_up()) == lags and learners.stats.waits == 1  # within the lag: no wait
 
 
 @pytest.mark.timeout(60)
 def test_a_stalled_learner_is_an_error_naming_the_arm(endpoints):
     worker, learner = endpoints("worker"), endpoints("learner", "xdm")
     worker.add("xdm_stream_samples", 1000)
-    gate = LearnerGate([worker.url], {"xdm": learner.url}, max_lag=10, stall_timeout_s=0.5, poll_s=0.05)
+    learners = LearnerWait([worker.url], {"xdm": learner.url}, max_lag=10, stall_timeout_s=0.5, poll_s=0.05)
     with pytest.raises(LearnerStalled, match="arm xdm made no progress for 0.5 s .1,000 samples behind"):
-        asyncio.run(gate.wait())
+        asyncio.run(learners.caught_up())
 
 
 @pytest.mark.timeout(60)
 def test_an_unreachable_learner_is_waited_for_then_reported(endpoints):
     worker = endpoints("worker")
-    gate = LearnerGate([worker.url], {"xdm": f"http://127.0.0.1:{free_port()}/metrics"}, stall_timeout_s=0.5,
+    learners = LearnerWait([worker.url], {"xdm": f"http://127.0.0.1:{free_port()}/metrics"}, stall_timeout_s=0.5,
                        poll_s=0.05)
     with pytest.raises(LearnerStalled, match="arm xdm .*unreachable"):
-        asyncio.run(gate.wait())
+        asyncio.run(learners.caught_up())
+
+
+def test_settling_counts_each_learners_newest_announcement_only():
+    def announce(arm: str, version: int, trained: int) -> bytes:
+        return encode_announcement(VersionInfo(arm=arm, version=version, collection=f"c_{arm}_v{version}",
+                                               tower_uri="", published_ms=0, trained_samples=trained, items=1))
+
+    progress = LearnerProgress()
+    learners = ("sdm", "xdm")
+    assert _take(progress, announce("xdm", 1, 100), learners)
+    assert not _take(progress, announce("xdm", 1, 900), learners)  # a repeat of version 1
+    assert not _take(progress, announce("other", 5, 900), learners)  # not an arm waited for
+    assert not _take(progress, b"not an announcement", learners)
+    assert not _take(progress, announce("xdm", 2, 100), learners)  # newer, but no more samples: no progress
+    assert _take(progress, announce("sdm", 3, 80), learners)
+    assert progress.trained_samples == {"xdm": 100, "sdm": 80} and progress.versions == {"xdm": 2, "sdm": 3}
