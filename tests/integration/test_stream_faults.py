@@ -31,8 +31,9 @@ from infra.stack import config_env
 from infra.topics import ensure_topics
 from replay.format import read_events, read_items
 from replay.producer import make_producer, produce_catalogue, produce_events
+from stream import expected
+from stream.expected import expected_run
 from stream.mirror import TopicMirror
-from stream.samples import step
 from stream.state_codec import decode_state
 from stream.topics import changelog_topic
 from stream.true_ends import reported_and_true_ends
@@ -128,21 +129,11 @@ def stream_stack(tmp_path: Path, test_config: Config):
 
 
 def reference(events: list[Event], items: dict[str, Item], cfg: Config) -> dict[str, UserState]:
-    states: dict[str, UserState] = {}
-    for event in events:
-        state = states.setdefault(event.user_id, UserState())
-        step(state, event, items.get(event.item_id) or Item(event.item_id), cfg.windows, cfg.samples)
-    return states
+    return expected_run(events, items, cfg.windows, cfg.samples).states
 
 
 def differing_users(want: dict[str, UserState], got: dict[str, UserState], cfg: Config) -> list[str]:
-    bad = [user for user, w in want.items() if not same_windows(w, got.get(user), cfg)]
-    return bad + sorted(set(got) - set(want))
-
-
-def same_windows(want: UserState, got: UserState | None, cfg: Config) -> bool:
-    return (got is not None and got.max_ts == want.max_ts and got.pending == want.pending
-            and snapshot(got, want.max_ts, cfg.windows) == snapshot(want, want.max_ts, cfg.windows))
+    return expected.differing_users(want, got, cfg.windows)
 
 
 def changelog_states(cfg: Config) -> dict[str, UserState]:
@@ -214,18 +205,9 @@ def changelog_census(cfg: Config) -> str:
 
 
 def describe_difference(want: UserState | None, got: UserState | None, cfg: Config) -> str:
-    """What a reader needs to tell a lost event from a late one: newest times and window contents."""
-    if want is None or got is None:
-        return f"state present: rules {want is not None}, changelog {got is not None}; {changelog_census(cfg)}"
-    at = max(want.max_ts, got.max_ts)
-    w, g = snapshot(want, at, cfg.windows), snapshot(got, at, cfg.windows)
-    parts = [f"max_ts rules {want.max_ts} changelog {got.max_ts}", f"pending {len(want.pending)}/{len(got.pending)}"]
-    for kind in ("short", "long", "unclicked"):
-        a, b = getattr(w, kind), getattr(g, kind)
-        missing = sorted({x.item.item_id for x in a} - {x.item.item_id for x in b})[:5]
-        extra = sorted({x.item.item_id for x in b} - {x.item.item_id for x in a})[:5]
-        parts.append(f"{kind} {len(a)}/{len(b)} missing {missing} extra {extra}")
-    return "; ".join(parts)
+    """The rules' and the changelog's windows side by side; a missing state also gets the census."""
+    text = expected.describe_difference(want, got, cfg.windows)
+    return text if want is not None and got is not None else f"{text}; {changelog_census(cfg)}"
 
 
 def sample_ids(cfg: Config) -> list[str]:
@@ -238,13 +220,7 @@ def sample_ids(cfg: Config) -> list[str]:
 
 
 def expected_sample_ids(events: list[Event], items: dict[str, Item], cfg: Config) -> set[str]:
-    states: dict[str, UserState] = {}
-    out = set()
-    for event in events:
-        result = step(states.setdefault(event.user_id, UserState()), event,
-                      items.get(event.item_id) or Item(event.item_id), cfg.windows, cfg.samples)
-        out.update(s.sample_id for s in result.samples)
-    return out
+    return expected_run(events, items, cfg.windows, cfg.samples).sample_ids
 
 
 def produce(cfg: Config, log_dir: Path, events: list[Event], speed: float = 0.0) -> None:
