@@ -36,6 +36,7 @@ from learner.dedup import SeenSamples
 from learner.model import config_for
 from learner.publish import Publisher
 from learner.rehearsal import Ref, Rehearsal, read_back
+from learner.trained_ids import TrainedIds, trained_ids_path
 from learner.trainer import StepStats, Trainer
 from stream.samples import Sample
 from stream.wire import MalformedEvent, SampleTimes, decode_sample
@@ -98,6 +99,7 @@ class OnlineLearner:
         self.version = 0  # the newest version this learner announced (or its checkpoint recorded)
         self.covered: dict[int, int] = {}  # partition -> next offset covered by trained samples
         self.seen = SeenSamples(lc.dedup_samples)
+        self.trained_ids: TrainedIds | None = None  # set by run_learner when learner.record_trained_ids
         self.rehearsal = Rehearsal(lc.rehearsal_steps, lc.rehearsal_window, lc.seed)
         self._recent: deque[tuple[float, float]] = deque(maxlen=RUNNING_STEPS)
         self._unpublished_since: float | None = None  # wall time of the oldest step in no snapshot being published
@@ -111,6 +113,8 @@ class OnlineLearner:
     def restore(self, warm_start: str | None = None) -> None:
         """Resume from this arm's checkpoint; else warm-start weights from an offline run."""
         state = load_checkpoint(self.cfg.learner.checkpoint_dir, self.arm)
+        if self.trained_ids is not None:  # what came after the checkpoint will be trained on again
+            self.trained_ids.cut_to(state.get("trained_ids_bytes", 0) if state else 0)
         if state is not None:
             self._resume(state, state.get("seen", []), state.get("rehearsal"))
             log.info("resumed from checkpoint", extra={"arm": self.arm, "steps": self.trainer.steps,
@@ -211,6 +215,8 @@ class OnlineLearner:
     def _train(self, buffer: list[Taken]) -> None:
         """One step on the new samples, then the rehearsal steps (every rank of a group takes as many)."""
         stats = self.trainer.step([t.sample for t in buffer])
+        if self.trained_ids is not None:
+            self.trained_ids.append(t.sample.sample_id for t in buffer)
         self._account(buffer, stats)
         self.rehearsal.remember((t.ref, t.sample) for t in buffer)
         for batch in self.rehearsal.batches(self.cfg.learner.batch_size):
@@ -262,6 +268,7 @@ class OnlineLearner:
             "trainer": self.trainer.state_dict(), "offsets": dict(self.covered), "version": self.version,
             "variant": self.variant, "model_config": asdict(self.trainer.model.cfg), "seen": self.seen.state_dict(),
             "rehearsal": self.rehearsal.state_dict(),
+            "trained_ids_bytes": self.trained_ids.mark() if self.trained_ids is not None else 0,
         })
         topic = self.cfg.kafka.samples_topic
         try:
@@ -319,6 +326,8 @@ def run_learner(cfg: Config, arm: str | None = None, variant: str | None = None,
     if cfg.learner.metrics_port:
         start_http_server(cfg.learner.metrics_port, addr="127.0.0.1")
     learner = OnlineLearner(cfg, arm, variant)
+    if cfg.learner.record_trained_ids:
+        learner.trained_ids = TrainedIds(trained_ids_path(cfg.learner.checkpoint_dir, learner.arm))
     learner.restore(warm_start)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: learner.stop())

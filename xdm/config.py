@@ -92,6 +92,7 @@ class LearnerConfig:
     checkpoint_dir: str = "var/checkpoints"  # one sub-folder per arm
     checkpoint_every_steps: int = 50  # checkpoint after this many optimiser steps
     dedup_samples: int = 200_000  # newest sample ids remembered to skip repeats after a worker restart (0 = off)
+    record_trained_ids: bool = False  # append trained sample ids next to the checkpoint (learner/trained_ids.py; checks)
     publish_every_steps: int = 20  # publish a model version after this many steps
     publish_every_s: float = 30.0  # ... or after this many seconds with new steps
     publish_deadline_s: float = 600.0  # a publish running longer (s) is abandoned unannounced; training never waits on one
