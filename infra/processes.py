@@ -54,6 +54,17 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
+def spawned_child(pid: int) -> int | None:
+    """The child a process started with multiprocessing's spawn (not its resource tracker), if any."""
+    for child in child_pids(pid):
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return child
+        except FileNotFoundError:  # ended while the children were read
+            continue
+    return None
+
+
 def port_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.2):
@@ -109,6 +120,13 @@ class ManagedProcess:
         """SIGKILL the whole group at once (fault tests: a crash, not a shutdown)."""
         _signal_group(self.popen, signal.SIGKILL)
         self.popen.wait(timeout=10)
+
+    def pause(self) -> None:
+        """SIGSTOP the whole group (fault tests: a process that hangs without dying); `resume` undoes it."""
+        _signal_group(self.popen, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        _signal_group(self.popen, signal.SIGCONT)
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM the group, SIGKILL after timeout_s, then wait for its ports to close."""

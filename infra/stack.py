@@ -13,7 +13,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from infra.processes import ManagedProcess, ensure_alive, free_port, port_open, start_process, wait_until
 from infra.learner_settings import LearnerSettings, learner_config
@@ -34,12 +34,26 @@ class Stack:
     processes: list[ManagedProcess] = field(default_factory=list)
     learner_settings: LearnerSettings = field(default_factory=dict)  # per-arm learner.* (infra/learner_settings.py)
     metrics_ports: dict[str, int] = field(default_factory=dict)  # process name -> its Prometheus port, set before start
+    starters: dict[str, Callable[[], ManagedProcess]] = field(default_factory=dict)  # name -> start it again
 
     def by_name(self, name: str) -> ManagedProcess:
         for proc in self.processes:
             if proc.name == name:
                 return proc
         raise KeyError(name)
+
+    def restart(self, name: str) -> ManagedProcess:
+        """Start a crashed or stopped process again as it was started (same data dir, ports and config),
+        in its place in the stop order: what a supervisor does after a crash (fault tests, bench/chaos.py)."""
+        old = self.by_name(name)
+        old.stop()  # a dead one: reaps what it left behind and waits for its ports
+        place = self.processes.index(old)
+        self.processes.remove(old)
+        new = self.starters[name]()
+        if new in self.processes:  # the start_* methods append what they start
+            self.processes.remove(new)
+        self.processes.insert(place, new)
+        return new
 
     def stop(self) -> None:
         errors = []
@@ -60,6 +74,7 @@ class Stack:
         cfg = apply_overrides(self.cfg, {"stream.data_dir": str(data_dir), **self._metrics("stream", name)})
         proc = start_process(name, _xdm(self.profile, "worker"), self.root / "logs", env=config_env(cfg))
         self.processes.append(proc)
+        self.starters[name] = lambda: self.start_worker(name)
         return proc
 
     def start_learner(self, arm: str, variant: str) -> ManagedProcess:
@@ -69,6 +84,7 @@ class Stack:
         proc = start_process(f"learner-{arm}", _xdm(self.profile, "learn", "--arm", arm, "--variant", variant),
                              self.root / "logs", env=env)
         self.processes.append(proc)
+        self.starters[proc.name] = lambda: self.start_learner(arm, variant)
         return proc
 
     def metrics_url(self, name: str) -> str:
@@ -84,6 +100,7 @@ class Stack:
         proc = start_process("server", _xdm(self.profile, "serve"), self.root / "logs",
                              address=f"127.0.0.1:{port}", ports=(port,), env=self.child_env())
         self.processes.append(proc)
+        self.starters[proc.name] = lambda: self.start_server(timeout_s)
 
         def ready() -> bool:
             ensure_alive(proc)
@@ -104,6 +121,7 @@ def start_services(root: Path, base: Config, profile: str, arms: str = "xdm:100"
         stack.processes.append(broker)
         milvus = start_milvus(root / "milvus", root / "logs")
         stack.processes.append(milvus)
+        stack.starters[milvus.name] = lambda: start_milvus(root / "milvus", root / "logs", port=milvus.ports[0])
         stack.cfg = apply_overrides(base, {
             "kafka.bootstrap": broker.address,
             "milvus.uri": milvus.address,
