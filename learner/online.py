@@ -38,6 +38,7 @@ from learner.publish import Publisher
 from learner.rehearsal import Ref, Rehearsal, read_back
 from learner.trained_ids import TrainedIds, trained_ids_path
 from learner.trainer import StepStats, Trainer
+from stream.broker_loss import ReadPositions, check_kafka_python
 from stream.samples import Sample
 from stream.wire import MalformedEvent, SampleTimes, decode_sample
 from xdm.client_security import kafka_client_kwargs
@@ -98,6 +99,9 @@ class OnlineLearner:
         self.status = LearnerStatus()
         self.version = 0  # the newest version this learner announced (or its checkpoint recorded)
         self.covered: dict[int, int] = {}  # partition -> next offset covered by trained samples
+        # a broker that lost samples this learner had read is reported (stream/broker_loss.py)
+        self.read_positions = ReadPositions(f"learner-{self.arm}", "samples not trained yet are lost; training "
+                                            "goes on from the start of the new log")
         self.seen = SeenSamples(lc.dedup_samples)
         self.trained_ids: TrainedIds | None = None  # set by run_learner when learner.record_trained_ids
         self.rehearsal = Rehearsal(lc.rehearsal_steps, lc.rehearsal_window, lc.seed)
@@ -157,6 +161,8 @@ class OnlineLearner:
     def _consumer(self) -> KafkaConsumer:
         consumer = samples_consumer(self.cfg.kafka, self.arm)
         assign_from(consumer, wait_partitions(consumer, self.cfg.kafka.samples_topic), self.covered)
+        for partition, offset in self.covered.items():
+            self.read_positions.start_at(self.cfg.kafka.samples_topic, partition, offset)
         return consumer
 
     def _loop(self, consumer: KafkaConsumer, max_steps: int | None, idle_exit_s: float | None) -> None:
@@ -169,10 +175,12 @@ class OnlineLearner:
             polled = consumer.poll(timeout_ms=200, max_records=lc.batch_size - len(buffer))
             for tp, records in sorted(polled.items(), key=lambda kv: kv[0].partition):
                 for record in records:
+                    self.read_positions.read(tp.topic, tp.partition, record.offset)
                     pending[tp.partition] = record.offset + 1
                     decoded = self._decode(record)
                     if decoded is not None:
                         buffer.append(decoded)
+            check_kafka_python(self.read_positions, consumer, self.cfg.kafka)
             now = time.monotonic()
             if polled:
                 last_data = now

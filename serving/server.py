@@ -32,6 +32,7 @@ from serving.popular import PopularItems
 from serving.registry import TowerRegistry
 from serving.search import VectorSearch, check_local_index
 from serving.servicer import RecallServicer
+from stream.broker_loss import ReadPositions
 from stream.reader import WindowsReader
 from xdm.client_security import read_secret
 from xdm.config import Config, ServingConfig
@@ -165,7 +166,7 @@ async def create_server(cfg: Config, deps: Deps) -> RunningServer:
     if port == 0:
         raise OSError(f"cannot bind {address}")
     await server.start()
-    _follow_task_health(health_servicer, deps.supervisor)
+    _follow_task_health(health_servicer, deps.supervisor, deps.reader.mirror.read_positions)
     health_server = await _start_health_port(sc, health_servicer)
     log.info("recall server listening", extra={"address": f"{sc.host}:{port}", "tls": bool(sc.tls_cert),
                                                "token": bool(sc.auth_token_file), "reflection": sc.reflection})
@@ -240,17 +241,22 @@ async def _start_health_port(sc: ServingConfig, health_servicer: health.HealthSe
     return server
 
 
-def _follow_task_health(health_servicer: health.HealthServicer, supervisor: Supervisor) -> None:
+def _follow_task_health(health_servicer: health.HealthServicer, supervisor: Supervisor,
+                        windows_source: ReadPositions) -> None:
     """SERVING while the background tasks are healthy, NOT_SERVING while one has been failing for longer than
     serving.task_unhealthy_after_s: a server whose windows or versions stopped moving should lose its traffic
-    to replicas that are current, and get it back once it recovers."""
+    to replicas that are current, and get it back once it recovers. NOT_SERVING for good once the broker lost
+    changelog records the windows replica had read (stream/broker_loss.py): those windows must be rebuilt by
+    the workers, and this replica read again from the start, which is a restart."""
     def report(healthy: bool) -> None:
+        healthy = healthy and not windows_source.lost
         status = health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in (SERVICE_NAME, ""):
             health_servicer.set(name, status)
 
     report(supervisor.healthy)
     supervisor.on_health_change(report)
+    windows_source.on_loss(lambda _loss: report(supervisor.healthy))
 
 
 def _tls(cert: str, key: str) -> grpc.ServerCredentials:

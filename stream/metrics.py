@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from stream.app import Counters
 from stream.mirror import BAD_RECORDS
+from stream.broker_loss import LOSSES
 from xdm.supervision import TASK_FAILURES, TASK_HEALTHY
 
 PREFIX = "xdm_stream_"
@@ -59,6 +60,7 @@ class CountersCollector:
 def metrics_registry(collector: CountersCollector) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=True)
     registry.register(collector)
+    registry.register(LOSSES)  # the worker's mirrors and changelog recovery report broker data loss
     for own_metric in (BAD_RECORDS, TASK_FAILURES, TASK_HEALTHY):  # counted by the mirrors and their supervisor
         registry.register(own_metric)
     return registry

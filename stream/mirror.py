@@ -21,6 +21,7 @@ from typing import Any, Awaitable, Callable, Generic, TypeVar
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import Counter
 
+from stream.broker_loss import ReadPositions, check_aiokafka
 from stream.true_ends import probe_with_own_consumer
 from xdm.client_security import kafka_client_kwargs
 from xdm.config import KafkaConfig
@@ -48,6 +49,9 @@ class TopicMirror(Generic[V]):
         self.records = 0
         self.bad_records = 0
         self.supervisor = supervisor or Supervisor()
+        # a broker that lost records this mirror had read is reported (stream/broker_loss.py)
+        self.read_positions = ReadPositions(self.name, "the mirror keeps the values it had read; "
+                                            "a fresh reader of the topic would not find them")
         self._caught_up = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._task: SupervisedTask | None = None
@@ -106,10 +110,12 @@ class TopicMirror(Generic[V]):
             batches = await consumer.getmany(timeout_ms=200, max_records=5000)
             for records in batches.values():
                 for record in records:
+                    self.read_positions.read(record.topic, record.partition, record.offset)
                     reason = self._apply(record)
                     if reason and self.on_reject is not None:
                         await self.on_reject(record, reason)
             task.progressed()
+            await check_aiokafka(self.read_positions, consumer, self.kafka)
             if not batches and not self.caught_up and await self._at_true_end(partitions):
                 self._caught_up.set()
                 log.info("mirror caught up", extra={"mirror": self.name, "keys": len(self.values)})

@@ -44,6 +44,9 @@ class WindowsReader:
         self.cache_users = cache_users
         self._cache: OrderedDict[str, tuple[bytes, WindowRows | None]] = OrderedDict()  # user -> (record, rows)
         self.mirror.on_update = self._on_record
+        # what a lost changelog means for this replica (stream/broker_loss.py); the server also turns NOT_SERVING
+        self.mirror.read_positions.consequence = ("windows must be rebuilt: wipe the workers' stream.data_dir, "
+                                                  "replay the events, then restart the servers")
 
     async def start(self, wait_s: float = 60.0) -> None:
         await self.mirror.start()

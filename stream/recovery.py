@@ -37,6 +37,7 @@ import aiokafka
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from stream.broker_loss import DataLoss, report
 from stream.true_ends import PROBE_WAIT_MS, probe_true_ends
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class ProbingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         raised = {tp: (reported[tp], end) for tp, end in ends.items() if end != reported[tp]}
         if raised:
             log.info("changelog end offsets raised to the true end: %s", raised)
+        report_lost_changelogs(self.app, ends)
         return ends  # type: ignore[return-value]
 
     def _probe_consumer(self) -> aiokafka.AIOKafkaConsumer:
@@ -109,6 +111,26 @@ class ProbingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             request_timeout_ms=int(conf.broker_request_timeout * 1000),
             **faust_aiokafka.credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
         )
+
+
+def report_lost_changelogs(app: Any, ends: Mapping[Any, int | None]) -> None:
+    """Report each changelog partition whose true end lies at or below the offset a local table store
+    already holds (stream/broker_loss.py): the broker lost records this worker wrote or restored.
+
+    Faust's own check raises ConsistencyError for most of these and stops the worker with a message about
+    removed data; it skips an end of 0 and cannot see a log written again past the stored offset, and
+    then the worker carries on with windows the changelog no longer backs.
+    """
+    tables = {table.changelog_topic.get_topic_name(): table for table in app.tables.values()}
+    for tp, end in ends.items():
+        table = tables.get(tp.topic)
+        stored = table.persisted_offset(tp) if table is not None else None
+        if stored is None or (end is not None and stored < end):
+            continue
+        report(DataLoss("stream worker", tp.topic, tp.partition, stored + 1,
+                        "is gone" if end is None else f"ends at offset {end}",
+                        "the worker's local windows are no longer backed by the changelog: stop the workers, "
+                        "wipe stream.data_dir and replay the events to rebuild them"))
 
 
 @dataclass
