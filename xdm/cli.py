@@ -152,6 +152,55 @@ def produce(ctx: click.Context, log_dir: Path, speed: float, limit: int | None) 
                f"in {report.seconds:.1f} s ({report.events_per_s:,.0f} events/s)")
 
 
+@cli.group("import")
+def import_group() -> None:
+    """Convert a public dataset's own files into the plain log format (docs/log-format.md)."""
+
+
+_IMPORT_OUT = click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+                           help="New log directory (must not hold a log yet).")
+_IMPORT_MAX_USERS = click.option("--max-users", type=click.IntRange(min=1), default=None,
+                                 help="Keep a deterministic sample of this many users.")
+_IMPORT_GZIP = click.option("--gzip", "compress", is_flag=True, help="Write .csv.gz files.")
+
+
+def _echo_import(summary, out: Path) -> None:
+    click.echo(f"wrote {summary.events:,} events ({summary.impressions:,} impressions, {summary.clicks:,} clicks) "
+               f"of {summary.users:,} users, {summary.items:,} items, {summary.profiles:,} profiles to {out} "
+               f"in {summary.seconds:.1f} s")
+
+
+@import_group.command("mind")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_IMPORT_OUT
+@click.option("--history", type=click.Choice(["clicks", "skip"]), default="clicks", show_default=True,
+              help="clicks: each user's history as clicks ending 1 h before their first request; skip: drop it.")
+@_IMPORT_MAX_USERS
+@_IMPORT_GZIP
+@friendly
+def import_mind_cmd(sources: tuple[Path, ...], out: Path, history: str, max_users: int | None,
+                    compress: bool) -> None:
+    """MIND folders (train, dev: behaviors.tsv + news.tsv), merged by time."""
+    from importers.mind import import_mind
+
+    _echo_import(import_mind(sources, out, history=history, max_users=max_users, compress=compress), out)
+
+
+@import_group.command("kuairand")
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_IMPORT_OUT
+@click.option("--logs", type=click.Choice(["both", "standard", "random"]), default="both", show_default=True,
+              help="Which exposure logs: the standard feed, the random insertions, or both merged by time.")
+@_IMPORT_MAX_USERS
+@_IMPORT_GZIP
+@friendly
+def import_kuairand_cmd(source: Path, out: Path, logs: str, max_users: int | None, compress: bool) -> None:
+    """KuaiRand's data folder (Pure, 1K or 27K): exposure logs, video and user features."""
+    from importers.kuairand import import_kuairand
+
+    _echo_import(import_kuairand(source, out, logs=logs, max_users=max_users, compress=compress), out)
+
+
 # ---- services, each on its own
 
 
