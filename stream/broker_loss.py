@@ -4,8 +4,8 @@ The embedded broker (tansu) keeps topics in memory: a restart loses every record
 back empty (the next client's metadata request creates them again, with the broker's default partition
 count) or not at all. Nothing else notices. Measured here: a consumer whose position lies past the end
 of the new log gets no error from tansu, only empty fetches, and stays where it was (so it would also
-skip the new log's first records); Faust's recovery check misses an end of 0 or a log written again past
-the stored offset; a windows replica goes on serving windows that no longer move.
+skip the new log's first records); Faust's recovery check skips a log of one record (highwater 0) and a
+log written again past the stored offset; a windows replica goes on serving windows that no longer move.
 
 A reader keeps a `ReadPositions`: the offset after the last record it read in each partition, and the
 highest end offset the broker has reported for it. Every second or so it asks the broker for the end

@@ -118,8 +118,8 @@ def report_lost_changelogs(app: Any, ends: Mapping[Any, int | None]) -> None:
     already holds (stream/broker_loss.py): the broker lost records this worker wrote or restored.
 
     Faust's own check raises ConsistencyError for most of these and stops the worker with a message about
-    removed data; it skips an end of 0 and cannot see a log written again past the stored offset, and
-    then the worker carries on with windows the changelog no longer backs.
+    removed data; it skips a log of one record (highwater 0) and cannot see a log written again past the
+    stored offset, and then the worker carries on with windows the changelog no longer backs.
     """
     tables = {table.changelog_topic.get_topic_name(): table for table in app.tables.values()}
     for tp, end in ends.items():
