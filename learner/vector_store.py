@@ -16,7 +16,7 @@ import time
 from typing import Sequence
 
 import numpy as np
-from pymilvus import DataType, MilvusClient
+from pymilvus import DataType, MilvusClient, MilvusException
 
 from xdm.client_security import milvus_client_kwargs
 from xdm.config import MilvusConfig
@@ -28,6 +28,10 @@ VECTOR_FIELD = "vector"
 INSERT_CHUNK = 5000
 CONNECT_RETRY_S = 0.5  # pause between connect attempts
 GRPC_NEVER_MS = 2**31 - 1  # gRPC reads INT_MAX milliseconds as "never"
+# Milvus's error code for a collection not loaded. Milvus Lite comes back from a restart with every collection
+# released (a real Milvus loads them again itself): readers load what they read, or no version published
+# before the restart could be served again (tests/integration/test_serving_faults.py).
+NOT_LOADED = 101
 
 
 class VersionExists(XdmError):
@@ -132,14 +136,24 @@ def drop_versions_before(client: MilvusClient, cfg: MilvusConfig, arm: str, keep
 
 def search(client: MilvusClient, collection: str, vectors: np.ndarray, limit: int, timeout_s: float) -> list[list[tuple[str, float]]]:
     """Max inner product search; one list of (item id, score) per query vector."""
-    hits = client.search(collection, data=[v.tolist() for v in vectors], limit=limit, output_fields=[ID_FIELD],
-                         search_params={"metric_type": "IP"}, anns_field=VECTOR_FIELD, timeout=timeout_s)
+    def run() -> list:
+        return client.search(collection, data=[v.tolist() for v in vectors], limit=limit, output_fields=[ID_FIELD],
+                             search_params={"metric_type": "IP"}, anns_field=VECTOR_FIELD, timeout=timeout_s)
+
+    try:
+        hits = run()
+    except MilvusException as exc:
+        if exc.code != NOT_LOADED:
+            raise
+        client.load_collection(collection, timeout=timeout_s)  # see NOT_LOADED
+        hits = run()
     return [[(h["entity"][ID_FIELD] if "entity" in h else h["id"], float(h["distance"])) for h in row] for row in hits]
 
 
 def read_all(client: MilvusClient, collection: str, batch: int = 10_000, *,
              timeout_s: float) -> tuple[list[str], np.ndarray]:
     """Every (item id, vector) of a collection, in pages; each page's call fails after timeout_s."""
+    client.load_collection(collection, timeout=timeout_s)  # see NOT_LOADED; at once when it is loaded
     iterator = _open_iterator(client, collection, batch, timeout_s)
     ids: list[str] = []
     rows: list[list[float]] = []
