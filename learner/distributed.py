@@ -43,9 +43,9 @@ from torch import Tensor, nn
 from learner.batch import ITEM_KINDS, Vocabulary, collate, profile_kind
 from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.model import config_for, pick_device
-from learner.online import (LearnerStatus, OnlineLearner, Taken, assign_from, model_overrides, samples_consumer,
-                            wait_partitions)
+from learner.online import LearnerStatus, OnlineLearner, Taken, assign_from, model_overrides, samples_consumer
 from learner.trainer import StepStats, Trainer
+from stream.partitions import find_partitions_blocking
 from xdm.config import Config
 from xdm.model_config import ModelConfig
 
@@ -411,7 +411,7 @@ class DistributedLearner(OnlineLearner):
     def _consumer(self) -> KafkaConsumer:
         k = self.cfg.kafka
         consumer = samples_consumer(k, self.arm)
-        everything = wait_partitions(consumer, k.samples_topic)
+        everything = find_partitions_blocking(consumer, k.samples_topic)
         mine = partitions_for(self.comm.rank, self.comm.world_size, [tp.partition for tp in everything])
         if not mine:
             log.warning("more ranks than samples partitions: this rank only joins the collectives",

@@ -39,6 +39,7 @@ from learner.rehearsal import Ref, Rehearsal, read_back
 from learner.trained_ids import TrainedIds, trained_ids_path
 from learner.trainer import StepStats, Trainer
 from stream.broker_loss import ReadPositions, check_kafka_python
+from stream.partitions import find_partitions_blocking
 from stream.samples import Sample
 from stream.wire import MalformedEvent, SampleTimes, decode_sample
 from xdm.client_security import kafka_client_kwargs
@@ -160,7 +161,7 @@ class OnlineLearner:
 
     def _consumer(self) -> KafkaConsumer:
         consumer = samples_consumer(self.cfg.kafka, self.arm)
-        assign_from(consumer, wait_partitions(consumer, self.cfg.kafka.samples_topic), self.covered)
+        assign_from(consumer, find_partitions_blocking(consumer, self.cfg.kafka.samples_topic), self.covered)
         for partition, offset in self.covered.items():
             self.read_positions.start_at(self.cfg.kafka.samples_topic, partition, offset)
         return consumer
@@ -366,16 +367,6 @@ def assign_from(consumer: KafkaConsumer, partitions: list[TopicPartition], cover
             consumer.seek(tp, covered[tp.partition])
         else:
             consumer.seek_to_beginning(tp)
-
-
-def wait_partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 60.0) -> list[TopicPartition]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return [TopicPartition(topic, p) for p in sorted(parts)]
-        time.sleep(0.2)
-    raise RuntimeError(f"samples topic {topic} does not exist; create topics first (xdm topics)")
 
 
 def model_overrides(cfg: Config) -> dict:

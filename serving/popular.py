@@ -25,9 +25,10 @@ import logging
 import math
 import time
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from stream.mirror import BAD_RECORDS, stop_background
+from stream.partitions import find_partitions
 from stream.wire import MalformedEvent, decode_event
 from xdm.client_security import kafka_client_kwargs
 from xdm.config import Config
@@ -108,11 +109,7 @@ class PopularItems:
         self._consumer = AIOKafkaConsumer(**kafka_client_kwargs(k, "aiokafka"), enable_auto_commit=False,
                                           auto_offset_reset="earliest")
         await self._consumer.start()
-        parts = self._consumer.partitions_for_topic(k.clicks_topic) or set()
-        if not parts:
-            await self._consumer._client.force_metadata_update()
-            parts = self._consumer.partitions_for_topic(k.clicks_topic) or set()
-        partitions = [TopicPartition(k.clicks_topic, p) for p in sorted(parts)]
+        partitions = await find_partitions(self._consumer, k.clicks_topic)
         self._consumer.assign(partitions)
         await self._consumer.seek_to_beginning(*partitions)
         self._task = self.supervisor.start("popular-items", self._run)

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any, Awaitable, Callable, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import Counter
 
 from stream.broker_loss import ReadPositions, check_aiokafka
+from stream.partitions import find_partitions
 from stream.true_ends import probe_with_own_consumer
 from xdm.client_security import kafka_client_kwargs
 from xdm.config import KafkaConfig
@@ -72,7 +72,7 @@ class TopicMirror(Generic[V]):
                                           auto_offset_reset="earliest", fetch_max_wait_ms=100,
                                           isolation_level=self.isolation_level)
         await self._consumer.start()
-        partitions = await self._partitions()
+        partitions = await find_partitions(self._consumer, self.topic)
         self._consumer.assign(partitions)
         await self._consumer.seek_to_beginning(*partitions)
         self._task = self.supervisor.start(f"mirror-{self.name}", lambda: self._run(partitions))
@@ -89,19 +89,6 @@ class TopicMirror(Generic[V]):
 
     async def stop(self) -> None:
         await stop_background(self._task, self._consumer)
-
-    async def _partitions(self) -> list[TopicPartition]:
-        assert self._consumer is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            parts = self._consumer.partitions_for_topic(self.topic)
-            if not parts:
-                await self._consumer._client.force_metadata_update()
-                parts = self._consumer.partitions_for_topic(self.topic)
-            if parts:
-                return [TopicPartition(self.topic, p) for p in sorted(parts)]
-            await asyncio.sleep(0.2)
-        raise RuntimeError(f"topic {self.topic} does not exist; create topics first (xdm topics)")
 
     async def _run(self, partitions: list[TopicPartition]) -> None:
         assert self._consumer is not None and self._task is not None
