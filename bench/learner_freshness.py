@@ -28,11 +28,11 @@ sys.path.insert(0, str(ROOT))
 
 from infra.processes import free_port, wait_until  # noqa: E402
 from infra.stack import start_services  # noqa: E402
-from replay.format import read_events  # noqa: E402
 from replay.producer import make_producer, produce_catalogue, produce_events  # noqa: E402
 from replay.simulate import simulate  # noqa: E402
 from xdm.config import apply_overrides, load_config, parse_set_options  # noqa: E402
 from xdm.errors import ConfigError  # noqa: E402
+from xdm.log_format import read_events  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "learner_freshness.json"
 HISTOGRAMS = ("xdm_event_to_sample_seconds", "xdm_sample_to_trained_seconds", "xdm_trained_to_published_seconds")

@@ -34,13 +34,13 @@ from infra.processes import free_port, start_process, wait_until  # noqa: E402
 from infra.services import start_broker  # noqa: E402
 from infra.stack import config_env  # noqa: E402
 from infra.topics import ensure_topics  # noqa: E402
-from replay.format import read_events  # noqa: E402
 from replay.producer import produce_log  # noqa: E402
 from replay.simulate import simulate  # noqa: E402
 from stream.reader import WindowsReader  # noqa: E402
 from stream.wire import encode_event  # noqa: E402
 from xdm.client_security import kafka_client_kwargs  # noqa: E402
 from xdm.config import Config, apply_overrides, load_config  # noqa: E402
+from xdm.log_format import read_events  # noqa: E402
 from xdm.records import Event  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "read_freshness.json"

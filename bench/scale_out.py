@@ -48,12 +48,12 @@ from infra.processes import ManagedProcess, free_port, start_process  # noqa: E4
 from infra.services import start_broker  # noqa: E402
 from infra.stack import Stack, config_env, start_services  # noqa: E402
 from infra.topics import ensure_topics  # noqa: E402
-from replay.format import read_events, read_items  # noqa: E402
 from replay.producer import produce_log  # noqa: E402
 from replay.simulate import simulate  # noqa: E402
 from stream.samples import step  # noqa: E402
 from stream.windows import Outcome, UserState  # noqa: E402
 from xdm.config import Config, apply_overrides, load_config  # noqa: E402
+from xdm.log_format import read_events, read_items  # noqa: E402
 from xdm.records import Item  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "scale_out.json"

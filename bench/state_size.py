@@ -23,13 +23,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from replay.format import read_events, read_items  # noqa: E402
 from replay.simulate import simulate  # noqa: E402
 from replay.stats import PAPER_TABLE1  # noqa: E402
 from stream.samples import step  # noqa: E402
 from stream.state_codec import decode_state, encode_state  # noqa: E402
 from stream.windows import UserState  # noqa: E402
 from xdm.config import load_config  # noqa: E402
+from xdm.log_format import read_events, read_items  # noqa: E402
 from xdm.records import Item  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "state_size.json"

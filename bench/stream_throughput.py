@@ -40,7 +40,6 @@ from infra.processes import ManagedProcess, free_port, start_process  # noqa: E4
 from infra.services import start_broker  # noqa: E402
 from infra.stack import config_env  # noqa: E402
 from infra.topics import ensure_topics  # noqa: E402
-from replay.format import read_events, read_items  # noqa: E402
 from replay.producer import produce_log  # noqa: E402
 from replay.simulate import simulate  # noqa: E402
 from stream.mirror import TopicMirror  # noqa: E402
@@ -49,6 +48,7 @@ from stream.state_codec import decode_state  # noqa: E402
 from stream.topics import changelog_topic  # noqa: E402
 from stream.windows import UserState, snapshot  # noqa: E402
 from xdm.config import Config, apply_overrides, load_config  # noqa: E402
+from xdm.log_format import read_events, read_items  # noqa: E402
 from xdm.records import Item  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "stream_throughput.json"

@@ -54,9 +54,9 @@ from typing import Any
 from tqdm import tqdm
 
 from learner.split import OfflineDataError, Split, anchor_entry
-from replay.format import read_events, read_items, read_users
 from stream.samples import Sample, flush, sample_id, step
 from stream.windows import Behavior, UserState, Windows, snapshot
+from xdm.log_format import read_events, read_items, read_users
 from xdm.records import Item
 from xdm.stream_rules import SampleRules, WindowRules
 from xdm.time_units import DAY_MS

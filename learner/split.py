@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from replay.format import LogDir
 from xdm.errors import XdmError
+from xdm.log_format import LogDir
 from xdm.stream_rules import SampleRules, WindowRules
 
 DEFAULT_TEST_DAYS = 2.0

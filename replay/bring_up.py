@@ -14,12 +14,12 @@ from pathlib import Path
 from infra.processes import ensure_alive, wait_until
 from infra.stack import Stack, start_services
 from learner.model_store import read_latest
-from replay.format import read_events
 from replay.producer import ProduceReport, produce_log
 from replay.simulate import simulate
 from serving.arms import Arms
 from serving.client import recall
 from xdm.config import Config
+from xdm.log_format import read_events
 from xdm.v1 import recall_pb2
 
 log = logging.getLogger(__name__)

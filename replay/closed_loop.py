@@ -34,12 +34,12 @@ from tqdm import tqdm
 
 from infra.learner_settings import describe, recorded
 from replay.abstats import compare_ratios, ratio_estimate
-from replay.format import read_events
 from replay.learner_wait import LearnerProgress, LearnerWait
 from replay.simulate import simulate, world_for
 from replay.worker_sync import WorkerSync
 from replay.world import World
 from xdm.config import Config
+from xdm.log_format import read_events
 from xdm.plotting import pyplot
 from xdm.recall_channel import recall_aio_channel
 from xdm.records import Event

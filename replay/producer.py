@@ -16,10 +16,10 @@ from typing import Iterable
 from kafka import KafkaProducer
 from tqdm import tqdm
 
-from replay.format import read_events, read_items, read_users
 from stream.wire import encode_event, encode_item, encode_profile
 from xdm.client_security import kafka_client_kwargs
 from xdm.config import KafkaConfig
+from xdm.log_format import read_events, read_items, read_users
 from xdm.records import Event
 
 

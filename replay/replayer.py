@@ -36,12 +36,12 @@ import grpc
 from tqdm import tqdm
 
 from learner.metrics import metrics_at
-from replay.format import read_events, read_items, read_users
 from replay.learner_wait import LearnerWait
 from replay.producer import make_producer, produce_catalogue
 from replay.worker_sync import WorkerSync
 from serving.arms import Arms
 from xdm.config import Config
+from xdm.log_format import read_events, read_items, read_users
 from xdm.recall_channel import recall_aio_channel
 from xdm.records import Event
 from xdm.time_units import DAY_MS

@@ -64,8 +64,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from replay.format import EventWriter, LogDir, write_items, write_users
 from replay.world import RowSampler, World, WorldConfig
+from xdm.log_format import EventWriter, LogDir, write_items, write_users
 from xdm.time_units import DAY_MS, HOUR_MS
 
 HISTORY, STALE, INTENT, POPULAR, EXPLORE = range(5)  # feed sources, see the module docstring

@@ -27,9 +27,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from replay.format import read_events, read_items
 from stream.samples import Sample, flush, step
 from stream.windows import Behavior, Outcome, UserState
+from xdm.log_format import read_events, read_items
 from xdm.records import Item
 from xdm.stream_rules import SampleRules, WindowRules
 

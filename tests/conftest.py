@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from infra.stack import Stack, start_services
-from replay.format import read_events, read_items
 from replay.simulate import simulate
 from stream.samples import Sample, flush, step
 from stream.windows import UserState
 from xdm.config import Config, load_config
+from xdm.log_format import read_events, read_items
 from xdm.records import Item
 
 torch.set_num_threads(1)  # small test models: extra threads only contend for the 2 cores

@@ -19,10 +19,10 @@ from infra.processes import free_port, wait_until
 from learner.model_store import encode_announcement, latest_path, read_latest, tower_path, write_latest
 from learner.online import OnlineLearner
 from learner.publish import Publisher
-from replay.format import read_events
 from replay.producer import produce_log
 from stream.topics import changelog_topic
 from xdm.config import apply_overrides
+from xdm.log_format import read_events
 from xdm.v1 import events_pb2, recall_pb2, recall_pb2_grpc
 
 ARM = "xdm"

@@ -11,8 +11,8 @@ import pytest
 
 from learner.model_store import read_latest
 from replay.bring_up import bring_up
-from replay.format import read_items
 from serving.client import recall
+from xdm.log_format import read_items
 
 
 @pytest.mark.timeout(300)

@@ -21,10 +21,10 @@ from infra.processes import child_pids, free_port, wait_until
 from infra.stack import start_services
 from learner.online import OnlineLearner
 from learner.publish import Publisher
-from replay.format import read_events
 from replay.producer import produce_log
 from stream.topics import changelog_topic
 from xdm.config import load_config
+from xdm.log_format import read_events
 from xdm.v1 import recall_pb2, recall_pb2_grpc
 
 COMPUTE_TIMEOUT_S = 2.0

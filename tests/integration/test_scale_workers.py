@@ -33,11 +33,11 @@ from test_stream_faults import (
 )
 
 from infra.processes import wait_until
-from replay.format import read_events, read_items
 from replay.producer import make_producer, produce_catalogue, produce_events
 from stream.reader import WindowsReader
 from stream.windows import UserState, snapshot
 from xdm.config import Config
+from xdm.log_format import read_events, read_items
 from xdm.records import Event
 
 PARTITIONS = 6  # per event topic: 3 workers own 4 of the 12 clicks + impressions partitions each

@@ -25,10 +25,10 @@ from infra.stack import start_services
 from learner.model_store import read_latest
 from learner.online import OnlineLearner
 from learner.publish import Publisher
-from replay.format import read_events, read_items
 from replay.producer import produce_log
 from stream.wire import encode_event
 from xdm.config import apply_overrides, load_config
+from xdm.log_format import read_events, read_items
 from xdm.records import Event
 from xdm.v1 import recall_pb2, recall_pb2_grpc
 

@@ -29,7 +29,6 @@ from infra.processes import ManagedProcess, free_port, start_process, wait_until
 from infra.services import start_broker
 from infra.stack import config_env
 from infra.topics import ensure_topics
-from replay.format import read_events, read_items
 from replay.producer import make_producer, produce_catalogue, produce_events
 from stream import expected
 from stream.expected import expected_run
@@ -40,6 +39,7 @@ from stream.true_ends import reported_and_true_ends
 from stream.windows import UserState, snapshot
 from stream.wire import decode_sample, encode_event, encode_item
 from xdm.config import Config, apply_overrides
+from xdm.log_format import read_events, read_items
 from xdm.records import Event, Item
 from xdm.v1 import events_pb2
 

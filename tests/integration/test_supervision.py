@@ -26,7 +26,6 @@ from infra.processes import free_port
 from infra.stack import start_services
 from learner.online import OnlineLearner
 from learner.publish import Publisher
-from replay.format import read_events, read_items
 from replay.producer import produce_log
 from serving.server import RunningServer, create_server, start_deps
 from stream.dlq import reason_code
@@ -35,6 +34,7 @@ from stream.state_codec import FORMAT_VERSION
 from stream.topics import changelog_topic
 from stream.wire import encode_event, encode_item, encode_profile
 from xdm.config import load_config
+from xdm.log_format import read_events, read_items
 from xdm.records import Event, Item, UserProfile
 from xdm.supervision import TASK_FAILURES
 from xdm.v1 import events_pb2, recall_pb2, recall_pb2_grpc

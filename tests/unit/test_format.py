@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replay.format import (
+from xdm.log_format import (
     EventWriter,
     LogDir,
     LogFormatError,

@@ -12,9 +12,9 @@ import pytest
 
 from learner.data import OfflineData, build_offline_data
 from learner.split import DEFAULT_TEST_ANCHOR, TEST_ANCHORS, OfflineDataError, Split
-from replay.format import LogDir, write_events, write_items, write_users
 from stream.samples import flush, step
 from stream.windows import UserState, snapshot
+from xdm.log_format import LogDir, write_events, write_items, write_users
 from xdm.records import Event, Item, UserProfile
 from xdm.stream_rules import SampleRules, WindowRules
 from xdm.time_units import DAY_MS

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from replay.format import read_events, read_items, read_users
 from replay.simulate import FeedConfig, simulate, world_for
 from replay.stats import PAPER_TABLE1, LogStats, _Totals, format_stats, log_stats
 from replay.world import World, WorldConfig
 from stream.samples import Sample
 from stream.windows import Behavior, Windows
+from xdm.log_format import read_events, read_items, read_users
 from xdm.records import Item
 from xdm.stream_rules import SampleRules
 from xdm.time_units import DAY_MS
