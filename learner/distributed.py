@@ -43,9 +43,8 @@ from torch import Tensor, nn
 from learner.batch import ITEM_KINDS, Vocabulary, collate, profile_kind
 from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.model import config_for, pick_device
-from learner.online import LearnerStatus, OnlineLearner, Taken, assign_from, model_overrides, samples_consumer
+from learner.online import POLL_MS, LearnerStatus, OnlineLearner, Taken, model_overrides
 from learner.trainer import StepStats, Trainer
-from stream.partitions import find_partitions_blocking
 from xdm.config import Config
 from xdm.model_config import ModelConfig
 
@@ -408,69 +407,38 @@ class DistributedLearner(OnlineLearner):
         log.info("resumed", extra={"arm": self.arm, "rank": self.comm.rank, "steps": self.trainer.steps,
                                    "version": self.version})
 
-    def _consumer(self) -> KafkaConsumer:
-        k = self.cfg.kafka
-        consumer = samples_consumer(k, self.arm)
-        everything = find_partitions_blocking(consumer, k.samples_topic)
-        mine = partitions_for(self.comm.rank, self.comm.world_size, [tp.partition for tp in everything])
+    # --- the hooks of OnlineLearner._loop: one loop, every decision taken by the group
+
+    def _share(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """This rank's share of the samples partitions; its checkpointed offsets of the others are dropped."""
+        mine = partitions_for(self.comm.rank, self.comm.world_size, [tp.partition for tp in partitions])
         if not mine:
             log.warning("more ranks than samples partitions: this rank only joins the collectives",
-                        extra={"rank": self.comm.rank, "partitions": len(everything)})
+                        extra={"rank": self.comm.rank, "partitions": len(partitions)})
         self.status.partitions = mine
         self.covered = {p: o for p, o in self.covered.items() if p in mine}
-        parts = [TopicPartition(k.samples_topic, p) for p in mine]
-        assign_from(consumer, parts, self.covered)
-        return consumer
+        return [tp for tp in partitions if tp.partition in mine]
 
-    def _loop(self, consumer: KafkaConsumer, max_steps: int | None, idle_exit_s: float | None) -> None:
-        lc = self.cfg.learner
-        buffer: list[Taken] = []
-        pending: dict[int, int] = {}
-        batch_started = last_data = time.monotonic()
-        at_checkpoint = at_evict = self.trainer.steps
-        reading = bool(self.status.partitions)
-        while True:
-            polled = consumer.poll(timeout_ms=200, max_records=lc.batch_size - len(buffer)) if (
-                reading and len(buffer) < lc.batch_size) else {}
-            if not reading:
-                time.sleep(0.2)
-            for tp, records in sorted(polled.items(), key=lambda kv: kv[0].partition):
-                for record in records:
-                    pending[tp.partition] = record.offset + 1
-                    decoded = self._decode(record)
-                    if decoded is not None:
-                        buffer.append(decoded)
-            now = time.monotonic()
-            if polled:
-                last_data = now
-            if not buffer:
-                batch_started = now
-            ready = bool(buffer) and (len(buffer) >= lc.batch_size or (now - batch_started) * 1000 >= lc.max_wait_ms)
-            stop = self._stop.is_set() or (max_steps is not None and self.trainer.steps >= max_steps)
-            busy = bool(buffer) or idle_exit_s is None or now - last_data <= idle_exit_s
-            any_ready, any_stop, any_busy = self.comm.max_flags(ready, stop, busy)
-            if any_stop or not any_busy:
-                break
-            if any_ready:
-                self._train(buffer)  # every rank, its buffer possibly empty: one group step
-                self.status.local_samples += len(buffer)
-                if self.record_ids:
-                    self.status.trained_ids.extend(t.sample.sample_id for t in buffer)
-                buffer = []
-                batch_started = now
-                self.covered.update(pending)  # dead letters included: they are handled for good
-                if self.trainer.steps - at_evict >= lc.evict_every_steps:
-                    self._evict()  # identical vocabularies evict identical rows
-                    at_evict = self.trainer.steps
-                if self.trainer.steps - at_checkpoint >= lc.checkpoint_every_steps:
-                    self._checkpoint(consumer)
-                    at_checkpoint = self.trainer.steps
-            # Publishing involves no collective: rank 0 alone snapshots and publishes on a thread of its own.
-            if self.comm.rank == 0:
-                self._publish_point()
-        if not buffer:
-            self.covered.update(pending)
-        self._checkpoint(consumer)  # collective: every rank leaves the loop at the same iteration
+    def _poll(self, consumer: KafkaConsumer, room: int) -> dict:
+        if not self.status.partitions:  # nothing to read: wait as long as a poll would, then join the decisions
+            time.sleep(POLL_MS / 1000)
+            return {}
+        return super()._poll(consumer, room)
+
+    def _agree(self, *flags: bool) -> list[bool]:
+        """Each flag OR-ed over the group, so every rank steps, checkpoints and exits at the same iteration."""
+        return self.comm.max_flags(*flags)
+
+    def _train(self, buffer: list[Taken]) -> None:
+        super()._train(buffer)  # every rank, its buffer possibly empty: one group step
+        self.status.local_samples += len(buffer)
+        if self.record_ids:
+            self.status.trained_ids.extend(t.sample.sample_id for t in buffer)
+
+    def _publish_point(self) -> None:
+        # Publishing involves no collective: rank 0 alone snapshots and publishes on a thread of its own.
+        if self.comm.rank == 0:
+            super()._publish_point()
 
     def _checkpoint(self, consumer: KafkaConsumer) -> None:
         """Gather every rank's offsets and checksum; rank 0 writes the one checkpoint of the arm."""

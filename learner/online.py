@@ -49,6 +49,7 @@ from xdm.v1 import events_pb2
 log = logging.getLogger(__name__)
 MAX_WINDOW = 1000  # a window longer than this is not one the stream can produce: reject the sample
 RUNNING_STEPS = 50  # progressive-validation figures are means over this many recent steps
+POLL_MS = 200  # longest wait for samples in one poll: the loop checks stop, idle and batch age this often
 
 
 class Taken(NamedTuple):
@@ -86,6 +87,9 @@ def validate_sample(sample: Sample) -> None:
 
 
 class OnlineLearner:
+    """One learner process. A rank of a data-parallel group (learner/distributed.py) runs the same loop
+    through the hooks below it: its share of the partitions, and every decision agreed by the group."""
+
     def __init__(self, cfg: Config, arm: str | None = None, variant: str | None = None) -> None:
         self.cfg = cfg
         self.arm = arm or cfg.learner.arm
@@ -160,20 +164,23 @@ class OnlineLearner:
     # --- the loop
 
     def _consumer(self) -> KafkaConsumer:
-        consumer = samples_consumer(self.cfg.kafka, self.arm)
-        assign_from(consumer, find_partitions_blocking(consumer, self.cfg.kafka.samples_topic), self.covered)
+        k = self.cfg.kafka
+        consumer = samples_consumer(k, self.arm)
+        partitions = self._share(find_partitions_blocking(consumer, k.samples_topic))
+        assign_from(consumer, partitions, self.covered)
         for partition, offset in self.covered.items():
-            self.read_positions.start_at(self.cfg.kafka.samples_topic, partition, offset)
+            self.read_positions.start_at(k.samples_topic, partition, offset)
         return consumer
 
     def _loop(self, consumer: KafkaConsumer, max_steps: int | None, idle_exit_s: float | None) -> None:
         lc = self.cfg.learner
         buffer: list[Taken] = []
-        pending: dict[int, int] = {}
+        pending: dict[int, int] = {}  # partition -> offset after the last record taken from it
         batch_started = last_data = time.monotonic()
         at_checkpoint = at_evict = self.trainer.steps
-        while not self._stop.is_set() and (max_steps is None or self.trainer.steps < max_steps):
-            polled = consumer.poll(timeout_ms=200, max_records=lc.batch_size - len(buffer))
+        while True:
+            stop = self._stop.is_set() or (max_steps is not None and self.trainer.steps >= max_steps)
+            polled = {} if stop else self._poll(consumer, lc.batch_size - len(buffer))
             for tp, records in sorted(polled.items(), key=lambda kv: kv[0].partition):
                 for record in records:
                     self.read_positions.read(tp.topic, tp.partition, record.offset)
@@ -185,28 +192,49 @@ class OnlineLearner:
             now = time.monotonic()
             if polled:
                 last_data = now
-            elif idle_exit_s is not None and now - last_data > idle_exit_s and not buffer:
-                break
             if not buffer:
                 batch_started = now
-            elif len(buffer) >= lc.batch_size or (now - batch_started) * 1000 >= lc.max_wait_ms:
+            ready = bool(buffer) and (len(buffer) >= lc.batch_size or (now - batch_started) * 1000 >= lc.max_wait_ms)
+            busy = bool(buffer) or idle_exit_s is None or now - last_data <= idle_exit_s
+            ready, stop, busy = self._agree(ready, stop, busy)
+            if stop or not busy:
+                break
+            if ready:
                 self._train(buffer)
                 buffer = []
                 batch_started = now
             if buffer:
                 continue  # offsets, checkpoints and publishes only between batches
             self.covered.update(pending)  # dead letters included: they are handled for good
-            if self.trainer.steps - at_evict >= lc.evict_every_steps:
+            # Only after a step: steps are what these count, and in a group every rank steps at once, so every
+            # rank takes the collective checkpoint at the same iteration (and its identical vocabulary evicts
+            # identical rows).
+            if ready and self.trainer.steps - at_evict >= lc.evict_every_steps:
                 self._evict()
                 at_evict = self.trainer.steps
-            if self.trainer.steps - at_checkpoint >= lc.checkpoint_every_steps:
+            if ready and self.trainer.steps - at_checkpoint >= lc.checkpoint_every_steps:
                 self._checkpoint(consumer)
                 at_checkpoint = self.trainer.steps
             self._publish_point()
         if not buffer:
             self.covered.update(pending)
-            if self.trainer.steps > at_checkpoint or pending:
-                self._checkpoint(consumer)
+        # Samples taken but not trained are in `seen` already: a checkpoint now would skip them after a restart.
+        holding, due = self._agree(bool(buffer), self.trainer.steps > at_checkpoint or bool(pending))
+        if due and not holding:
+            self._checkpoint(consumer)
+
+    # --- what a rank of a data-parallel group does differently (learner/distributed.py)
+
+    def _share(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """The samples partitions this learner reads: all of them."""
+        return partitions
+
+    def _poll(self, consumer: KafkaConsumer, room: int) -> dict:
+        return consumer.poll(timeout_ms=POLL_MS, max_records=room)
+
+    def _agree(self, *flags: bool) -> list[bool]:
+        """Each decision flag as the whole learner takes it: alone, as this process sees it."""
+        return list(flags)
 
     def _decode(self, record) -> Taken | None:
         try:
