@@ -143,9 +143,11 @@ class Injector:
 
 
 def _one_line(exc: Exception) -> str:
-    """An error's first line and, when it carries a process's log tail, the tail's last error line."""
+    """An error's first line and, when it carries a process's log tail, the line saying why the process
+    ended (the CLI's `error: ...`), else the tail's last line naming an error."""
     lines = [line for line in str(exc).splitlines() if line.strip()]
-    errors = [line for line in lines[1:] if "error" in line.lower()]
+    errors = ([line for line in lines[1:] if line.lower().startswith("error")]
+              or [line for line in lines[1:] if "error" in line.lower()])
     return f"{type(exc).__name__}: {lines[0] if lines else ''}" + (f" ... {errors[-1]}" if errors else "")
 
 
