@@ -47,6 +47,7 @@ from infra.processes import child_pids, free_port, port_open, start_process, wai
 from infra.stack import config_env, start_services  # noqa: E402
 from xdm.client_security import kafka_client_kwargs  # noqa: E402
 from xdm.config import apply_overrides, load_config  # noqa: E402
+from xdm.model_config import model_overrides  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "serving_latency.json"
 USERS = 2000
@@ -131,12 +132,11 @@ def _publish(cfg, n: int) -> float:
     import torch
 
     from learner.model import config_for
-    from learner.online import model_overrides
     from learner.publish import Publisher
     from learner.trainer import Trainer
     from xdm.records import Item
 
-    trainer = Trainer(config_for("xdm", **model_overrides(cfg)), device="cpu")
+    trainer = Trainer(config_for("xdm", **model_overrides(cfg.model)), device="cpu")
     for i in range(n):
         trainer.vocab.add_item(_item(i))
     trainer.model.grow_to(trainer.vocab.sizes())

@@ -43,10 +43,10 @@ from torch import Tensor, nn
 from learner.batch import ITEM_KINDS, Vocabulary, collate, profile_kind
 from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.model import config_for, pick_device
-from learner.online import POLL_MS, LearnerStatus, OnlineLearner, Taken, model_overrides
+from learner.online import POLL_MS, LearnerStatus, OnlineLearner, Taken
 from learner.trainer import StepStats, Trainer
 from xdm.config import Config
-from xdm.model_config import ModelConfig
+from xdm.model_config import ModelConfig, model_overrides
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +382,7 @@ class DistributedLearner(OnlineLearner):
         super().__init__(cfg, arm, variant)
         lc = cfg.learner
         self.comm = comm
-        self.trainer = DistributedTrainer(config_for(self.variant, **model_overrides(cfg)), comm, lr=lc.lr,
+        self.trainer = DistributedTrainer(config_for(self.variant, **model_overrides(cfg.model)), comm, lr=lc.lr,
                                           clip_norm=lc.clip_norm, seed=lc.seed, device=str(comm.device),
                                           threads=lc.torch_threads, adagrad_init=lc.adagrad_init,
                                           lr_warmup_steps=lc.lr_warmup_steps)

@@ -44,6 +44,7 @@ from stream.samples import Sample
 from stream.wire import MalformedEvent, SampleTimes, decode_sample
 from xdm.client_security import kafka_client_kwargs
 from xdm.config import Config, KafkaConfig
+from xdm.model_config import model_overrides
 from xdm.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class OnlineLearner:
         self.arm = arm or cfg.learner.arm
         self.variant = variant or cfg.learner.variant
         lc = cfg.learner
-        self.trainer = Trainer(config_for(self.variant, **model_overrides(cfg)), lr=lc.lr, clip_norm=lc.clip_norm,
+        self.trainer = Trainer(config_for(self.variant, **model_overrides(cfg.model)), lr=lc.lr, clip_norm=lc.clip_norm,
                                seed=lc.seed, device=lc.device, threads=lc.torch_threads,
                                adagrad_init=lc.adagrad_init, lr_warmup_steps=lc.lr_warmup_steps)
         self.publisher = Publisher(cfg, self.arm, self.variant)
@@ -395,9 +396,3 @@ def assign_from(consumer: KafkaConsumer, partitions: list[TopicPartition], cover
             consumer.seek(tp, covered[tp.partition])
         else:
             consumer.seek_to_beginning(tp)
-
-
-def model_overrides(cfg: Config) -> dict:
-    """Model settings from config except the ablation switches, which the variant decides."""
-    switches = {"use_unclicked", "fusion", "triplet"}
-    return {k: v for k, v in asdict(cfg.model).items() if k not in switches}

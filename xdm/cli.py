@@ -21,6 +21,7 @@ from learner.split import DEFAULT_TEST_ANCHOR, DEFAULT_TEST_DAYS, TEST_ANCHORS, 
 from xdm.config import Config, as_dict, load_config, parse_set_options
 from xdm.errors import XdmError
 from xdm.log import setup_logging
+from xdm.model_config import model_overrides
 
 USER_ERRORS = (XdmError, ValueError, FileNotFoundError, ConnectionError, OSError)
 
@@ -526,11 +527,10 @@ def train(ctx: click.Context, data_dir: Path, variant: str, out: Path, epochs: i
           test_days: float, test_anchor: str, cache_dir: str) -> None:
     """Train a model offline on the log's samples before its test period; writes a run directory."""
     from learner.offline import train_offline
-    from learner.online import model_overrides
 
     cfg = _cfg(ctx)
     run = train_offline(_split(cfg, data_dir, test_days, test_anchor, cache_dir), _check_variant(variant), out,
-                        _train_settings(cfg, epochs, batch_size, 3), model_overrides(cfg))
+                        _train_settings(cfg, epochs, batch_size, 3), model_overrides(cfg.model))
     info = json.loads((run / "run.json").read_text())
     click.echo(f"trained {variant} on {info['data']['train_samples']:,} samples x {info['train_settings']['epochs']} "
                f"epoch(s) in {info['timings']['train_s']:.0f} s; final loss "
@@ -599,12 +599,11 @@ def ablate(ctx: click.Context, data_dir: Path, out: Path, variants: str | None, 
     """Train every Table 2 row on one split and write the table with lifts vs SDM and their intervals."""
     from learner.ablation import TABLE2
     from learner.ablation import ablate as run_ablation
-    from learner.online import model_overrides
 
     cfg = _cfg(ctx)
     names = tuple(_check_variant(v.strip()) for v in variants.split(",") if v.strip()) if variants else TABLE2
     report = run_ablation(_split(cfg, data_dir, test_days, test_anchor, cache_dir), out, names,
-                          _train_settings(cfg, epochs, batch_size, 3), model_overrides(cfg), peers, n_boot=boot,
+                          _train_settings(cfg, epochs, batch_size, 3), model_overrides(cfg.model), peers, n_boot=boot,
                           workers=jobs, resume=resume)
     click.echo((out / "ablation.md").read_text())
     click.echo(f"written: {out / 'ablation.md'}, {out / 'ablation.json'}, {out / 'ablation.png'} "
@@ -626,14 +625,13 @@ def tune(ctx: click.Context, data_dir: Path, param: str, values: str, variant: s
          boot: int, jobs: int, resume: bool) -> None:
     """Pick a model setting on a validation split cut before the test period (the test days are never read)."""
     from learner.tuning import parse_grid
-    from learner.online import model_overrides
     from learner.tuning import tune as run_tuning
 
     cfg = _cfg(ctx)
     name, grid = parse_grid(param, values)
     report = run_tuning(_split(cfg, data_dir, test_days, test_anchor, cache_dir), out, name, grid,
                         _check_variant(variant), _check_variant(baseline) if baseline else None,
-                        _train_settings(cfg, epochs, batch_size, 3), model_overrides(cfg), select.lower(),
+                        _train_settings(cfg, epochs, batch_size, 3), model_overrides(cfg.model), select.lower(),
                         n_boot=boot, workers=jobs, resume=resume)
     click.echo((out / "tune.md").read_text())
     click.echo(f"best: --set model.{name}={report['best']['value']}; written: {out / 'tune.md'}, "

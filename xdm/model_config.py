@@ -7,7 +7,8 @@ that trains nothing start without it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 FUSIONS = ("none", "simple", "confidence")
 TRIPLETS = ("none", "asymmetric", "symmetric", "unclk_lab", "lab_clk", "unclk_clk")
@@ -59,3 +60,12 @@ class ModelConfig:
     @property
     def profile_field_names(self) -> tuple[str, ...]:
         return tuple(f.strip() for f in self.profile_fields.split(",") if f.strip())
+
+
+# What a named variant decides (learner/model.py: VARIANTS); the config's values of these are not laid over it.
+VARIANT_SWITCHES = frozenset({"use_unclicked", "fusion", "triplet"})
+
+
+def model_overrides(model: ModelConfig) -> dict[str, Any]:
+    """The model settings a variant leaves to the config (sizes, margins, ...), for config_for(variant, **them)."""
+    return {k: v for k, v in asdict(model).items() if k not in VARIANT_SWITCHES}
