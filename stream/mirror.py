@@ -45,7 +45,6 @@ class TopicMirror(Generic[V]):
         self.decode = decode
         self.name = name or topic
         self.values: dict[str, V] = {}
-        self.last_update_ms: dict[str, int] = {}  # broker timestamp of the latest record per key
         self.records = 0
         self.bad_records = 0
         self.supervisor = supervisor or Supervisor()
@@ -135,7 +134,6 @@ class TopicMirror(Generic[V]):
             self.values.pop(key, None)
         else:
             self.values[key] = value
-        self.last_update_ms[key] = record.timestamp
         return ""
 
     def _skip(self, record, reason: str) -> str:
