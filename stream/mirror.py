@@ -1,9 +1,11 @@
 """A local, read-only mirror of a keyed topic: key -> latest value, for the catalogue and read replicas.
 
 It reads every partition from the beginning, without a consumer group, so any number of processes on any
-machine can hold one. `caught_up` is only declared after a fetch at the broker's reported end returns
-nothing: the embedded broker can report an end offset below the true high watermark (STACK.md), so the
-reported end alone would let a reader start serving with rows missing.
+machine can hold one. `caught_up` is declared once the reader has passed the topic's true end as it was
+when reading began: the embedded broker can report an end offset below the true high watermark
+(STACK.md), so that end is probed by reading past it, never taken from the report alone. Records written
+after that point do not hold the mirror back: on a busy changelog a fetch is never empty, and a mirror
+that waited for an empty one never became ready.
 
 The reader loop runs under a Supervisor (xdm/supervision.py): a failed fetch restarts it with backoff.
 One record that cannot be used (no key, undecodable, refused by `on_update`) is counted in
@@ -92,6 +94,7 @@ class TopicMirror(Generic[V]):
     async def _run(self, partitions: list[TopicPartition]) -> None:
         assert self._consumer is not None and self._task is not None
         consumer, task = self._consumer, self._task
+        target = None if self.caught_up else await self._true_ends(partitions)
         while True:
             batches = await consumer.getmany(timeout_ms=200, max_records=5000)
             for records in batches.values():
@@ -102,21 +105,25 @@ class TopicMirror(Generic[V]):
                         await self.on_reject(record, reason)
             task.progressed()
             await check_aiokafka(self.read_positions, consumer, self.kafka)
-            if not batches and not self.caught_up and await self._at_true_end(partitions):
+            if target is not None and await self._passed(target):
+                target = None
                 self._caught_up.set()
                 log.info("mirror caught up", extra={"mirror": self.name, "keys": len(self.values)})
 
-    async def _at_true_end(self, partitions: list[TopicPartition]) -> bool:
-        # An empty fetch alone does not prove the end (a slow fetch on a loaded machine returns nothing
-        # too), and the embedded broker's reported end can stop short of its last batch: the probe
-        # reads past it (stream/true_ends.py) before the mirror calls itself caught up.
+    async def _true_ends(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        # The embedded broker's reported end can stop short of its last batch: the probe reads past it
+        # (stream/true_ends.py), so the target covers every record written before reading began.
         assert self._consumer is not None
         reported = await self._consumer.end_offsets(partitions)
-        positions = {tp: await self._consumer.position(tp) for tp in partitions}
-        if any(positions[tp] < reported[tp] for tp in partitions):
-            return False
         ends = await probe_with_own_consumer(self.kafka, reported)
-        return all(positions[tp] >= (ends.get(tp) or 0) for tp in partitions)
+        return {tp: int(ends.get(tp) or 0) for tp in partitions}
+
+    async def _passed(self, target: dict[TopicPartition, int]) -> bool:
+        assert self._consumer is not None
+        for tp, end in target.items():
+            if await self._consumer.position(tp) < end:
+                return False
+        return True
 
     def _apply(self, record) -> str:
         """Store one record; returns "" or, for a record skipped as bad, the reason."""
