@@ -36,4 +36,5 @@ def load_checkpoint(directory: str, arm: str) -> dict[str, Any] | None:
     path = checkpoint_path(directory, arm)
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    # weights-only: a checkpoint holds tensors and plain data only, so a file put in its place runs no code
+    return torch.load(path, map_location="cpu", weights_only=True)

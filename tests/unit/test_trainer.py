@@ -161,3 +161,45 @@ def test_a_rehearsal_step_trains_without_counting_labels_scoring_or_adding_sampl
     assert math.isnan(stats.hr50) and math.isnan(stats.mrr50)  # not out of sample: no progressive score
     assert trainer.steps == 2
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+
+
+class _RunsCode:
+    """A pickle whose loading would create a marker file: what an attacker would put at a checkpoint path."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_checkpoint_round_trips_through_the_weights_only_loader(tmp_path):
+    import random
+
+    from learner.checkpoint import load_checkpoint, save_checkpoint
+
+    trainer = _trainer()
+    for batch in _batches(_stream(16)):
+        trainer.step(batch)
+    save_checkpoint(str(tmp_path), "xdm", {"trainer": trainer.state_dict(), "offsets": {0: 12}, "version": 3,
+                                           "seen": ["s1", "s2"], "rehearsal": {"refs": [(0, 5)],
+                                                                                "rng": random.Random(1).getstate()}})
+    state = load_checkpoint(str(tmp_path), "xdm")
+    restored = _trainer()
+    restored.load_state_dict(state["trainer"])
+    assert state["offsets"] == {0: 12} and state["rehearsal"]["refs"] == [(0, 5)]
+    assert restored.steps == trainer.steps
+
+
+def test_a_crafted_checkpoint_runs_nothing(tmp_path):
+    import pickle
+
+    from learner.checkpoint import checkpoint_path, load_checkpoint
+
+    marker = tmp_path / "ran"
+    path = checkpoint_path(str(tmp_path), "xdm")
+    path.parent.mkdir(parents=True)
+    torch.save({"trainer": _RunsCode(marker)}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(str(tmp_path), "xdm")
+    assert not marker.exists()
