@@ -1,13 +1,12 @@
 """The Recall server on the embedded stack: windows from a real worker, towers and vectors published by
-real learners' code, a real `xdm serve` process. One stack is shared by this module's tests (in order)."""
+real learners' code, a real `xdm serve` process. One stack is shared by this module's tests, and none of
+them stops or breaks any part of it, so any subset runs in any order; tests that do (a killed compute
+process, Milvus stopped, a killed server) are in test_serving_faults.py, each with a server of its own."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -19,49 +18,31 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from kafka import KafkaProducer
 
 from conftest import samples_from_log, wait_for_quiet_topics
-from stream.topics import changelog_topic
-from infra.processes import child_pids, wait_until
-from infra.stack import start_services
+from serving_stack import ARMS, answered_by_model, ask, clickers, scored_items, start_serving_stack
+from infra.processes import wait_until
 from learner.model_store import read_latest
-from learner.online import OnlineLearner
-from learner.publish import Publisher
-from replay.producer import produce_log
+from serving.user_vectors import clicked_items
+from stream.topics import changelog_topic
+from stream.windows import UserState, apply_event, snapshot_rows
 from stream.wire import encode_event
-from xdm.config import apply_overrides, load_config
+from xdm.config import load_config
 from xdm.log_format import read_events, read_items
-from xdm.records import Event
+from xdm.records import Event, Item
 from xdm.v1 import recall_pb2, recall_pb2_grpc
-
-ARMS = ("xdm", "sdm")
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_log):
-    # The Milvus path (what large catalogues use); the closed-loop test covers the in-memory index.
+    # The Milvus path (what large catalogues use); test_serving_faults.py covers the in-memory index.
     cfg = load_config("test", env={}, overrides={"serving.search_timeout_s": "1.0", "serving.local_index_max_items": "0"})
-    stack = start_services(tmp_path_factory.mktemp("serving") / "stack", cfg, "test", arms="xdm:50,sdm:50")
+    base = start_serving_stack(tmp_path_factory.mktemp("serving") / "stack", tiny_log, cfg)
     try:
-        stack.start_worker()
-        publishers = {}
-        learners = {}
-        samples = samples_from_log(tiny_log, stack.cfg)
-        for arm in ARMS:
-            learner = OnlineLearner(stack.cfg, arm, arm)
-            for i in range(0, 320, 32):
-                learner.trainer.step(samples[i:i + 32])
-            publishers[arm] = Publisher(stack.cfg, arm, arm)
-            publishers[arm].publish(learner.trainer, 1)
-            learners[arm] = learner
-        stack.start_server()
-        produce_log(stack.cfg.kafka, tiny_log, progress=False)
-        wait_for_quiet_topics(stack.cfg, [changelog_topic(stack.cfg), stack.cfg.kafka.samples_topic])
-        channel = grpc.insecure_channel(f"127.0.0.1:{stack.cfg.serving.port}")
-        yield stack, recall_pb2_grpc.RecallStub(channel), learners, publishers
+        base.stack.start_server()
+        channel = grpc.insecure_channel(f"127.0.0.1:{base.stack.cfg.serving.port}")
+        yield base.stack, recall_pb2_grpc.RecallStub(channel), base.learners, base.publishers
         channel.close()
-        for publisher in publishers.values():
-            publisher.close()
     finally:
-        stack.stop()
+        base.close()
 
 
 def _last_event_ms(log: Path) -> dict[str, int]:
@@ -69,24 +50,6 @@ def _last_event_ms(log: Path) -> dict[str, int]:
     for e in read_events(log):
         last[e.user_id] = max(last.get(e.user_id, 0), e.ts_ms)
     return last
-
-
-def _known_user(tiny_log) -> str:
-    clicks = Counter(e.user_id for e in read_events(tiny_log) if e.kind == "click")
-    return clicks.most_common(1)[0][0]
-
-
-def _ask(stub, user: str, k: int = 20, arm: str = "", timeout: float = 5.0) -> recall_pb2.RecallResponse:
-    return stub.Recall(recall_pb2.RecallRequest(user_id=user, k=k, arm=arm), timeout=timeout)
-
-
-def _answered_by_model(stub, user: str, arm: str) -> recall_pb2.RecallResponse:
-    deadline = time.monotonic() + 60
-    while True:
-        answer = _ask(stub, user, arm=arm)
-        if not answer.fallback or time.monotonic() > deadline:
-            return answer
-        time.sleep(0.3)
 
 
 def _send(cfg, events: list[Event]) -> None:
@@ -98,40 +61,35 @@ def _send(cfg, events: list[Event]) -> None:
     producer.close()
 
 
-def _items(answer) -> list[tuple[str, float]]:
-    return [(i.item_id, round(i.score, 5)) for i in answer.items]
-
-
 @pytest.mark.timeout(180)
 def test_a_click_moves_the_fused_vector_and_the_answer(served, tiny_log):
     stack, stub, _, _ = served
-    user = _known_user(tiny_log)
-    before = _answered_by_model(stub, user, "xdm")
-    assert not before.fallback and before.model_version == 1 and len(before.items) == 20
+    user = clickers(tiny_log)[0]
+    before = answered_by_model(stub, user, "xdm")
+    assert not before.fallback and before.model_version >= 1 and len(before.items) == 20
     catalogue = sorted(read_items(tiny_log))
     t = _last_event_ms(tiny_log)[user] + 1000
     clicks = [Event(f"test-click-{n}", t + n * 1000, user, catalogue[(7 * n) % len(catalogue)], "click")
               for n in range(3)]
     _send(stack.cfg, clicks)
-    wait_until(lambda: _items(_ask(stub, user, arm="xdm")) != _items(before), 20, "a changed answer after clicks")
+    wait_until(lambda: scored_items(ask(stub, user, arm="xdm")) != scored_items(before), 20, "a changed answer after clicks")
 
 
 @pytest.mark.timeout(180)
 def test_unclicked_items_change_the_xdm_answer_but_not_the_sdm_answer(served, tiny_log):
     stack, stub, _, _ = served
-    users = [u for u, _ in Counter(e.user_id for e in read_events(tiny_log) if e.kind == "click").most_common(5)]
-    user = users[1]
-    xdm_before = _answered_by_model(stub, user, "xdm")
-    sdm_before = _answered_by_model(stub, user, "sdm")
+    user = clickers(tiny_log)[1]
+    xdm_before = answered_by_model(stub, user, "xdm")
+    sdm_before = answered_by_model(stub, user, "sdm")
     t = _last_event_ms(tiny_log)[user] + 1000
     shown = sorted(read_items(tiny_log))[:12]
     impressions = [Event(f"test-imp-{n}-{rep}", t + 100 * n + rep, user, item, "impression")
                    for n, item in enumerate(shown) for rep in range(3)]  # exposed more than k=1 times
     _send(stack.cfg, impressions)
-    wait_until(lambda: _items(_ask(stub, user, arm="xdm")) != _items(xdm_before), 20,
+    wait_until(lambda: scored_items(ask(stub, user, arm="xdm")) != scored_items(xdm_before), 20,
                "the XDM answer to move after unclicked impressions")
     wait_for_quiet_topics(stack.cfg, [changelog_topic(stack.cfg)])
-    assert _items(_ask(stub, user, arm="sdm")) == _items(sdm_before)
+    assert scored_items(ask(stub, user, arm="sdm")) == scored_items(sdm_before)
 
 
 @pytest.mark.timeout(60)
@@ -167,22 +125,46 @@ def test_random_requests_never_break_the_server(served, user, k, arm, exclude):
 @pytest.mark.timeout(60)
 def test_unknown_user_gets_popular_items_flagged_as_fallback(served, tiny_log):
     _, stub, _, _ = served
-    answer = _ask(stub, "nobody-has-seen-me", k=5)
+    answer = ask(stub, "nobody-has-seen-me", k=5)
     assert answer.fallback and len(answer.items) == 5
     catalogue = read_items(tiny_log)
     assert all(i.item_id in catalogue for i in answer.items)
 
 
 @pytest.mark.timeout(60)
-def test_exclude_clicked_drops_the_users_clicked_items(served, tiny_log):
+def test_exclude_clicked_drops_exactly_the_clicks_in_the_users_windows(served, tiny_log):
+    """k as large as the server allows, so the answer is the arm's whole collection: with exclude_clicked it
+    is that collection less every item the user's windows hold as clicked, and none of those comes back."""
     stack, stub, _, _ = served
-    user = _known_user(tiny_log)
-    answer = stub.Recall(recall_pb2.RecallRequest(user_id=user, k=50, arm="xdm", exclude_clicked=True), timeout=5)
-    clicked = {e.item_id for e in read_events(tiny_log) if e.user_id == user and e.kind == "click"}
-    assert len(answer.items) == 50
-    recent = clicked & {i.item_id for i in answer.items}
-    # the windows hold the latest session and 7 days of clicks; none of those may come back
-    assert len(recent) < len(clicked)
+    user = clickers(tiny_log)[2]  # no other test of this module writes events of this user
+    in_windows = _clicked_in_windows(tiny_log, user, stack.cfg)
+    answered_by_model(stub, user, "xdm")
+
+    def ask(exclude: bool) -> tuple[int, list[str]]:
+        request = recall_pb2.RecallRequest(user_id=user, k=stack.cfg.serving.max_k, arm="xdm", exclude_clicked=exclude)
+        answer = stub.Recall(request, timeout=5)
+        assert not answer.fallback
+        return answer.model_version, [i.item_id for i in answer.items]
+
+    version, everything = ask(exclude=False)
+    assert len(everything) < stack.cfg.serving.max_k, "k no longer covers the whole collection"
+    excluded = in_windows & set(everything)
+    assert excluded, "none of the user's window clicks is in the collection: the test would prove nothing"
+    version_after, answer = ask(exclude=True)
+    assert version_after == version
+    assert not excluded & set(answer), f"excluded items came back: {sorted(excluded & set(answer))}"
+    assert answer == [item for item in everything if item not in excluded]
+
+
+def _clicked_in_windows(log: Path, user: str, cfg) -> set[str]:
+    """The items the user's windows hold as clicked once the worker has read the log, by the stream's own
+    rules (stream.windows): what the server excludes for exclude_clicked."""
+    items = read_items(log)
+    state = UserState()
+    for event in read_events(log):
+        if event.user_id == user:
+            apply_event(state, event, items.get(event.item_id) or Item(event.item_id), cfg.windows)
+    return clicked_items(snapshot_rows(state, state.max_ts, cfg.windows))
 
 
 @pytest.mark.timeout(60)
@@ -200,14 +182,14 @@ def test_health_and_reflection(served):
 @pytest.mark.timeout(180)
 def test_hot_reload_under_load_fails_no_request(served, tiny_log):
     stack, stub, learners, publishers = served
-    users = [u for u, _ in Counter(e.user_id for e in read_events(tiny_log) if e.kind == "click").most_common(20)]
+    users = clickers(tiny_log)[:20]
     failures, versions, stop = [], Counter(), threading.Event()
 
     def load(worker: int) -> None:
         n = 0
         while not stop.is_set():
             try:
-                answer = _ask(stub, users[(worker + n) % len(users)], arm="xdm")
+                answer = ask(stub, users[(worker + n) % len(users)], arm="xdm")
                 versions[answer.model_version] += 1
             except grpc.RpcError as err:
                 failures.append(f"{err.code().name}: {err.details()}")
@@ -216,18 +198,20 @@ def test_hot_reload_under_load_fails_no_request(served, tiny_log):
     threads = [threading.Thread(target=load, args=(i,)) for i in range(8)]
     for thread in threads:
         thread.start()
+    served_before = read_latest(stack.cfg.learner.model_store, "xdm").version
+    last = served_before + 3
     try:
         samples = samples_from_log(tiny_log, stack.cfg)
-        for version in (2, 3, 4):
-            learners["xdm"].trainer.step(samples[version * 32:(version + 1) * 32])
+        for n, version in enumerate(range(served_before + 1, last + 1), start=1):
+            learners["xdm"].trainer.step(samples[(10 + n) * 32:(11 + n) * 32])
             publishers["xdm"].publish(learners["xdm"].trainer, version)
-        wait_until(lambda: versions[4] > 20, 60, "requests answered by version 4")
+        wait_until(lambda: versions[last] > 20, 60, f"requests answered by version {last}")
     finally:
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
     assert not failures, failures[:5]
-    assert versions[1] + versions[2] + versions[3] > 0 and versions[4] > 20
+    assert sum(n for v, n in versions.items() if v < last) > 0 and versions[last] > 20
 
 
 @pytest.mark.timeout(120)
@@ -255,99 +239,3 @@ def test_a_burst_of_concurrent_calls_is_queued_not_cancelled(served, tiny_log):
     codes = asyncio.run(burst(3000))
     # overload may end calls UNAVAILABLE (search deadline, counted from the queue), never CANCELLED
     assert codes["OK"] > 0 and set(codes) <= {"OK", "UNAVAILABLE"}, codes
-
-
-@pytest.mark.timeout(120)
-def test_a_killed_compute_process_is_replaced_and_answers_resume(served, tiny_log):
-    """SIGKILL the server's compute child: at most the batches in flight fail, UNAVAILABLE; a new child
-    loads the served versions and the same user gets a model's answer again."""
-    stack, stub, _, _ = served
-    user = _known_user(tiny_log)
-    before = _answered_by_model(stub, user, "xdm")
-    assert not before.fallback
-    server_pid = stack.by_name("server").pid
-    killed = _compute_child(server_pid)
-    os.kill(killed, signal.SIGKILL)
-    codes: Counter = Counter()
-    answer = None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            answer = _ask(stub, user, arm="xdm")
-            if not answer.fallback:
-                break
-        except grpc.RpcError as err:
-            codes[err.code().name] += 1
-            time.sleep(0.2)
-    assert set(codes) <= {"UNAVAILABLE"}, codes
-    assert answer is not None, f"no answer within 60 s after the kill: {codes}"
-    assert _items(answer) == _items(before) and answer.model_version == before.model_version
-    assert _compute_child(server_pid) != killed
-
-
-@pytest.mark.timeout(120)
-def test_a_version_the_new_compute_process_cannot_load_falls_back_until_the_store_is_read_again(served, tiny_log):
-    """The model store unreadable when the compute child is replaced: the arm's users get the popular
-    fallback (not errors) and the model's answers come back once the store is readable again."""
-    stack, stub, _, _ = served
-    user = _known_user(tiny_log)
-    before = _answered_by_model(stub, user, "xdm")
-    tower = Path(read_latest(stack.cfg.learner.model_store, "xdm").tower_uri)
-    hidden = tower.with_suffix(".hidden")
-    tower.rename(hidden)
-    try:
-        os.kill(_compute_child(stack.by_name("server").pid), signal.SIGKILL)
-        wait_until(lambda: _fallback_or_unavailable(stub, user), 60, "the lost version dropped")
-    finally:
-        hidden.rename(tower)
-    again = _answered_by_model(stub, user, "xdm")
-    assert not again.fallback and _items(again) == _items(before)
-
-
-def _fallback_or_unavailable(stub, user: str) -> bool:
-    """True once the arm answers with the fallback; UNAVAILABLE is allowed on the way (the batch in flight)."""
-    try:
-        return _ask(stub, user, arm="xdm").fallback
-    except grpc.RpcError as err:
-        assert err.code() == grpc.StatusCode.UNAVAILABLE, err
-        return False
-
-
-def _compute_child(server_pid: int) -> int:
-    """The server's multiprocessing child that runs the towers (not its resource tracker)."""
-    for pid in child_pids(server_pid):
-        if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return pid
-    raise AssertionError(f"server {server_pid} has no compute process")
-
-
-@pytest.mark.timeout(120)
-def test_vector_store_down_gives_unavailable_quickly_and_the_server_stays_up(served, tiny_log):
-    stack, stub, _, _ = served
-    user = _known_user(tiny_log)
-    stack.by_name("milvus").stop()
-    started = time.monotonic()
-    with pytest.raises(grpc.RpcError) as err:
-        _ask(stub, user, arm="xdm", timeout=10)
-    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert time.monotonic() - started < 5
-    with pytest.raises(grpc.RpcError) as short:
-        _ask(stub, user, arm="xdm", timeout=0.2)
-    assert short.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
-    assert _ask(stub, "nobody-has-seen-me", k=3).fallback  # still serving what needs no vector store
-
-
-@pytest.mark.timeout(60)
-def test_the_compute_process_ends_with_a_killed_server(served):
-    """Last in this module: it kills the server. The child is outside the server's process group (a
-    group SIGTERM must not cut in-flight batches), so only its pipes tie it to the server."""
-    stack, _, _, _ = served
-    server = stack.by_name("server")
-    child = _compute_child(server.pid)
-    assert os.getpgid(child) != os.getpgid(server.pid)
-    server.kill()
-    wait_until(lambda: not Path(f"/proc/{child}").exists() or _zombie(child), 10, "compute process exit")
-
-
-def _zombie(pid: int) -> bool:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
