@@ -19,6 +19,7 @@ from replay.simulate import simulate
 from serving.arms import Arms
 from serving.client import recall
 from xdm.config import Config
+from xdm.log import send_library_logs_to
 from xdm.log_format import read_events
 from xdm.v1 import recall_pb2
 
@@ -43,14 +44,25 @@ def busiest_user(log_dir: Path) -> str:
 
 
 def bring_up(base: Config, profile: str, root: Path, log_dir: Path | None = None, arms: str = "xdm:100",
-             workers: int = 1, progress: bool = True, model_timeout_s: float = 600.0) -> UpResult:
-    """Start everything, replay the log, wait for a published model, ask Recall; the caller stops the stack."""
+             workers: int = 1, progress: bool = True, model_timeout_s: float = 600.0,
+             quiet_libraries: bool = False) -> UpResult:
+    """Start everything, replay the log, wait for a published model, ask Recall; the caller stops the stack.
+
+    quiet_libraries (`xdm up`): this process logs to logs/up.log beside the services' logs as well, and
+    its libraries' warnings go there only, so the console shows progress and the answer."""
     stack = start_services(root, base, profile, arms)
+    if quiet_libraries:  # after start_services, which wipes root
+        send_library_logs_to(up_log(stack))
     try:
         return _run(stack, log_dir, workers, progress, model_timeout_s)
     except BaseException:
         stack.stop()
         raise
+
+
+def up_log(stack: Stack) -> Path:
+    """The log file of the `xdm up` process itself."""
+    return stack.root / "logs" / "up.log"
 
 
 def start_system(stack: Stack, workers: int = 1) -> None:

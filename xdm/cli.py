@@ -334,15 +334,16 @@ def recall_cmd(ctx: click.Context, user_id: str, k: int, arm: str, address: str 
 @friendly
 def up(ctx: click.Context, log_dir: Path | None, root: Path, arms: str, workers: int, exit_after_recall: bool) -> None:
     """Start the whole stack on this machine with simulated traffic and answer a Recall."""
-    from replay.bring_up import bring_up
+    from replay.bring_up import bring_up, up_log
 
     signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM stops the stack like Ctrl-C does
-    result = bring_up(_cfg(ctx), ctx.meta["profile"], root.resolve(), log_dir, arms, workers)
+    result = bring_up(_cfg(ctx), ctx.meta["profile"], root.resolve(), log_dir, arms, workers, quiet_libraries=True)
     try:
         cfg = result.stack.cfg
         click.echo("\nservices:")
         for proc in result.stack.processes:
             click.echo(f"  {proc.name:<14} pid {proc.pid:<8} {proc.address or '-'}  log {proc.log_path}")
+        click.echo(f"  {'xdm up':<14} pid {os.getpid():<8} -  log {up_log(result.stack)}")
         click.echo(f"\nreplayed {result.produced.events:,} events ({result.produced.events_per_s:,.0f} events/s)")
         _print_answer(result.user_id, result.answer)
         if exit_after_recall:
