@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -48,6 +47,7 @@ from infra.stack import config_env, start_services  # noqa: E402
 from xdm.client_security import kafka_client_kwargs  # noqa: E402
 from xdm.config import apply_overrides, load_config  # noqa: E402
 from xdm.model_config import model_overrides  # noqa: E402
+from xdm.progress import progress_bar  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "serving_latency.json"
 USERS = 2000
@@ -82,7 +82,7 @@ def main() -> None:
                      "repeats": args.repeats, "rows": [], "publish_s": {},
                      "recall_at_50": {}}
     answers: dict[tuple[str, int], list[list[str]]] = {}
-    bar = tqdm(total=_planned_rows(args, sizes), desc="serving bench", unit="row", file=sys.stderr)
+    bar = progress_bar(total=_planned_rows(args, sizes), desc="serving bench", unit="row")
     try:
         for n in sizes:
             bar.set_postfix_str(f"publishing {n} items")

@@ -36,8 +36,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tqdm import tqdm
-
 from importers.output import (
     DEFAULT_BUFFER_EVENTS,
     ImportSummary,
@@ -50,6 +48,7 @@ from importers.output import (
 from importers.source_files import csv_columns, csv_rows
 from importers.user_sample import sample_users
 from xdm.log_format import MAX_TS_MS, LogDir, LogFormatError, write_items, write_users
+from xdm.progress import progress_bar
 from xdm.records import Event, Item, UserProfile
 
 LOG_CHOICES = ("both", "standard", "random")
@@ -157,7 +156,8 @@ def read_exposures(path: Path, progress: bool) -> Iterator[tuple[int, str, str, 
     column = csv_columns(path, rows, LOG_COLUMNS)
     user_col, video_col, time_col, click_col = (column[name] for name in LOG_COLUMNS)
     width = max(column.values()) + 1
-    bar = tqdm(rows, desc=f"reading {path.name}", unit="row", unit_scale=True, disable=None if progress else True)
+    bar = progress_bar(rows, desc=f"reading {path.name}", unit="row", unit_scale=True, show=progress,
+                       terminal_only=True)
     for line, fields in bar:
         if len(fields) < width:
             raise LogFormatError(path, line, f"expected at least {width} columns, got {len(fields)}")

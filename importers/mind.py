@@ -41,8 +41,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from tqdm import tqdm
-
 from importers.output import (
     DEFAULT_BUFFER_EVENTS,
     ImportSummary,
@@ -55,6 +53,7 @@ from importers.output import (
 from importers.source_files import tsv_rows
 from importers.user_sample import sample_users
 from xdm.log_format import LogDir, LogFormatError, write_items
+from xdm.progress import progress_bar
 from xdm.records import Event, Item
 from xdm.time_units import HOUR_MS
 
@@ -207,8 +206,8 @@ def read_requests(folders: Sequence[MindFolder], progress: bool) -> Iterator[Req
     """Every behaviors.tsv row of every folder, in file order, validated."""
     for index, folder in enumerate(folders):
         rows = tsv_rows(folder.behaviors)
-        bar = tqdm(rows, desc=f"reading {folder.name}/behaviors.tsv", unit="row", unit_scale=True,
-                   disable=None if progress else True)
+        bar = progress_bar(rows, desc=f"reading {folder.name}/behaviors.tsv", unit="row", unit_scale=True,
+                           show=progress, terminal_only=True)
         for line, fields in bar:
             yield parse_request(folder, index, line, fields)
 

@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
 
-from tqdm import tqdm
-
 from xdm.log_format import EventWriter, LogDir, LogFormatError, read_events, write_events
+from xdm.progress import progress_bar
 from xdm.records import Event
 
 DEFAULT_BUFFER_EVENTS = 500_000  # events held in memory before a run is spilled (about 150 MB)
@@ -114,9 +113,8 @@ def write_sorted_events(out: Path, sorter: TimeSorter, compress: bool, progress:
     """Write the sorter's events to out/events.csv[.gz] in time order and count them."""
     users: set[str] = set()
     clicks = 0
-    # disable=None: tqdm draws the bar only when stderr is a terminal
-    bar = tqdm(total=sorter.count, desc="writing events", unit="ev", unit_scale=True,
-               disable=None if progress else True)
+    bar = progress_bar(total=sorter.count, desc="writing events", unit="ev", unit_scale=True,
+                       show=progress, terminal_only=True)
     with EventWriter(LogDir(out).target("events", compress)) as writer, bar:
         for event in sorter.sorted_events():
             writer.write(event)

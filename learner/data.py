@@ -51,12 +51,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from learner.split import OfflineDataError, Split, anchor_entry
 from stream.samples import Sample, flush, sample_id, step
 from stream.windows import Behavior, UserState, Windows, snapshot
 from xdm.log_format import read_events, read_items, read_users
+from xdm.progress import progress_bar
 from xdm.records import Item
 from xdm.stream_rules import SampleRules, WindowRules
 from xdm.time_units import DAY_MS
@@ -210,8 +209,8 @@ def _build(split: Split, progress: bool) -> OfflineData:
     anchors: dict[str, int] = {}  # test user -> time their windows were taken
     after: dict[str, list[Behavior]] = {}
     past_cut = False
-    for event in tqdm(read_events(data_dir), total=n_events, desc="replaying log", unit="ev",
-                      disable=not progress, mininterval=2.0):
+    for event in progress_bar(read_events(data_dir), total=n_events, desc="replaying log", unit="ev",
+                              show=progress, mininterval=2.0):
         if event.ts_ms >= end_ms:  # held out (validation split): never enters a state or a label
             continue
         item = catalogue.get(event.item_id)

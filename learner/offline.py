@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from learner.batch import Vocabulary, collate, length_buckets
 from learner.checkpoint import load_checkpoint, save_checkpoint
@@ -37,6 +36,7 @@ from learner.split import Split
 from learner.trainer import Trainer
 from xdm.errors import XdmError
 from xdm.model_config import ModelConfig
+from xdm.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,8 @@ def train_offline(
         totals = np.zeros(4)
         counted = 0
         batches = list(length_buckets(lengths, settings.batch_size, rng))
-        bar = tqdm(batches, desc=f"{variant} epoch {epoch}/{settings.epochs}", unit="batch",
-                   disable=not progress, mininterval=2.0)
+        bar = progress_bar(batches, desc=f"{variant} epoch {epoch}/{settings.epochs}", unit="batch",
+                           show=progress, mininterval=2.0)
         for indices in bar:
             stats = trainer.step([data.train[i] for i in indices])
             if stats.skipped:

@@ -31,7 +31,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from learner.batch import length_buckets
 from learner.data import OfflineData, SampleTable
@@ -44,6 +43,7 @@ from learner.offline import (
     record_metrics,
 )
 from xdm.errors import XdmError
+from xdm.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +208,8 @@ def train_and_evaluate_peer(name: str, data: OfflineData, out_dir: Path, setting
     for epoch in range(1, settings.epochs + 1):
         peer.train()
         total, steps = 0.0, 0
-        bar = tqdm(list(length_buckets(lengths, settings.batch_size, rng)), desc=f"{name} epoch {epoch}",
-                   unit="batch", disable=not progress, mininterval=2.0)
+        bar = progress_bar(list(length_buckets(lengths, settings.batch_size, rng)), desc=f"{name} epoch {epoch}",
+                           unit="batch", show=progress, mininterval=2.0)
         for indices in bar:
             if len(indices) < 2:  # BatchNorm (GRU4Rec's MLP) and SASRec's squeeze need two rows
                 continue

@@ -36,11 +36,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from learner.data import OfflineData
 from learner.model import config_for
 from learner.offline import TrainSettings, evaluate, train_offline
+from xdm.progress import progress_bar
 
 VARIANT = "variant"  # an XDM/SDM variant of learner/model.py, trained by learner/offline.py
 PEER = "peer"  # a torch-rechub peer of learner/peers.py
@@ -192,8 +191,8 @@ def _run_in_pool(jobs: list[Job], data: OfflineData, settings: TrainSettings, n_
     with open(split_file, "wb") as handle:
         pickle.dump(data, handle, protocol=pickle.HIGHEST_PROTOCOL)
     done: dict[str, JobResult] = {}
-    bar = tqdm(total=len(jobs), desc=f"training {len(jobs)} models, {workers} at a time", unit="model",
-               disable=not progress)
+    bar = progress_bar(total=len(jobs), desc=f"training {len(jobs)} models, {workers} at a time", unit="model",
+                       show=progress)
     try:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_load_split,

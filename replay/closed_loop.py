@@ -30,7 +30,6 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from tqdm import tqdm
 
 from infra.learner_settings import describe, recorded
 from replay.abstats import compare_ratios, ratio_estimate
@@ -41,6 +40,7 @@ from replay.world import World
 from xdm.config import Config
 from xdm.log_format import read_events
 from xdm.plotting import pyplot
+from xdm.progress import progress_bar
 from xdm.recall_channel import recall_aio_channel
 from xdm.records import Event
 from xdm.time_units import DAY_MS, HOUR_MS
@@ -109,7 +109,7 @@ async def _run(cfg: Config, out_dir: Path, opts: ClosedLoopOptions, address: str
     failed = 0
     channel = recall_aio_channel(cfg.serving, address)
     stub = recall_pb2_grpc.RecallStub(channel)
-    bar = tqdm(total=opts.ab_days * opts.pages, desc="closed-loop pages", disable=not progress)
+    bar = progress_bar(total=opts.ab_days * opts.pages, desc="closed-loop pages", show=progress)
     try:
         for day in range(opts.warm_days, opts.warm_days + opts.ab_days):
             failed += await _day(opts, world, stub, workers, rng, day, daily, users_seen, bar, learners)

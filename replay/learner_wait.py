@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
-from tqdm import tqdm
 
 from learner.model_store import decode_announcement
 from xdm.client_security import kafka_client_kwargs
 from xdm.config import Config
+from xdm.progress import progress_bar
 
 log = logging.getLogger(__name__)
 WORKER_SAMPLES = "xdm_stream_samples"
@@ -115,7 +115,7 @@ class LearnerWait:
         progress = LearnerProgress()
         started = time.monotonic()
         changed_at = started
-        bar = tqdm(desc="learners: samples trained (slowest)", unit="sample", disable=not show)
+        bar = progress_bar(desc="learners: samples trained (slowest)", unit="sample", show=show)
         try:
             while True:
                 now = time.monotonic()

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Iterable
 
 from kafka import KafkaProducer
-from tqdm import tqdm
 
 from stream.wire import encode_event, encode_item, encode_profile
 from xdm.client_security import kafka_client_kwargs
 from xdm.config import KafkaConfig
 from xdm.log_format import read_events, read_items, read_users
+from xdm.progress import progress_bar
 from xdm.records import Event
 
 
@@ -57,7 +57,7 @@ def produce_events(producer: KafkaProducer, kafka: KafkaConfig, events: Iterable
     sent = 0
     first_ts: int | None = None
     started = time.monotonic()
-    bar = tqdm(total=total, desc="producing events", unit="ev", disable=not progress, smoothing=0.1)
+    bar = progress_bar(total=total, desc="producing events", unit="ev", show=progress, smoothing=0.1)
     futures = []
     for event in events:
         if limit is not None and sent >= limit:

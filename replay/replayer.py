@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Iterator
 
 import grpc
-from tqdm import tqdm
 
 from learner.metrics import metrics_at
 from replay.learner_wait import LearnerWait
@@ -42,6 +41,7 @@ from replay.worker_sync import WorkerSync
 from serving.arms import Arms
 from xdm.config import Config
 from xdm.log_format import read_events, read_items, read_users
+from xdm.progress import progress_bar
 from xdm.recall_channel import recall_aio_channel
 from xdm.records import Event
 from xdm.time_units import DAY_MS
@@ -185,7 +185,7 @@ class Replayer:
         workers = WorkerSync(self.cfg, producer, name="replay-sync")
         await workers.start()
         scores = open(self.out_dir / "scores.jsonl", "a" if resume_at else "w")
-        bar = tqdm(desc="replaying", unit="ev", disable=not bar_on, smoothing=0.05)
+        bar = progress_bar(desc="replaying", unit="ev", show=bar_on, smoothing=0.05)
         channel = recall_aio_channel(self.cfg.serving, self.address)
         stub = recall_pb2_grpc.RecallStub(channel)
         try:

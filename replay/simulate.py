@@ -62,10 +62,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from replay.world import RowSampler, World, WorldConfig
 from xdm.log_format import EventWriter, LogDir, write_items, write_users
+from xdm.progress import progress_bar
 from xdm.time_units import DAY_MS, HOUR_MS
 
 HISTORY, STALE, INTENT, POPULAR, EXPLORE = range(5)  # feed sources, see the module docstring
@@ -183,7 +183,7 @@ def simulate(
     counts = {"impressions": 0, "clicks": 0, "stale": 0}
     with EventWriter(files[0]) as writer:
         run = _Run(world, feed, np.random.default_rng([seed, 1]), writer, counts)
-        for day in tqdm(range(days), desc="simulating days", unit="day", disable=not progress):
+        for day in progress_bar(range(days), desc="simulating days", unit="day", show=progress):
             run.day(day)
         run.finish()
     return SimSummary(

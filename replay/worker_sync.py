@@ -15,13 +15,13 @@ import time
 from collections.abc import Iterable
 
 from kafka import KafkaProducer
-from tqdm import tqdm
 
 from stream.mirror import TopicMirror
 from stream.state_codec import state_max_ts
 from stream.topics import changelog_topic
 from stream.wire import encode_event
 from xdm.config import Config
+from xdm.progress import progress_bar
 from xdm.records import Event
 from xdm.time_units import HOUR_MS
 
@@ -48,7 +48,7 @@ class WorkerSync:
         """Produce `events` (in the order given) to the clicks and impressions topics, keyed by user; with
         `label`, a progress bar shows the events sent."""
         k = self.kafka
-        for event in tqdm(events, desc=label, unit="ev", disable=label is None, mininterval=1.0):
+        for event in progress_bar(events, desc=label, unit="ev", show=label is not None, mininterval=1.0):
             topic = k.clicks_topic if event.kind == "click" else k.impressions_topic
             self.producer.send(topic, key=event.user_id.encode(), value=encode_event(event))
             self.pending[event.user_id] = max(self.pending.get(event.user_id, 0), event.ts_ms)
@@ -61,7 +61,7 @@ class WorkerSync:
         deadline = time.monotonic() + timeout_s
         first = since_ms or 0
         hours = round((max(self.pending.values(), default=first) - first) / HOUR_MS, 1)
-        with tqdm(total=hours, desc="workers' event time", unit="h", disable=since_ms is None) as bar:
+        with progress_bar(total=hours, desc="workers' event time", unit="h", show=since_ms is not None) as bar:
             while True:
                 self.pending = {u: t for u, t in self.pending.items() if (self.mirror.get(u) or 0) < t}
                 if since_ms is not None:
