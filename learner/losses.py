@@ -26,6 +26,9 @@ def sampled_softmax_loss(
     log_q_pos: Tensor,
     log_q_neg: Tensor,
     remove_accidental_hits: bool = True,
+    own_negatives: Tensor | None = None,
+    own_negative_mask: Tensor | None = None,
+    log_q_own: Tensor | None = None,
 ) -> Tensor:
     """CrossEntropy(C_ut, SampledSoftmax(z, C_ut, C-)) of eq. 9, averaged over each user's labels.
 
@@ -39,6 +42,10 @@ def sampled_softmax_loss(
     averaged over the user's K_b labels (TensorFlow's sampled_softmax_loss with num_true = k). Padded
     positives and, with remove_accidental_hits, negatives equal to one of the user's positives are
     removed from that user's softmax. Users without labels do not count in the batch mean.
+
+    own_negatives [B, U] (with own_negative_mask [B, U] and log_q_own [B, U]) are extra negatives of each
+    user's own softmax, beyond the papers: the items it was shown and skipped. They take the same -log Q
+    as a sampled item, so their logits are on the scale of the classes they compete with.
     """
     n_pos = positives.shape[1]
     w_pos = item_out_weight[positives]  # [B, K, D]
@@ -51,7 +58,13 @@ def sampled_softmax_loss(
     if remove_accidental_hits:
         hits = (negatives.view(1, 1, -1) == positives.unsqueeze(-1)) & positive_mask.unsqueeze(-1)
         neg_logits = neg_logits.masked_fill(hits.any(dim=1), float("-inf"))
-    log_p = F.log_softmax(torch.cat([pos_logits, neg_logits], dim=1), dim=1)[:, :n_pos]
+    logits = [pos_logits, neg_logits]
+    if own_negatives is not None:
+        own_logits = (item_out_weight[own_negatives] * z.unsqueeze(1)).sum(-1) - log_q_own.to(z.dtype)
+        if item_out_bias is not None:
+            own_logits = own_logits + item_out_bias[own_negatives]
+        logits.append(own_logits.masked_fill(~own_negative_mask, float("-inf")))
+    log_p = F.log_softmax(torch.cat(logits, dim=1), dim=1)[:, :n_pos]
     k_b = positive_mask.sum(dim=1)
     per_user = -torch.where(positive_mask, log_p, torch.zeros_like(log_p)).sum(dim=1) / k_b.clamp(min=1)
     return masked_mean(per_user, k_b > 0)

@@ -9,6 +9,11 @@ window: n = f(mean q_i) (eq. 3), the labels' c embedded the same way, a fusion o
 eqs. 7-8), and a metric loss among h, n, c (eq. 4 or eq. 5) next to the sampled softmax (eq. 9).
 Recall is maximum inner product z·v_i against the item OUTPUT embeddings (eq. 2), a table separate
 from the input embeddings.
+
+SDM is one base of several (model.base): SASRec, GRU4Rec and HSTU (learner/bases.py) make h from the
+clicked sequence instead, and the plug-in on top (n, c, the fusion, the metric loss, eq. 9) is the same
+on every base. Two switches go beyond the papers: the sample's unclicked items as negatives of the
+sampled softmax (unclicked_negatives), and n pooled by attention with h as the query (unclicked_pool).
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ import torch.nn as nn
 from torch import Tensor
 
 from learner import losses
+from learner.bases import clicked_sequence, sequence_base
 from learner.batch import ITEM_KINDS, Batch, profile_kind
 from learner.sampler import LogUniformSampler
-from xdm.model_config import TRIPLETS_WITH_C, ModelConfig
+from xdm.model_config import BASES, TRIPLETS_WITH_C, ModelConfig
 
 # Table 2 rows (§4.2) and Table 3 rows (§5.3.2). "w/o fusion+sym" keeps n for the asymmetric triplet
 # but recommends with z = h; the Table 3 pair variants replace the triplet inside the full XDM.
-VARIANTS: dict[str, dict[str, Any]] = {
+ROWS: dict[str, dict[str, Any]] = {
     "sdm": {"use_unclicked": False, "fusion": "none", "triplet": "none"},
     "xdm_wo_conf_metric": {"use_unclicked": True, "fusion": "simple", "triplet": "none"},
     "xdm_wo_metric": {"use_unclicked": True, "fusion": "confidence", "triplet": "none"},
@@ -36,6 +42,25 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "unclk_lab": {"use_unclicked": True, "fusion": "confidence", "triplet": "unclk_lab"},
     "lab_clk": {"use_unclicked": True, "fusion": "confidence", "triplet": "lab_clk"},
     "unclk_clk": {"use_unclicked": True, "fusion": "confidence", "triplet": "unclk_clk"},
+}
+
+
+def variant_name(row: str, base: str) -> str:
+    """A row of ROWS on a base. On SDM the papers' names; on another base "sdm" is the base alone
+    (sasrec), "xdm" the full plug-in on it (xdm-sasrec), any other row takes the base as a suffix
+    (xdm_wo_metric-sasrec)."""
+    if base == "sdm":
+        return row
+    if row == "sdm":
+        return base
+    if row == "xdm":
+        return f"xdm-{base}"
+    return f"{row}-{base}"
+
+
+# Every row on every base: the variant decides the base as it decides the switches.
+VARIANTS: dict[str, dict[str, Any]] = {
+    variant_name(row, base): {"base": base, **switches} for base in BASES for row, switches in ROWS.items()
 }
 
 
@@ -168,13 +193,19 @@ class UnclickedEncoder(nn.Module):
     """Eq. 3: n = f(mean of q_i over the window), f a tanh feed-forward layer. Also encodes labels -> c.
 
     An empty window averages to the zero vector, so n = tanh(b): finite and the same for every such user.
+    pool="attention" (beyond the papers, which leave "more complex neural structures" to future work)
+    replaces the mean by SDM's user attention with h as the query: of 70 skipped items, those nearest
+    what the user is after now weigh most, instead of the page's many items the user never considered.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, pool: str = "mean") -> None:
         super().__init__()
         self.ffn = nn.Linear(dim, dim)
+        self.pool = pool
 
-    def forward(self, q: Tensor, mask: Tensor) -> Tensor:  # [B, L, D], [B, L] -> [B, D]
+    def forward(self, q: Tensor, mask: Tensor, query: Tensor | None = None) -> Tensor:  # [B, L, D], [B, L] -> [B, D]
+        if self.pool == "attention":
+            return torch.tanh(self.ffn(attention_pool(q, query, mask)))
         m = mask.unsqueeze(-1).to(q.dtype)
         mean = (q * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
         return torch.tanh(self.ffn(mean))
@@ -216,17 +247,24 @@ class XDM(nn.Module):
         self.item_out = (self.embed.tables["item"] if cfg.tie_item_embeddings
                          else _embedding(max(1, sizes.get("item", 1)), d, cfg.init_std))
         self.q = ItemEmbedding(d, cfg.dropout)
-        self.user = UserProfileEmbedding(cfg.profile_field_names, d, cfg.init_std)
-        self.short_term = ShortTermEncoder(cfg)
-        self.long_term = LongTermEncoder(cfg)
-        self.gated = GatedFusion(d)
-        self.unclicked = UnclickedEncoder(d) if cfg.use_unclicked else None
+        if cfg.base == "sdm":
+            self.user = UserProfileEmbedding(cfg.profile_field_names, d, cfg.init_std)
+            self.short_term = ShortTermEncoder(cfg)
+            self.long_term = LongTermEncoder(cfg)
+            self.gated = GatedFusion(d)
+            self.sequence = None
+        else:  # one clicked sequence, e_u only when profile fields are configured (learner/bases.py)
+            self.user = (UserProfileEmbedding(cfg.profile_field_names, d, cfg.init_std)
+                         if cfg.profile_field_names else None)
+            self.short_term = self.long_term = self.gated = None
+            self.sequence = sequence_base(cfg)
+        self.unclicked = UnclickedEncoder(d, cfg.unclicked_pool) if cfg.use_unclicked else None
         needs_c = cfg.triplet in TRIPLETS_WITH_C
         # c is "embedded in the same way" as n (§3.3); sharing f puts n and c in one space by
         # construction, so the metric loss can only be met through the item embeddings (unclicked items
         # vs. label items), not by two independent tanh layers drifting their biases m* apart.
         shared = cfg.share_label_encoder and self.unclicked is not None
-        self.label_encoder = UnclickedEncoder(d) if needs_c and not shared else None
+        self.label_encoder = UnclickedEncoder(d, cfg.unclicked_pool) if needs_c and not shared else None
         self._needs_c = needs_c
         self.confidence = ConfidenceFusion(d, cfg.gate_bias_shift) if cfg.fusion == "confidence" else None
 
@@ -234,7 +272,7 @@ class XDM(nn.Module):
 
     def forward(self, batch: Batch) -> UserOutputs:
         h, n = self._h_and_n(batch, with_n=True)
-        c = self._encode_labels(batch) if self._needs_c else None
+        c = self._encode_labels(batch, h) if self._needs_c else None
         return UserOutputs(h=h, n=n, c=c, z=self._fuse(h, n))
 
     def user_vector(self, batch: Batch) -> Tensor:
@@ -288,9 +326,11 @@ class XDM(nn.Module):
         positive_mask = _length_mask(batch.label_len, positives.shape[1]) & (positives != 0)
         negatives, log_q_neg = sampler.sample(cfg.n_negatives, generator)
         negatives, log_q_neg = negatives.to(positives.device), log_q_neg.to(positives.device)
+        own, own_mask = self._own_negatives(batch, positives, positive_mask) if cfg.unclicked_negatives else (None, None)
         ce = losses.sampled_softmax_loss(
             out.z, self.item_out.weight, None, positives, positive_mask, negatives,
             sampler.log_q(positives), log_q_neg, cfg.remove_accidental_hits,
+            own, own_mask, sampler.log_q(own) if own is not None else None,
         )
         triplet = self._metric_loss(out, batch)
         return LossParts(total=ce + self.triplet_weight_at(step) * triplet, ce=ce, triplet=triplet)
@@ -303,6 +343,14 @@ class XDM(nn.Module):
         if step is None or warmup == 0:
             return self.cfg.triplet_weight
         return self.cfg.triplet_weight * min(1.0, (step + 1) / warmup)
+
+    @staticmethod
+    def _own_negatives(batch: Batch, positives: Tensor, positive_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The sample's unclicked item rows [B, Lu] and which of them join its softmax: not padding, not an
+        unknown item, not one of its labels (skipped then clicked later is a positive, not a dislike)."""
+        rows = batch.unclicked[..., 0]
+        is_label = ((rows.unsqueeze(-1) == positives.unsqueeze(1)) & positive_mask.unsqueeze(1)).any(dim=-1)
+        return rows, _length_mask(batch.unclicked_len, rows.shape[1]) & (rows != 0) & ~is_label
 
     def _metric_loss(self, out: UserOutputs, batch: Batch) -> Tensor:
         cfg, kind = self.cfg, self.cfg.triplet
@@ -379,19 +427,27 @@ class XDM(nn.Module):
     def _h_and_n_from_q(self, q_short: Tensor, short_len: Tensor, long: Tensor, long_len: Tensor,
                         q_unclicked: Tensor | None, unclicked_len: Tensor, profile: Tensor,
                         with_n: bool) -> tuple[Tensor, Tensor | None]:
-        e_u = self.user(self.embed, profile)
-        s = self.short_term(q_short, _length_mask(short_len, q_short.shape[1]), e_u)
-        p = self.long_term(self.embed, long, _length_mask(long_len, long.shape[1]), e_u)
-        h = self.gated(e_u, s, p)
+        h = self._h_from_q(q_short, short_len, long, long_len, profile)
         n = None
         if with_n:
-            n = self.unclicked(q_unclicked, _length_mask(unclicked_len, q_unclicked.shape[1]))  # eq. 3
+            n = self.unclicked(q_unclicked, _length_mask(unclicked_len, q_unclicked.shape[1]), h)  # eq. 3
         return h, n
 
-    def _encode_labels(self, batch: Batch) -> Tensor:
+    def _h_from_q(self, q_short: Tensor, short_len: Tensor, long: Tensor, long_len: Tensor, profile: Tensor) -> Tensor:
+        """h of eq. 1 from the configured base."""
+        if self.sequence is None:  # SDM: the session and the long-term window apart, then the gate
+            e_u = self.user(self.embed, profile)
+            s = self.short_term(q_short, _length_mask(short_len, q_short.shape[1]), e_u)
+            p = self.long_term(self.embed, long, _length_mask(long_len, long.shape[1]), e_u)
+            return self.gated(e_u, s, p)
+        q_clicked, length = clicked_sequence(self.q(self.embed, long), long_len, q_short, short_len)
+        h = self.sequence(q_clicked, length)
+        return h if self.user is None else h + self.user(self.embed, profile)
+
+    def _encode_labels(self, batch: Batch, h: Tensor) -> Tensor:
         encoder = self.label_encoder if self.label_encoder is not None else self.unclicked
         mask = _length_mask(batch.label_len, batch.labels.shape[1])
-        return encoder(self.q(self.embed, batch.labels), mask)  # c, embedded the same way as n (§3.3)
+        return encoder(self.q(self.embed, batch.labels), mask, h)  # c, embedded the same way as n (§3.3)
 
     def _fuse(self, h: Tensor, n: Tensor | None) -> Tensor:
         if self.cfg.fusion == "simple":

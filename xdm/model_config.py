@@ -10,14 +10,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+BASES = ("sdm", "sasrec", "gru4rec", "hstu")  # the DSR of eq. 1 under the plug-in (learner/bases.py)
 FUSIONS = ("none", "simple", "confidence")
 TRIPLETS = ("none", "asymmetric", "symmetric", "unclk_lab", "lab_clk", "unclk_clk")
 TRIPLETS_WITH_N = frozenset({"asymmetric", "symmetric", "unclk_lab", "unclk_clk"})  # metric losses that involve n
 TRIPLETS_WITH_C = frozenset({"asymmetric", "symmetric", "unclk_lab", "lab_clk"})  # ... and those that involve c
+UNCLICKED_POOLS = ("mean", "attention")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    base: str = "sdm"  # DSR of eq. 1 that makes h: sdm (the papers'), sasrec, gru4rec or hstu (learner/bases.py)
+    seq_layers: int = 2  # blocks of a sasrec or hstu base, GRU layers of a gru4rec base; sdm ignores it
     embed_dim: int = 64  # Le: size of every feature embedding, q_i, e_u, h, n, c, z (papers: 128)
     lstm_layers: int = 1  # depth of SDM's short-term LSTM
     n_heads: int = 4  # heads of SDM's multi-head self-attention; must divide embed_dim
@@ -39,8 +43,20 @@ class ModelConfig:
     tie_item_embeddings: bool = False  # v_i (eq. 2) IS the item-id input embedding: n, c and z share one space
     n_negatives: int = 1000  # j, log-uniform negatives per batch for the sampled softmax (papers: 20000)
     remove_accidental_hits: bool = True  # drop sampled negatives equal to one of the user's labels
+    # Beyond the papers. The sample's own unclicked items join eq. 9's negatives (label items excepted):
+    # shown and skipped is a harder negative than a log-uniform draw. Reads the window in the loss only,
+    # so it also applies to rows without the plug-in when set.
+    unclicked_negatives: bool = False
+    unclicked_pool: str = "mean"  # eq. 3's average of q_i (mean), or attention with h as the query (attention)
 
     def __post_init__(self) -> None:
+        if self.base not in BASES:
+            raise ValueError(f"model.base must be one of {', '.join(BASES)}; got {self.base!r}")
+        if self.unclicked_pool not in UNCLICKED_POOLS:
+            raise ValueError(f"model.unclicked_pool must be one of {', '.join(UNCLICKED_POOLS)}; "
+                             f"got {self.unclicked_pool!r}")
+        if self.seq_layers < 1:
+            raise ValueError(f"model.seq_layers must be at least 1; got {self.seq_layers}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"model.fusion must be one of {', '.join(FUSIONS)}; got {self.fusion!r}")
         if self.triplet not in TRIPLETS:
@@ -63,7 +79,7 @@ class ModelConfig:
 
 
 # What a named variant decides (learner/model.py: VARIANTS); the config's values of these are not laid over it.
-VARIANT_SWITCHES = frozenset({"use_unclicked", "fusion", "triplet"})
+VARIANT_SWITCHES = frozenset({"base", "use_unclicked", "fusion", "triplet"})
 
 
 def model_overrides(model: ModelConfig) -> dict[str, Any]:
