@@ -119,6 +119,8 @@ def start_services(root: Path, base: Config, profile: str, arms: str = "xdm:100"
     try:
         broker = start_broker(root / "logs")
         stack.processes.append(broker)
+        # memory storage: a restarted broker comes back empty, topics included (stream/broker_loss.py)
+        stack.starters[broker.name] = lambda: start_broker(root / "logs", port=broker.ports[0])
         milvus = start_milvus(root / "milvus", root / "logs")
         stack.processes.append(milvus)
         stack.starters[milvus.name] = lambda: start_milvus(root / "milvus", root / "logs", port=milvus.ports[0])
