@@ -7,8 +7,11 @@
     OUT/ablation.png          bars with 95% bootstrap intervals
     OUT/ablation_lift.png     each row's lift vs SDM on HR@50 and MRR@50 with its paired interval
 A popularity row (the most clicked training labels for everyone) is added as a floor; `peers=True`
-adds torch-rechub's GRU4Rec, NARM and SASRec (learner/peers.py) trained on the same samples. Rows are
-independent, so `workers` > 1 trains them side by side (learner/run_pool.py); the figures do not change.
+adds torch-rechub's GRU4Rec, NARM and SASRec (learner/peers.py) trained on the same samples, as rows
+rechub-gru4rec, ... (sasrec, gru4rec and hstu name our own bases). Rows are independent, so
+`workers` > 1 trains them side by side (learner/run_pool.py); the figures do not change.
+Every row is also compared with its own base when that ran too (xdm-sasrec vs sasrec: the plug-in's
+lift on that base), in `lift_vs_own_base`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from learner.data import build_offline_data
+from learner.model import VARIANTS, variant_name
 from learner.evaluation_stats import DEFAULT_BOOT
 from learner.offline import (
     CUTOFFS,
@@ -41,17 +45,22 @@ log = logging.getLogger(__name__)
 
 TABLE2 = ("sdm", "xdm_wo_conf_metric", "xdm_wo_metric", "xdm_wo_fusion_sym", "xdm_wo_sym", "xdm")
 BASELINE = "sdm"
-ROW_NAMES = {
-    "pop": "POP (floor)",
-    "gru4rec": "GRU4Rec (torch-rechub)",
-    "narm": "NARM (torch-rechub)",
-    "sasrec": "SASRec (torch-rechub)",
+PEER_ROW_PREFIX = "rechub-"  # a peer's row: the bare names sasrec, gru4rec and hstu are our own bases
+BASE_NAMES = {"sdm": "SDM", "sasrec": "SASRec", "gru4rec": "GRU4Rec", "hstu": "HSTU", "narm": "NARM"}
+_SDM_ROW_NAMES = {
     "sdm": "SDM",
     "xdm_wo_conf_metric": "XDM (w/o conf+metric)",
     "xdm_wo_metric": "XDM (w/o metric)",
     "xdm_wo_fusion_sym": "XDM (w/o fusion+sym)",
     "xdm_wo_sym": "XDM (w/o sym)",
     "xdm": "XDM",
+}
+ROW_NAMES = {
+    "pop": "POP (floor)",
+    **{PEER_ROW_PREFIX + peer: f"{BASE_NAMES[peer]} (torch-rechub)" for peer in ("gru4rec", "narm", "sasrec", "hstu")},
+    **_SDM_ROW_NAMES,
+    **{variant_name(row, base): f"{label} on {BASE_NAMES[base]}" if row != "sdm" else BASE_NAMES[base]
+       for base in ("sasrec", "gru4rec", "hstu") for row, label in _SDM_ROW_NAMES.items()},
 }
 
 
@@ -83,7 +92,8 @@ def ablate(
     data = build_offline_data(split, progress)
     evals: dict[str, dict[str, Any]] = {"pop": popularity_baseline(data, n_boot, seed)}
     timings: dict[str, float] = {"data_s": round(time.monotonic() - started, 1)}
-    jobs = [Job(name, name, out / name, PEER) for name in (_peer_names() if peers else ())]
+    jobs = [Job(PEER_ROW_PREFIX + name, name, out / (PEER_ROW_PREFIX + name), PEER)
+            for name in (_peer_names() if peers else ())]
     jobs += [Job(variant, variant, out / variant, VARIANT, dict(model_overrides or {})) for variant in variants]
     results = run_jobs(jobs, data, settings, n_boot, seed, workers, progress, _log_done, resume)
     for name, result in results.items():
@@ -91,6 +101,8 @@ def ablate(
         timings[name] = result.seconds
     lifts = {name: compare(evals[BASELINE], result, n_boot, seed)["lift"]
              for name, result in evals.items() if name != BASELINE}
+    own_base_lifts = {name: {"base": base, "lift": compare(evals[base], evals[name], n_boot, seed)["lift"]}
+                      for name, base in own_bases(list(evals)).items()}
     timings["total_s"] = round(time.monotonic() - started, 1)
     report = {
         "data": data.summary(),
@@ -100,6 +112,7 @@ def ablate(
         "rows": list(evals),
         "summary": {name: result["summary"] for name, result in evals.items()},
         "lift_vs_baseline": lifts,
+        "lift_vs_own_base": own_base_lifts,  # rows on another base than the baseline's, vs that base alone
         "timings": timings,
         "workers": workers,  # rows trained side by side: each row's seconds are its own wall time
         "reused": [name for name, result in results.items() if result.reused],  # read back, not trained now
@@ -110,6 +123,19 @@ def ablate(
     plot_ablation(report, out / "ablation.png")
     plot_lifts(report, out / "ablation_lift.png")
     return report
+
+
+def own_bases(rows: list[str]) -> dict[str, str]:
+    """Each variant row on a base other than the baseline's -> the row of that base alone, when it ran
+    (xdm-sasrec -> sasrec); the baseline's own rows are compared with it already."""
+    pairs = {}
+    for name in rows:
+        if name not in VARIANTS:
+            continue  # the floor and the peers
+        base_row = variant_name(BASELINE, VARIANTS[name]["base"])
+        if base_row not in (name, BASELINE) and base_row in rows:
+            pairs[name] = base_row
+    return pairs
 
 
 def _peer_names() -> tuple[str, ...]:
@@ -143,6 +169,13 @@ def format_table(report: dict[str, Any]) -> str:
             continue
         lifts = report["lift_vs_baseline"][name]
         lines.append("| " + " | ".join([ROW_NAMES.get(name, name)] + [format_lift(lifts[k]) for k in keys]) + " |")
+    own = report.get("lift_vs_own_base") or {}
+    if own:
+        lines += ["", "Lift vs its own base (the plug-in on that base), 95% paired-bootstrap interval:", "",
+                  "| Method | vs | " + " | ".join(_label(k) for k in keys) + " |", "|---|---|" + "---:|" * len(keys)]
+        for name, pair in own.items():
+            cells = [ROW_NAMES.get(name, name), ROW_NAMES.get(pair["base"], pair["base"])]
+            lines.append("| " + " | ".join(cells + [format_lift(pair["lift"][k]) for k in keys]) + " |")
     d, s = report["data"], report["settings"]
     lines += ["", f"Data: {d['data_dir']}, {d['train_samples']:,} training samples, {d['test_users']:,} test "
               f"users, last {d['test_days']:g} day(s) as test, {test_windows_taken(d)}. "

@@ -8,10 +8,14 @@ usual single-sequence recommenders, and XDM puts the same plug-in on top of each
 What becomes of the long-term (7-day) window. Eq. 1 is h = DSR(S+_{u,t}, e_u), S+ being the user's clicked
 sequence "sorted by interaction time" (§3.1), and SDM's long-term window is just the older part of it.
 So a single-sequence base reads the long-term window followed by the session, oldest first, as one
-sequence (`clicked_sequence`), and h is its output at the newest click. It reads the same clicks SDM
-reads, none pooled away, and the same history as its torch-rechub twin (learner/peers.py), so a base
-and its peer differ in the model, not the input. The alternative, the base over the session with the
-long-term pooled and gated as SDM does, would make every base a variant of SDM.
+sequence (`clicked_sequence`), of which it keeps the newest model.seq_max_len clicks, and h is its
+output at the newest click. That is the history its torch-rechub twin reads (learner/peers.py: the
+newest 50 of the same two windows), so a base and its peer differ in the model, not the input. The
+cap is the usual one of these models (SASRec's n) and what keeps attention affordable: the default
+windows hold up to 150 clicks, and reading them all SASRec trained at 0.15x SDM's samples/s on two
+cores (a fifth of it dropout on the [B, H, L, L] weights), 0.48x with the newest 50
+(bench/train_speed.py, a smoke run of 3 steps). The alternative, the base over the session
+with the long-term pooled and gated as SDM does, would make every base a variant of SDM.
 
 Items enter as SDM embeds them: q_i from learner.model.ItemEmbedding (the side info of set F), which the
 model computes and passes in; the unclicked window and the labels are embedded the same way (eq. 3,
@@ -43,24 +47,28 @@ from torch import Tensor
 
 from xdm.model_config import ModelConfig
 
-MAX_POSITIONS = 256  # SASRec's learned positions; later positions share the last (default windows hold <= 150 clicks)
 EXACT_DISTANCES = 8  # HSTU's bias has one bucket per distance below this, then REL_PER_OCTAVE per doubling
 REL_PER_OCTAVE = 4
 REL_BUCKETS = 32  # covers distances up to 8 * 2^6 = 512 before the last bucket takes the rest
 
 
-def clicked_sequence(q_long: Tensor, long_len: Tensor, q_short: Tensor, short_len: Tensor) -> tuple[Tensor, Tensor]:
-    """The long-term window then the session as one right-padded sequence ([B, Ll + Ls, D], [B] lengths).
+def clicked_sequence(q_long: Tensor, long_len: Tensor, q_short: Tensor, short_len: Tensor,
+                     max_len: int) -> tuple[Tensor, Tensor]:
+    """The newest `max_len` clicks of the long-term window then the session, oldest first, as one
+    right-padded sequence ([B, min(Ll + Ls, max_len), D], [B] lengths).
 
     Both windows are oldest first and the long-term one ends where the session starts, so the result is
-    the user's clicks in time order. One gather, no Python loop: the traced serving tower replays it.
+    the user's clicks in time order. One gather and a constant slice, no Python loop nor Python
+    arithmetic on sizes: the traced serving tower replays it at any width.
     """
     both = torch.cat([q_long, q_short], dim=1)
-    positions = torch.arange(both.shape[1], device=both.device).unsqueeze(0)
-    length = long_len + short_len
+    positions = torch.arange(both.shape[1], device=both.device)[:max_len].unsqueeze(0)
+    full = long_len + short_len
+    length = full.clamp(max=max_len)
     valid = positions < length.unsqueeze(1)
-    in_session = positions - long_len.unsqueeze(1) + q_long.shape[1]  # session click k sits at Ll + k in `both`
-    source = torch.where(positions < long_len.unsqueeze(1), positions, in_session)
+    click = positions + (full - length).unsqueeze(1)  # index in the user's whole clicked sequence
+    in_session = click - long_len.unsqueeze(1) + q_long.shape[1]  # session click k sits at Ll + k in `both`
+    source = torch.where(click < long_len.unsqueeze(1), click, in_session)
     source = torch.where(valid, source, torch.zeros_like(source))  # padding reads row 0, then is zeroed
     sequence = both.gather(1, source.unsqueeze(-1).expand(-1, -1, both.shape[-1]))
     return sequence * valid.unsqueeze(-1).to(sequence.dtype), length
@@ -106,14 +114,14 @@ class SASRec(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         d = cfg.embed_dim
-        self.positions = nn.Embedding(MAX_POSITIONS, d)
+        self.positions = nn.Embedding(cfg.seq_max_len, d)
         nn.init.normal_(self.positions.weight, 0.0, cfg.init_std)  # the scale of the item rows, not N(0, 1)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(SASRecBlock(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.seq_layers))
         self.norm = nn.LayerNorm(d)
 
     def forward(self, q: Tensor, length: Tensor) -> Tensor:  # [B, L, D], [B] -> [B, D]
-        steps = torch.arange(q.shape[1], device=q.device).clamp(max=MAX_POSITIONS - 1)
+        steps = torch.arange(q.shape[1], device=q.device).clamp(max=self.positions.num_embeddings - 1)
         x = self.drop(q + self.positions(steps).unsqueeze(0))
         causal = _causal_mask(q.shape[1], q.device)
         for block in self.blocks:

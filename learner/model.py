@@ -440,7 +440,8 @@ class XDM(nn.Module):
             s = self.short_term(q_short, _length_mask(short_len, q_short.shape[1]), e_u)
             p = self.long_term(self.embed, long, _length_mask(long_len, long.shape[1]), e_u)
             return self.gated(e_u, s, p)
-        q_clicked, length = clicked_sequence(self.q(self.embed, long), long_len, q_short, short_len)
+        q_clicked, length = clicked_sequence(self.q(self.embed, long), long_len, q_short, short_len,
+                                             self.cfg.seq_max_len)
         h = self.sequence(q_clicked, length)
         return h if self.user is None else h + self.user(self.embed, profile)
 

@@ -22,6 +22,7 @@ UNCLICKED_POOLS = ("mean", "attention")
 class ModelConfig:
     base: str = "sdm"  # DSR of eq. 1 that makes h: sdm (the papers'), sasrec, gru4rec or hstu (learner/bases.py)
     seq_layers: int = 2  # blocks of a sasrec or hstu base, GRU layers of a gru4rec base; sdm ignores it
+    seq_max_len: int = 50  # newest clicks a sasrec, gru4rec or hstu base reads (the torch-rechub peers read 50)
     embed_dim: int = 64  # Le: size of every feature embedding, q_i, e_u, h, n, c, z (papers: 128)
     lstm_layers: int = 1  # depth of SDM's short-term LSTM
     n_heads: int = 4  # heads of SDM's multi-head self-attention; must divide embed_dim
@@ -55,8 +56,9 @@ class ModelConfig:
         if self.unclicked_pool not in UNCLICKED_POOLS:
             raise ValueError(f"model.unclicked_pool must be one of {', '.join(UNCLICKED_POOLS)}; "
                              f"got {self.unclicked_pool!r}")
-        if self.seq_layers < 1:
-            raise ValueError(f"model.seq_layers must be at least 1; got {self.seq_layers}")
+        if self.seq_layers < 1 or self.seq_max_len < 1:
+            raise ValueError(f"model.seq_layers and model.seq_max_len must be at least 1; "
+                             f"got {self.seq_layers} and {self.seq_max_len}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"model.fusion must be one of {', '.join(FUSIONS)}; got {self.fusion!r}")
         if self.triplet not in TRIPLETS:

@@ -104,6 +104,8 @@ def test_config_checks_the_new_fields():
         ModelConfig(unclicked_pool="max")
     with pytest.raises(ValueError, match="seq_layers"):
         ModelConfig(seq_layers=0)
+    with pytest.raises(ValueError, match="seq_max_len"):
+        ModelConfig(seq_max_len=0)
 
 
 def test_the_variant_decides_the_base_not_the_config_section():
@@ -120,12 +122,23 @@ def test_the_clicked_sequence_is_the_long_term_window_then_the_session():
     d = 2
     q_long = torch.tensor([[[1.0] * d, [2.0] * d, [0.0] * d], [[5.0] * d, [0.0] * d, [0.0] * d]])
     q_short = torch.tensor([[[3.0] * d, [4.0] * d], [[0.0] * d, [0.0] * d]])
-    seq, length = clicked_sequence(q_long, torch.tensor([2, 0]), q_short, torch.tensor([2, 0]))
+    seq, length = clicked_sequence(q_long, torch.tensor([2, 0]), q_short, torch.tensor([2, 0]), 50)
     assert length.tolist() == [4, 0]
     assert seq[0, :, 0].tolist() == [1.0, 2.0, 3.0, 4.0, 0.0]
     assert seq[1].abs().sum() == 0  # an empty history: all padding, zeroed
-    seq, length = clicked_sequence(q_long, torch.tensor([1, 1]), q_short, torch.tensor([0, 1]))
+    seq, length = clicked_sequence(q_long, torch.tensor([1, 1]), q_short, torch.tensor([0, 1]), 50)
     assert seq[0, :, 0].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0] and seq[1, :, 0].tolist() == [5.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_the_clicked_sequence_keeps_the_newest_clicks():
+    d = 1
+    q_long = torch.tensor([[[1.0], [2.0], [3.0]], [[7.0], [0.0], [0.0]]])
+    q_short = torch.tensor([[[4.0], [5.0]], [[8.0], [0.0]]])
+    seq, length = clicked_sequence(q_long, torch.tensor([3, 1]), q_short, torch.tensor([2, 1]), 3)
+    assert seq.shape == (2, 3, d) and length.tolist() == [3, 2]
+    assert seq[0, :, 0].tolist() == [3.0, 4.0, 5.0] and seq[1, :, 0].tolist() == [7.0, 8.0, 0.0]
+    seq, length = clicked_sequence(q_long, torch.tensor([3, 1]), q_short, torch.tensor([2, 1]), 1)
+    assert seq[:, :, 0].tolist() == [[5.0], [8.0]] and length.tolist() == [1, 1]
 
 
 # --- each encoder: shapes and masks
@@ -362,3 +375,33 @@ def test_a_published_tower_of_each_base_is_traced_and_answers_as_the_model(tmp_p
     with torch.no_grad():
         expected = trainer.model.user_vector(collate(samples, trainer.vocab, grow=False))
     np.testing.assert_allclose(served, expected.numpy(), atol=1e-5)
+
+
+# --- the ablation's rows
+
+
+def test_ablation_names_our_bases_apart_from_the_peers_and_pairs_each_row_with_its_own_base():
+    from learner.ablation import PEER_ROW_PREFIX, ROW_NAMES, own_bases
+
+    assert ROW_NAMES["sasrec"] == "SASRec" and ROW_NAMES["xdm-hstu"] == "XDM on HSTU"
+    assert ROW_NAMES[PEER_ROW_PREFIX + "sasrec"] == "SASRec (torch-rechub)"
+    assert ROW_NAMES["xdm_wo_metric-gru4rec"] == "XDM (w/o metric) on GRU4Rec"
+    rows = ["pop", PEER_ROW_PREFIX + "sasrec", "sdm", "xdm", "sasrec", "xdm-sasrec", "xdm_wo_sym-sasrec",
+            "xdm-gru4rec"]
+    # xdm is compared with sdm, the baseline, already; xdm-gru4rec's base did not run
+    assert own_bases(rows) == {"xdm-sasrec": "sasrec", "xdm_wo_sym-sasrec": "sasrec"}
+
+
+@pytest.mark.parametrize("base", ["sasrec", "gru4rec", "hstu"])
+def test_the_trace_keeps_the_newest_clicks_at_any_width(base):
+    from serving.compiled_tower import _inputs, _probe_batch
+
+    torch.manual_seed(0)
+    model = XDM(config_for(variant_name("xdm", base), embed_dim=8, n_heads=2, seq_max_len=5),
+                {kind: 40 for kind in ("item", "leaf", "top", "brand", "shop")}).eval()
+    encode = compile_tower(model)
+    assert encode != model.user_vector_from_q, "the tower should have been traced"
+    for shape in [(3, (20, 30, 4), (20, 30, 4)), (2, (2, 1, 3), (1, 0, 3)), (4, (3, 40, 9), (0, 40, 9))]:
+        batch = _probe_batch(model, *shape)
+        with torch.inference_mode():
+            torch.testing.assert_close(encode(*_inputs(model, batch)), model.user_vector(batch))
