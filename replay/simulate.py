@@ -32,6 +32,16 @@ and never clicked are what the unclicked window (§4.1) collects. Each candidate
 
 Inside a leaf the feed draws items by popularity ** `leaf_focus`.
 
+Unclicked records without signal (`unclicked_noise`, off at 0). A share of the session's candidates is
+logged, wherever it is shown and not clicked, as a decoy instead: one item per candidate drawn by
+global popularity, independent of the user, repeated wherever the candidate is. It stands for a feed
+whose impression log does not record what the user looked at (impressions logged for items scrolled
+past unseen, or a logging join that attaches the wrong item). Clicks, their impressions and every other
+draw are untouched (decoys come from their own random stream), so at 1 the log is the same feed with an
+unclicked window that says nothing about the user: what `xdm stats --window-signal` should find ~0
+on, and where a plug-in that reads the window should cost nothing (#28). The world family
+(`replay/world_family.py`, docs/worlds.md) names the settings of the worlds this module can write.
+
 Defaults (`xdm simulate`: 48,000 users, 5,000 items, 10 days) write ~58.4 M events (CTR ~2.5 %, 3.4 GB
 of events.csv) in ~110 s, giving ~883 k training samples and ~13,600 test users on the offline 2-day
 test split, Table 1's scale (Taobao: 1.04 M and 17,048); the README's Table 2 section says how that
@@ -63,7 +73,7 @@ from pathlib import Path
 
 import numpy as np
 
-from replay.world import RowSampler, World, WorldConfig
+from replay.world import RowSampler, World, WorldConfig, with_number_settings
 from xdm.log_format import EventWriter, LogDir, write_items, write_users
 from xdm.progress import progress_bar
 from xdm.time_units import DAY_MS, HOUR_MS
@@ -93,11 +103,18 @@ class FeedConfig:
     history_len: int = 100  # clicks the feed remembers per user
     scroll_ms: float = 1_500.0  # mean time between two impressions (ms)
     dwell_ms: float = 25_000.0  # mean time spent on a clicked item before scrolling on (ms)
+    unclicked_noise: float = 0.0  # share of candidates logged as a user-independent decoy when not clicked (doc)
 
     def __post_init__(self) -> None:
         shares = (self.history_share, self.stale_exposure, self.intent_share, self.popular_share)
         if min(shares) < 0 or sum(shares) > 1:
             raise ValueError("feed shares must be >= 0 and history + stale + intent + popular must not exceed 1")
+        if not 0.0 <= self.unclicked_noise <= 1.0:
+            raise ValueError(f"unclicked_noise must be within [0, 1], got {self.unclicked_noise}")
+
+    def with_settings(self, settings: tuple[str, ...] | list[str]) -> FeedConfig:
+        """This config with `FIELD=VALUE` items applied (`xdm simulate --feed`); a bad item raises ValueError."""
+        return with_number_settings(self, settings, "--feed")
 
 
 @dataclass(frozen=True)
@@ -115,6 +132,7 @@ class SimSummary:
     stale_impressions: int  # impressions filled by the stale-interest mechanism
     seconds: float  # wall time of generation and writing
     files: tuple[Path, ...] = field(default=())
+    decoy_impressions: int = 0  # unclicked impressions logged as a decoy (`FeedConfig.unclicked_noise`)
 
     @property
     def events_per_s(self) -> float:
@@ -142,6 +160,7 @@ class _Batch:
     clicked: np.ndarray
     click_ts: np.ndarray
     stale: np.ndarray
+    decoy: np.ndarray | None  # the item logged instead where not clicked (-1: the item itself); None when off
 
 
 def world_for(users: int, items: int, days: int, seed: int, world_config: WorldConfig | None = None) -> World:
@@ -180,9 +199,10 @@ def simulate(
         stale.unlink(missing_ok=True)  # a previous run with the other compression would make the log ambiguous
     write_items(files[1], world.item_records())
     write_users(files[2], world.user_records())
-    counts = {"impressions": 0, "clicks": 0, "stale": 0}
+    counts = {"impressions": 0, "clicks": 0, "stale": 0, "decoys": 0}
     with EventWriter(files[0]) as writer:
-        run = _Run(world, feed, np.random.default_rng([seed, 1]), writer, counts)
+        # decoys have their own stream: switching them on changes no other draw
+        run = _Run(world, feed, np.random.default_rng([seed, 1]), writer, counts, np.random.default_rng([seed, 4]))
         for day in progress_bar(range(days), desc="simulating days", unit="day", show=progress):
             run.day(day)
         run.finish()
@@ -198,6 +218,7 @@ def simulate(
         stale_impressions=counts["stale"],
         seconds=time.perf_counter() - started,
         files=files,
+        decoy_impressions=counts["decoys"],
     )
 
 
@@ -205,9 +226,11 @@ class _Run:
     """One simulation in progress: the feed memory, the id counters and the rows not yet written."""
 
     def __init__(
-        self, world: World, feed: FeedConfig, rng: np.random.Generator, writer: EventWriter, counts: dict[str, int]
+        self, world: World, feed: FeedConfig, rng: np.random.Generator, writer: EventWriter, counts: dict[str, int],
+        decoy_rng: np.random.Generator,
     ) -> None:
         self.world, self.feed, self.rng, self.writer, self.counts = world, feed, rng, writer, counts
+        self.decoy_rng = decoy_rng
         n, k = world.users.leaf.shape
         self.memory = _FeedMemory(
             clicks=np.full((n, feed.history_len), -1), n_clicks=np.zeros(n, dtype=np.int64),
@@ -271,7 +294,7 @@ class _Run:
         slot_in_session = np.arange(len(session)) - first_slot
         position = slot_in_session % feed.page_size
         page_number = np.repeat(np.cumsum(pages) - pages, slots_per_session) + slot_in_session // feed.page_size
-        item, stale = self._candidates_to_slots(users, start_ts, slots_per_session, session)
+        item, stale, decoy = self._candidates_to_slots(users, start_ts, slots_per_session, session)
         mood = self.world.session_engagement(len(users), rng)[session]
         p = self.world.click_prob_pairs(slot_user, item, start_ts[session], position, mood)
         clicked = rng.random(len(item)) < p
@@ -284,18 +307,29 @@ class _Run:
         click_ts = ts + 500 + rng.integers(0, 2_500, len(item))
         request = self.next_request + page_number
         self.next_request += int(pages.sum())
-        return _Batch(slot_user, item, ts, request, position, clicked, click_ts, stale)
+        return _Batch(slot_user, item, ts, request, position, clicked, click_ts, stale, decoy)
 
     def _candidates_to_slots(
         self, users: np.ndarray, start_ts: np.ndarray, slots_per_session: np.ndarray, session: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Recall a candidate set per session, then fill its slots from it (pages re-rank the same set)."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Recall a candidate set per session, then fill its slots from it (pages re-rank the same set);
+        returns each slot's item, whether it is stale, and its decoy (None when `unclicked_noise` is off)."""
         n_candidates = np.maximum(1, np.ceil(slots_per_session * self.feed.candidate_ratio)).astype(np.int64)
         candidate_user = np.repeat(users, n_candidates)
         item, stale = self._fill_slots(candidate_user, np.repeat(start_ts, n_candidates))
         first = np.cumsum(n_candidates) - n_candidates
         pick = first[session] + (self.rng.random(len(session)) * n_candidates[session]).astype(np.int64)
-        return item[pick], stale[pick]
+        decoy = self._decoys(len(item))
+        return item[pick], stale[pick], decoy[pick] if decoy is not None else None
+
+    def _decoys(self, n_candidates: int) -> np.ndarray | None:
+        """Per candidate, the popular item logged in its place when it is not clicked, or -1 (module doc)."""
+        noise = self.feed.unclicked_noise
+        if noise <= 0:  # off: no draw at all, so the log stays byte-identical to one written before the setting
+            return None
+        garbled = self.decoy_rng.random(n_candidates) < noise
+        decoys = self.world.catalogue.sample_popular(n_candidates, self.decoy_rng)
+        return np.where(garbled, decoys, -1)
 
     def _fill_slots(self, slot_user: np.ndarray, slot_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Choose an item for every slot from the five sources; returns items and the stale-slot mask."""
@@ -375,10 +409,11 @@ class _Run:
         parts = [self.carry] if self.carry is not None else []
         for b in batches:
             c = b.clicked
-            parts.append(np.stack([b.ts, b.user, b.item, np.zeros_like(b.ts), b.request, b.position]))
+            parts.append(np.stack([b.ts, b.user, _logged_items(b), np.zeros_like(b.ts), b.request, b.position]))
             parts.append(np.stack([b.click_ts[c], b.user[c], b.item[c], np.ones(c.sum(), dtype=np.int64),
                                    b.request[c], b.position[c]]))
             self.counts["stale"] += int(b.stale.sum())
+            self.counts["decoys"] += int(((b.decoy >= 0) & ~c).sum()) if b.decoy is not None else 0
         if not parts:
             return
         rows = np.concatenate(parts, axis=1)
@@ -404,3 +439,10 @@ class _Run:
         clicks = int(rows[3].sum())
         self.counts["clicks"] += clicks
         self.counts["impressions"] += n - clicks
+
+
+def _logged_items(batch: _Batch) -> np.ndarray:
+    """The item each impression row records: the shown item, or its decoy where one stands in unclicked."""
+    if batch.decoy is None:
+        return batch.item
+    return np.where(~batch.clicked & (batch.decoy >= 0), batch.decoy, batch.item)

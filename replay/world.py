@@ -27,6 +27,7 @@ so a World is mutable. To let two policies face the same audience, deepcopy it o
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import TypeVar
 
 import numpy as np
 
@@ -94,21 +95,31 @@ class WorldConfig:
     def with_settings(self, settings: tuple[str, ...] | list[str]) -> WorldConfig:
         """This config with `FIELD=VALUE` items applied (`xdm simulate --world`); a bad item raises ValueError
         naming it. The size fields come from --users / --items and are not settable here."""
-        settable = sorted(f.name for f in fields(self) if f.name not in ("n_users", "n_items"))
-        changes: dict[str, float | int] = {}
-        for item in settings:
-            name, sep, text = item.partition("=")
-            name = name.strip()
-            if not sep or name not in settable:
-                raise ValueError(f"--world {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(settable)}")
-            kind = type(getattr(self, name))  # every field is an int or a float, as its default says
-            try:
-                changes[name] = parse_setting(text, kind)
-            except ValueError:
-                raise ValueError(f"--world {item!r}: {text!r} is not a number ({kind.__name__})") from None
-            if changes[name] < 0:
-                raise ValueError(f"--world {item!r}: must not be negative")
-        return replace(self, **changes)
+        return with_number_settings(self, settings, "--world", fixed=("n_users", "n_items"))
+
+
+Numeric = TypeVar("Numeric")  # a frozen dataclass whose fields are all ints and floats
+
+
+def with_number_settings(config: Numeric, settings: tuple[str, ...] | list[str] | None, option: str,
+                         fixed: tuple[str, ...] = ()) -> Numeric:
+    """`config` with `FIELD=VALUE` items applied, each typed like the field's default and never negative
+    (the simulator's --world and --feed); a bad item raises ValueError naming `option` and the item."""
+    settable = sorted(f.name for f in fields(config) if f.name not in fixed)
+    changes: dict[str, float | int] = {}
+    for item in settings or ():
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or name not in settable:
+            raise ValueError(f"{option} {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(settable)}")
+        kind = type(getattr(config, name))  # every field is an int or a float, as its default says
+        try:
+            changes[name] = parse_setting(text, kind)
+        except ValueError:
+            raise ValueError(f"{option} {item!r}: {text!r} is not a number ({kind.__name__})") from None
+        if changes[name] < 0:
+            raise ValueError(f"{option} {item!r}: must not be negative")
+    return replace(config, **changes)
 
 
 @dataclass(frozen=True)

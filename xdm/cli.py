@@ -101,37 +101,64 @@ def codegen() -> None:
 
 
 @cli.command()
-@click.option("--users", type=click.IntRange(min=1), default=48000, show_default=True, help="Number of users.")
-@click.option("--items", type=click.IntRange(min=10), default=5000, show_default=True, help="Catalogue size.")
-@click.option("--days", type=click.IntRange(min=1), default=10, show_default=True, help="Days of traffic.")
-@click.option("--seed", type=int, default=1, show_default=True, help="Random seed.")
+@click.option("--users", type=click.IntRange(min=1), default=None, help="Number of users [default: 48000, or the family's].")
+@click.option("--items", type=click.IntRange(min=10), default=None, help="Catalogue size [default: 5000, or the family's].")
+@click.option("--days", type=click.IntRange(min=1), default=None, help="Days of traffic [default: 10, or the family's].")
+@click.option("--seed", type=int, default=None, help="Random seed [default: 1, or the family's].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output log directory.")
 @click.option("--gzip", "compress", is_flag=True, help="Write .csv.gz files.")
+@click.option("--family", "family_name", default=None, metavar="NAME",
+              help="Start from a member of the world family (replay/world_family.py, docs/worlds.md).")
 @click.option("--world", "world_sets", multiple=True, metavar="FIELD=VALUE",
               help="Change one world setting (replay/world.py WorldConfig), e.g. dislike_brands=2.")
+@click.option("--feed", "feed_sets", multiple=True, metavar="FIELD=VALUE",
+              help="Change one feed setting (replay/simulate.py FeedConfig), e.g. unclicked_noise=1.")
 @friendly
-def simulate(users: int, items: int, days: int, seed: int, out: Path, compress: bool,
-             world_sets: tuple[str, ...]) -> None:
+def simulate(users: int | None, items: int | None, days: int | None, seed: int | None, out: Path, compress: bool,
+             family_name: str | None, world_sets: tuple[str, ...], feed_sets: tuple[str, ...]) -> None:
     """Simulate a recommender feed and write it in the plain log format."""
+    from replay.simulate import FeedConfig
     from replay.simulate import simulate as run
     from replay.world import WorldConfig
+    from replay.world_family import family_world
 
-    world = WorldConfig.scaled(users, items).with_settings(world_sets) if world_sets else None
-    summary = run(users, items, days, seed, out, world_config=world, compress=compress)
+    member = family_world(family_name) if family_name is not None else None
+    users = users or (member.users if member else 48000)
+    items = items or (member.items if member else 5000)
+    days = days or (member.days if member else 10)
+    seed = seed if seed is not None else (member.seed if member else 1)
+    world = member.world_config(users, items) if member else WorldConfig.scaled(users, items)
+    feed = member.feed_config() if member else FeedConfig()
+    summary = run(users, items, days, seed, out, world_config=world.with_settings(world_sets),
+                  feed=feed.with_settings(feed_sets), compress=compress)
     click.echo(f"wrote {summary.events:,} events ({summary.clicks:,} clicks, {summary.impressions:,} impressions) "
                f"for {users:,} users and {items:,} items to {out} in {summary.seconds:.1f} s")
 
 
 @cli.command()
 @click.argument("log_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--window-signal", is_flag=True,
+              help="Also measure whether the unclicked window carries signal, on the validation days "
+                   "(learner/window_signal.py; the test days are never read).")
+@click.option("--test-days", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TEST_DAYS,
+              show_default=True, help="With --window-signal: the test period held out; the days before it score.")
+@click.option("--cache", "cache_dir", default="var/offline-cache", show_default=True,
+              help="With --window-signal: folder that keeps built splits for reuse ('' = no cache).")
 @click.pass_context
 @friendly
-def stats(ctx: click.Context, log_dir: Path) -> None:
+def stats(ctx: click.Context, log_dir: Path, window_signal: bool, test_days: float, cache_dir: str) -> None:
     """Table-1 statistics of a log (computed from its files with the stream's window rules)."""
     from replay.stats import format_stats, log_stats
 
     cfg = _cfg(ctx)
     click.echo(format_stats(log_stats(log_dir, cfg.windows, cfg.samples)))
+    if window_signal:
+        from learner.data import build_offline_data
+        from learner.window_signal import format_window_signal
+        from learner.window_signal import window_signal as measure
+
+        split = Split(log_dir, cfg.windows, cfg.samples, test_days, cache_dir=cache_dir).validation()
+        click.echo("\n" + format_window_signal(measure(build_offline_data(split, progress=False))))
 
 
 @cli.command()
