@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from learner.split import DEFAULT_TEST_ANCHOR, DEFAULT_TEST_DAYS, TEST_ANCHORS, Split
-from xdm.config import Config, as_dict, load_config, parse_set_options
+from xdm.config import ENV_PREFIX, Config, as_dict, load_config, parse_set_options
 from xdm.errors import XdmError
 from xdm.log import setup_logging
 from xdm.model_config import model_overrides
@@ -64,8 +64,16 @@ def cli(ctx: click.Context, profile: str, sets: tuple[str, ...], log_level: str)
     Config precedence: defaults < --profile < env XDM_<SECTION>__<FIELD> < --set.
     """
     setup_logging(log_level)
-    ctx.obj = load_config(profile, env=dict(os.environ), overrides=parse_set_options(sets))
+    overrides = parse_set_options(sets)
+    ctx.obj = load_config(profile, env=dict(os.environ), overrides=overrides)
     ctx.meta["profile"] = profile
+    ctx.meta["set_keys"] = frozenset(overrides)  # what the user named, not left to a profile or default
+
+
+def _named_by_user(ctx: click.Context, key: str) -> bool:
+    """Whether `section.field` was set with --set or its XDM_SECTION__FIELD variable."""
+    section, _, name = key.partition(".")
+    return key in ctx.meta.get("set_keys", ()) or f"{ENV_PREFIX}{section.upper()}__{name.upper()}" in os.environ
 
 
 def _cfg(ctx: click.Context) -> Config:
@@ -544,22 +552,35 @@ def _check_variant(name: str) -> str:
 @_DATA_OPTION
 @click.option("--model", "variant", default="xdm", show_default=True, help="xdm, sdm or another variant.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run directory.")
+@click.option("--triplet-weight", type=click.FloatRange(min=0), default=None,
+              help="λ of the metric loss (model.triplet_weight); given, nothing is chosen on validation days.")
+@click.option("--no-choose", is_flag=True,
+              help="Keep the config's model.triplet_weight instead of choosing it on validation days.")
 @_EPOCHS_OPTION
 @_BATCH_OPTION
 @_TEST_DAYS_OPTION
 @_TEST_ANCHOR_OPTION
 @_CACHE_OPTION
+@_JOBS_OPTION
 @click.pass_context
 @friendly
-def train(ctx: click.Context, data_dir: Path, variant: str, out: Path, epochs: int | None, batch_size: int | None,
-          test_days: float, test_anchor: str, cache_dir: str) -> None:
-    """Train a model offline on the log's samples before its test period; writes a run directory."""
-    from learner.offline import train_offline
+def train(ctx: click.Context, data_dir: Path, variant: str, out: Path, triplet_weight: float | None, no_choose: bool,
+          epochs: int | None, batch_size: int | None, test_days: float, test_anchor: str, cache_dir: str,
+          jobs: int) -> None:
+    """Train a model offline on the log's samples before its test period; writes a run directory.
+
+    λ (model.triplet_weight) is chosen first on validation days, the days just before the test period
+    (learner/recipe.py), unless --triplet-weight, --set model.triplet_weight or --no-choose says otherwise."""
+    from learner.recipe import format_choice, train_with_recipe
 
     cfg = _cfg(ctx)
-    run = train_offline(_split(cfg, data_dir, test_days, test_anchor, cache_dir), _check_variant(variant), out,
-                        _train_settings(cfg, epochs, batch_size, 3), model_overrides(cfg.model))
+    if triplet_weight is None and _named_by_user(ctx, "model.triplet_weight"):
+        triplet_weight = cfg.model.triplet_weight
+    run, choice = train_with_recipe(_split(cfg, data_dir, test_days, test_anchor, cache_dir), _check_variant(variant),
+                                    out, _train_settings(cfg, epochs, batch_size, 3), model_overrides(cfg.model),
+                                    given=triplet_weight, choose=not no_choose, workers=jobs)
     info = json.loads((run / "run.json").read_text())
+    click.echo(format_choice(choice))
     click.echo(f"trained {variant} on {info['data']['train_samples']:,} samples x {info['train_settings']['epochs']} "
                f"epoch(s) in {info['timings']['train_s']:.0f} s; final loss "
                f"{info['loss_curve']['epochs'][-1]['loss']:.4f}; run in {run} (warm-start with "
