@@ -208,6 +208,19 @@ def test_hstu_relative_bias_buckets_log_distances():
     assert [int(table[d, 0]) for d in (0, 1, 7, 8, 15, 16, 32, 600 - 1)] == [0, 1, 7, 8, 11, 12, 16, 31]
 
 
+@pytest.mark.parametrize("base", BASES)
+def test_every_base_starts_with_h_near_zero_so_the_margin_means_the_same(base):
+    # with the attention bases' usual final LayerNorm gain of 1, |h|^2 started at 0.39 Le (tanh of N(0, 1))
+    torch.manual_seed(0)
+    cfg = config_for(variant_name("xdm", base), embed_dim=64, n_heads=4)
+    vocab = Vocabulary(cfg.profile_field_names)
+    batch = collate(SAMPLES, vocab, grow=True)
+    with torch.no_grad():
+        out = XDM(cfg, vocab.sizes()).eval()(batch)
+    assert float(out.h.pow(2).sum(-1).max()) < 0.05 * 64
+    assert (out.h.abs() <= 1).all()  # the box n and c live in (tanh)
+
+
 # --- the plug-in on every base
 
 
