@@ -22,7 +22,7 @@ above 0 where skips mark interests the user has lost, ~0 where the window is noi
 shares, eq. 6's z = h - n at the level of leaves as `replay.stats`' leaf hit does, found no HR@50
 signal on the default world's behaviour: a live interest is skipped often too, at a CTR of a few per
 cent; what marks a lost one is skips after the clicks stopped. Counting skips without the blind
-reading's expectation credited noise windows with +11 % HR@50, all of it recency.)
+reading's expectation credited a noise window with up to +11 % HR@50, all of it recency.)
 
 It is measured on the validation split by default (`Split.validation`): placing a world on the axis
 must not read the test days that the models are later compared on.
@@ -36,8 +36,8 @@ from typing import Any
 
 from learner.data import OfflineData
 from learner.evaluation_stats import DEFAULT_BOOT
-from learner.offline import compare, evaluation_result, metric_key, metric_keys, record_metrics, \
-    training_label_counts
+from learner.offline import (compare, evaluation_result, metric_key, metric_keys, record_metrics,
+                             training_label_counts)
 from stream.windows import Behavior
 
 TOP_N = 50  # items the heuristic recommends (HR@50, the papers' headline cutoff)
