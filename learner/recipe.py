@@ -137,7 +137,7 @@ def format_choice(choice: Choice) -> str:
         return f"{choice.param} = {choice.value:g} ({choice.how}; nothing chosen)"
     s = choice.split
     lines = [f"chose {choice.param} = {choice.value:g} by validation {choice.select.upper()} "
-             f"({s['test_users']:,} validation users on the {s['test_days']:g} days before the held-out test "
+             f"({s['test_users']:,} validation users on the {s['test_days']:g} day(s) before the held-out test "
              f"period, {s['train_samples']:,} training samples before those; runs in {choice.folder}):",
              f"  {'λ':>6}  {'HR@50':>7}  {'MRR@50':>7}"]
     for value in choice.grid:
