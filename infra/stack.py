@@ -80,11 +80,11 @@ class Stack:
     def start_learner(self, arm: str, variant: str) -> ManagedProcess:
         cfg = apply_overrides(learner_config(self.cfg, self.learner_settings, arm),
                               self._metrics("learner", f"learner-{arm}"))
-        env = config_env(cfg)
-        proc = start_process(f"learner-{arm}", _xdm(self.profile, "learn", "--arm", arm, "--variant", variant),
-                             self.root / "logs", env=env)
+        name = f"learner-{arm}"
+        proc = start_process(name, _xdm(self.profile, "learn", "--arm", arm, "--variant", variant),
+                             self.root / "logs", env=config_env(cfg))
         self.processes.append(proc)
-        self.starters[proc.name] = lambda: self.start_learner(arm, variant)
+        self.starters[name] = lambda: self.start_learner(arm, variant)
         return proc
 
     def metrics_url(self, name: str) -> str:
