@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,19 +24,10 @@ from stream.windows import Behavior, Windows, rows_of
 from xdm.model_config import BASES, ModelConfig, model_overrides
 from xdm.records import Item
 
+from model_inputs import TINY, item, sample
+
 GOLDEN = Path(__file__).parent / "data" / "sdm_xdm_golden.pt"  # written by the model before bases existed
 GOLDEN_MODEL = dict(embed_dim=8, n_heads=2, n_negatives=24, profile_fields="age,gender", dropout=0.1)
-TINY = dict(embed_dim=8, n_heads=2, n_negatives=16, profile_fields="age,gender", dropout=0.0)
-
-
-def item(i: int) -> Item:
-    return Item(f"i{i}", f"leaf{i % 3}", f"top{i % 2}", f"brand{i % 4}", f"shop{i % 5}")
-
-
-def sample(short=(), long=(), unclicked=(), labels=(), profile=(("age", "30"), ("gender", "f"))):
-    beh = lambda ids: [SimpleNamespace(item=item(i)) for i in ids]  # noqa: E731
-    windows = SimpleNamespace(short=beh(short), long=beh(long), unclicked=beh(unclicked))
-    return SimpleNamespace(windows=windows, labels=beh(labels), profile=tuple(profile))
 
 
 SAMPLES = [

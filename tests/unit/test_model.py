@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,20 +12,8 @@ from learner.batch import Vocabulary, collate
 from learner.model import VARIANTS, XDM, ConfidenceFusion, UnclickedEncoder, config_for, pick_device
 from learner.sampler import LogUniformSampler
 from xdm.model_config import ModelConfig
-from xdm.records import Item
 
-TINY = dict(embed_dim=8, n_heads=2, n_negatives=16, profile_fields="age,gender", dropout=0.0)
-
-
-def item(i: int) -> Item:
-    return Item(f"i{i}", f"leaf{i % 3}", f"top{i % 2}", f"brand{i % 4}", f"shop{i % 5}")
-
-
-def sample(short=(), long=(), unclicked=(), labels=(), profile=(("age", "30"), ("gender", "f"))):
-    beh = lambda ids: [SimpleNamespace(item=item(i)) for i in ids]  # noqa: E731
-    windows = SimpleNamespace(short=beh(short), long=beh(long), unclicked=beh(unclicked))
-    return SimpleNamespace(windows=windows, labels=beh(labels), profile=tuple(profile))
-
+from model_inputs import TINY, item, sample
 
 SAMPLES = [
     sample(short=[1, 2, 3], long=[4, 5], unclicked=[6], labels=[7, 8]),
