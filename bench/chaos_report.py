@@ -19,6 +19,7 @@ import numpy as np
 
 from bench.chaos_faults import KINDS, Fault
 from bench.chaos_traffic import Call
+from xdm.plotting import pyplot
 
 
 def build_report(settings: dict, faults: list[Fault], calls: list[Call], span: tuple[float, float], fed: int,
@@ -138,11 +139,7 @@ def _pair(a: float | None, b: float | None) -> str:
 
 def plot(report: dict, path: Path) -> None:
     """Failed calls and latency over time, each fault's outage shaded by target (hatched: SIGSTOP)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = report["timeline"]
     seconds = [r["s"] for r in rows]
     end = max(seconds, default=0) + 1
