@@ -12,7 +12,7 @@ and builds no records or Items.
 Users get Table-1 sized windows (13 session clicks, 21 long-term clicks, 71 unclicked items) over a
 100,000-item catalogue, encoded and decoded by the workers' state codec.
 
-    .venv/bin/python bench/gc_pause.py [--users 2000,10000] [--out bench/results/gc_pause.json]
+    .venv/bin/python bench/gc_pause.py [--users 2000,10000] [--out bench/results/gc_pause/gc_pause.json]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from stream.windows import UserState, apply_event  # noqa: E402
 from xdm.config import load_config  # noqa: E402
 from xdm.records import Event, Item  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results" / "gc_pause.json"
+RESULTS = ROOT / "bench" / "results" / "gc_pause" / "gc_pause.json"
 ITEMS = 100_000
 T0 = 1_700_000_000_000
 

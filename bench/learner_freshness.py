@@ -8,7 +8,7 @@ compares the samples/s the learner trained with the samples/s the worker emitted
 
 A click reaches served item vectors after: its labels arrive (the user's next 5 clicks: behaviour, not
 system latency), then event -> sample + sample -> trained + trained -> published. The last three are the
-system's share and are what the 60 s target is about. Writes bench/results/learner_freshness.json.
+system's share and are what the 60 s target is about. Writes bench/results/learner_freshness/learner_freshness.json.
 
     .venv/bin/python bench/learner_freshness.py [--events 150000] [--rate 2000] [--set learner.rehearsal_steps=0]
 """
@@ -34,7 +34,7 @@ from xdm.config import apply_overrides, load_config, parse_set_options  # noqa: 
 from xdm.errors import ConfigError  # noqa: E402
 from xdm.log_format import read_events  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results" / "learner_freshness.json"
+RESULTS = ROOT / "bench" / "results" / "learner_freshness" / "learner_freshness.json"
 HISTOGRAMS = ("xdm_event_to_sample_seconds", "xdm_sample_to_trained_seconds", "xdm_trained_to_published_seconds")
 
 

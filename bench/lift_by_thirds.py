@@ -14,7 +14,7 @@ recorded files are read: the split (`learner.data`, from the split cache or buil
 two runs.
 
     .venv/bin/python bench/lift_by_thirds.py --data var/world12k10d --by label-rarity \
-        --runs var/ablation12k10d/sdm var/ablation12k10d/xdm [--out bench/results/lift_by_thirds.json]
+        --runs var/ablation12k10d/sdm var/ablation12k10d/xdm [--out bench/results/lift_by_thirds/lift_by_thirds.json]
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--test-anchor", choices=TEST_ANCHORS, default=DEFAULT_TEST_ANCHOR,
                         help="Where the runs' test windows were taken (learner/data.py).")
     parser.add_argument("--cache", default="var/offline-cache", help="Split cache folder ('' = none).")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lift_by_thirds.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lift_by_thirds" / "lift_by_thirds.json")
     args = parser.parse_args()
     run_a, run_b = (load_evaluation(run) for run in args.runs)
     data = build_offline_data(Split(args.data, test_days=args.test_days, holdout_days=args.holdout_days,

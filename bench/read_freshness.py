@@ -6,7 +6,7 @@ real time (impressions and clicks of other users, stamped now), probe clicks are
 time and the reader (the serving read replica, a mirror of the windows changelog) is watched until
 the probe's user shows that click in its short-term window. Latency = visible - just before the
 send, on one clock. Also measures `WindowsReader.rows(user)`, the server's read, over the Table-1-sized users.
-Writes bench/results/read_freshness.json and prints a table.
+Writes bench/results/read_freshness/read_freshness.json and prints a table.
 
     .venv/bin/python bench/read_freshness.py [--probes 300 --background 1000]
 """
@@ -43,7 +43,7 @@ from xdm.config import Config, apply_overrides, load_config  # noqa: E402
 from xdm.log_format import read_events  # noqa: E402
 from xdm.records import Event  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results" / "read_freshness.json"
+RESULTS = ROOT / "bench" / "results" / "read_freshness" / "read_freshness.json"
 
 
 def main() -> None:

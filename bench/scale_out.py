@@ -20,7 +20,7 @@ processes cannot scale beyond ~2x (the broker, the load generator and other jobs
 figures are what this box does, not what N machines would do. Events per CPU-second show whether the
 per-process cost changed with N, and the cores the workers, the broker and the servers got (CPU seconds /
 wall seconds of the run) show how much of the box the processes could actually use.
-Writes bench/results/scale_out.json and prints a table.
+Writes bench/results/scale_out/scale_out.json and prints a table.
 
     .venv/bin/python bench/scale_out.py [--quick] [--users 500 --days 4] [--workers 1 2 3] [--servers 1 2]
 """
@@ -56,7 +56,7 @@ from xdm.config import Config, apply_overrides, load_config  # noqa: E402
 from xdm.log_format import read_events, read_items  # noqa: E402
 from xdm.records import Item  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results" / "scale_out.json"
+RESULTS = ROOT / "bench" / "results" / "scale_out" / "scale_out.json"
 ITEMS_SERVED = 10_000  # catalogue of the published version (publish ~1.2 s; search cost as in the README table)
 CONCURRENCY = 32  # callers: 16 per server with two, still enough to keep each one batching
 ROUND_ROBIN = (("grpc.lb_policy_name", "round_robin"),)

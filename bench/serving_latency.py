@@ -18,11 +18,11 @@ The published item vectors cluster by leaf category (a centre per leaf, items ar
 output embeddings do; isotropic random vectors, the worst case for IVF, are what `serving.local_index=auto`
 refuses (tests/unit/test_local_index.py). Last, in process, the full scans and the IVF index on clustered
 vectors of the largest size. Writes
-bench/results/serving_latency.json and prints a table with the ratio to echo.
+bench/results/serving_latency/serving_latency.json and prints a table with the ratio to echo.
 
     .venv/bin/python bench/serving_latency.py [--requests 2000] [--seconds 20] [--quick]
         [--servers exact,local,ivf,thread,runners2,switch1,nofreeze,eager,nobatch,milvus] [--sizes 10000,100000] [--concurrency 1,8,32]
-        [--repeats 1] [--out bench/results/serving_latency.json]
+        [--repeats 1] [--out bench/results/serving_latency/serving_latency.json]
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from xdm.config import apply_overrides, load_config  # noqa: E402
 from xdm.model_config import model_overrides  # noqa: E402
 from xdm.progress import progress_bar  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results" / "serving_latency.json"
+RESULTS = ROOT / "bench" / "results" / "serving_latency" / "serving_latency.json"
 USERS = 2000
 LEAVES = 500  # leaf categories of the bench catalogue; item vectors cluster around one centre per leaf
 RECALL_USERS = 200  # users whose top-50 an approximate server is compared on

@@ -4,7 +4,7 @@ Replays a simulated log whose windows at sample time average near SRU2B Table 1 
 defaults: 2000 users, 14 days) through the stream's own rules, and measures the encoded state of the
 user at every training sample (what the worker writes to RocksDB and the changelog at that moment)
 and at the end of the log. Also times encode and decode at those sizes. Writes
-bench/results/state_size.json and prints a table.
+bench/results/state_size/state_size.json and prints a table.
 
     .venv/bin/python bench/state_size.py [--users 2000 --days 14]
 """
@@ -32,7 +32,7 @@ from xdm.config import load_config  # noqa: E402
 from xdm.log_format import read_events, read_items  # noqa: E402
 from xdm.records import Item  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results" / "state_size.json"
+RESULTS = ROOT / "bench" / "results" / "state_size" / "state_size.json"
 
 
 def main() -> None:

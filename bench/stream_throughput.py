@@ -15,7 +15,7 @@ per CPU-second of the worker process (all threads), which other load on the box 
 naive variant is stopped after `--naive-events` records to keep the run short; its rate is steady long
 before. A variant that processed the whole log has its windows checked against the pure rules applied
 to the log in time order (users whose state differs).
-Writes bench/results/stream_throughput.json and prints a table.
+Writes bench/results/stream_throughput/stream_throughput.json and prints a table.
 
     .venv/bin/python bench/stream_throughput.py [--users 1000 --days 4] [--naive-events 30000]
 """
@@ -51,7 +51,7 @@ from xdm.config import Config, apply_overrides, load_config  # noqa: E402
 from xdm.log_format import read_events, read_items  # noqa: E402
 from xdm.records import Item  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results" / "stream_throughput.json"
+RESULTS = ROOT / "bench" / "results" / "stream_throughput" / "stream_throughput.json"
 VARIANTS = {
     "batched": {},
     "naive": {"stream.batch_max": 1, "stream.state_cache_users": 0},

@@ -5,7 +5,7 @@ Each model runs in its own subprocess, so peak RSS (getrusage ru_maxrss) is that
 loads the cached split, takes WARMUP steps, then times STEPS steps of batch BATCH (the offline
 trainer's own loop: length-bucketed batches, Trainer.step with progressive validation, or the peers'
 loop). It reports training samples/s, the RSS after loading the data, and the peak RSS; the difference
-is what training adds. Writes bench/results/train_speed.json and prints a table with the ratios to SDM.
+is what training adds. Writes bench/results/train_speed/train_speed.json and prints a table with the ratios to SDM.
 Every row trains at the same batch and Le (model.embed_dim 64, the peers' EMBED_DIM); a base's row
 names its twin (rechub-sasrec, ...) and its speed relative to it. Without torch-rechub the twin rows
 are skipped and the report says so.
@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-RESULTS = ROOT / "bench" / "results" / "train_speed.json"
+RESULTS = ROOT / "bench" / "results" / "train_speed" / "train_speed.json"
 MODELS = ("sdm", "xdm", "sasrec", "xdm-sasrec", "gru4rec", "xdm-gru4rec", "hstu", "xdm-hstu")
 PEER_PREFIX = "rechub-"  # a peer's row name: our own bases are called sasrec, gru4rec, hstu too
 TWINS = {"sasrec": "sasrec", "xdm-sasrec": "sasrec", "gru4rec": "gru4rec", "xdm-gru4rec": "gru4rec",

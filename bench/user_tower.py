@@ -9,7 +9,7 @@ thread as in the compute process. Batches of 1, 4, 8 and 32 users, each batch si
 several times after a warm-up pass (so the kept table holds the keys, as it does on a warm server).
 Alternating the two paths per repeat keeps a slow moment of the machine from landing on one of them.
 
-    .venv/bin/python bench/user_tower.py [--repeats 5] [--out bench/results/user_tower.json]
+    .venv/bin/python bench/user_tower.py [--repeats 5] [--out bench/results/user_tower/user_tower.json]
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def _item(i: int) -> Item:
 def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed passes over all users per path and batch size")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/user_tower.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/user_tower/user_tower.json")
     return parser.parse_args()
 
 
