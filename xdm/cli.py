@@ -437,7 +437,7 @@ def replay(ctx: click.Context, log_dir: Path, arms: str, out_dir: Path, slice_mi
     opts = ReplayOptions(slice_ms=int(slice_min * 60_000), eval_fraction=eval_fraction, seed=seed, resume=resume,
                          max_learner_lag=max_learner_lag, warm_days=warm_days, paired=paired)
     run = replay_embedded(_cfg(ctx), ctx.meta["profile"], log_dir, out_dir.resolve(), arms, opts, workers,
-                          limit_events=limit, learner_sets=learner_sets)
+                          limit_events=limit, learner_sets=learner_sets, quiet_libraries=True)
     click.echo((run.out_dir / "summary.md").read_text())
     click.echo(f"report: {run.out_dir / 'summary.md'} ({run.progress.scored:,} scored requests, "
                f"{run.progress.events_sent:,} events)")
@@ -486,7 +486,8 @@ def closed_loop(ctx: click.Context, arms: str, out_dir: Path, users: int, items:
     signal.signal(signal.SIGTERM, _interrupt)
     opts = ClosedLoopOptions(users=users, items=items, warm_days=warm_days, ab_days=ab_days, seed=seed,
                              learner_wait_s=learner_wait, max_learner_lag=max_learner_lag)
-    closed_loop_embedded(_cfg(ctx), ctx.meta["profile"], out_dir.resolve(), arms, opts, learner_sets=learner_sets)
+    closed_loop_embedded(_cfg(ctx), ctx.meta["profile"], out_dir.resolve(), arms, opts, learner_sets=learner_sets,
+                         quiet_libraries=True)
     click.echo((out_dir / "closed_loop.md").read_text())
 
 
