@@ -1,8 +1,10 @@
 """In-memory index comparison: recall@50 against the exact scan and milliseconds per batch, in one run.
 
 Compares, on the same clustered vectors (items around topic centres, as trained item embeddings are):
-the exact float32 scan (serving.search.LocalIndex), today's in-process IVF (serving.ivf.IVFIndex), and
-faiss's IndexIVFFlat and IndexHNSWFlat with the inner-product metric. Every index runs on one thread,
+the exact float32 scan (serving.search.LocalIndex), the served IVF index (serving.ivf.IVFIndex, faiss's
+IndexIVFFlat with the inner-product metric), and faiss's IndexHNSWFlat with the inner-product metric.
+The committed local_index.json also has a `numpy_ivf` row: the hand-written numpy IVF that serving/ivf.py
+was before it became faiss (measured at commit 5ceeb8d, where this script built both). Every index runs on one thread,
 as the server's compute child does. Writes bench/results/local_index/local_index.json.
 
     .venv/bin/python bench/local_index.py [--sizes 100000,1000000] [--out PATH]
@@ -61,15 +63,7 @@ def build_indexes(ids: list[str], vectors: np.ndarray, nlist: int, nprobe: int) 
         built[name] = (make(), time.perf_counter() - started)
 
     timed("exact_float32", lambda: LocalIndex(ids, vectors))
-    timed("numpy_ivf", lambda: IVFIndex(ids, vectors, nlist, nprobe))
-
-    def faiss_ivf():
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(vectors.shape[1]), vectors.shape[1], nlist,
-                                   faiss.METRIC_INNER_PRODUCT)
-        index.train(vectors)
-        index.add(vectors)
-        index.nprobe = nprobe
-        return FaissRows(index, ids)
+    timed("faiss_ivf_flat", lambda: IVFIndex(ids, vectors, nlist, nprobe))  # what the server builds
 
     def faiss_hnsw():
         index = faiss.IndexHNSWFlat(vectors.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
@@ -77,7 +71,6 @@ def build_indexes(ids: list[str], vectors: np.ndarray, nlist: int, nprobe: int) 
         index.hnsw.efSearch = HNSW_EF_SEARCH
         return FaissRows(index, ids)
 
-    timed("faiss_ivf_flat", faiss_ivf)
     timed("faiss_hnsw_flat", faiss_hnsw)
     return built
 

@@ -165,6 +165,7 @@ def _failure(exc: BaseException) -> str:
 
 
 def _child_main(cfg: Config, run_conn: Connection, load_conn: Connection) -> None:
+    import faiss
     import torch
 
     # Out of the server's process group: a SIGTERM (or a terminal's Ctrl-C) sent to the group must reach
@@ -172,6 +173,10 @@ def _child_main(cfg: Config, run_conn: Connection, load_conn: Connection) -> Non
     # The pipes tie the child's life to the server's: it ends when they close, however the server ended.
     os.setpgid(0, 0)
     torch.set_num_threads(1)  # the child answers one batch at a time; a second thread only contends
+    # faiss (the IVF index) runs OpenMP teams of one thread per core by default: a batch of a few queries
+    # gains nothing from a team, and a team (or a version's k-means build on the loader thread) would
+    # take the core the server's event loop runs on.
+    faiss.omp_set_num_threads(1)
     towers: dict[tuple[str, int], Tower] = {}
     threading.Thread(target=_load_loop, args=(cfg, load_conn, towers), name="loader", daemon=True).start()
     while True:

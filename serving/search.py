@@ -5,7 +5,7 @@ a 15 ms p99 budget, and an HNSW index there was slower still. So for catalogues 
 `serving.local_index_max_items` the server copies a version's vectors out of that version's Milvus
 collection once, when it loads the version, and answers in memory: by default a full scan (in bfloat16
 where that is faster on the CPU, then an exact float32 re-score of the shortlist), or an IVF index
-(serving/ivf.py). `serving.local_index = "auto"` (the default) builds the IVF index for a large catalogue
+(serving/ivf.py: faiss's IndexIVFFlat, inner product). `serving.local_index = "auto"` (the default) builds the IVF index for a large catalogue
 and keeps it only if it finds, on probe queries, at least `serving.ivf_min_recall` of the full scan's
 top 50 (`choose_local_index`); otherwise it scans in full. The copy is taken from the same collection the
 version announces, so it can never pair a tower with another version's vectors; larger catalogues search

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import faiss
 import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -90,6 +91,7 @@ class RunningServer:
 
 async def start_deps(cfg: Config) -> Deps:
     torch.set_num_threads(1)  # one batch of user towers is small; more threads only contend with the event loop
+    faiss.omp_set_num_threads(1)  # the IVF index's searches and builds, for the same reason (compute="thread")
     _set_switch_interval(cfg.serving.switch_interval_ms)
     if _time_gc not in gc.callbacks:
         gc.callbacks.append(_time_gc)

@@ -97,7 +97,7 @@ def test_ivf_on_a_small_catalogue_uses_fewer_lists_and_keeps_the_scanned_share()
     ids, vectors = _catalogue(39 * 10)
     ivf = IVFIndex(ids, vectors, nlist=100, nprobe=20)
     assert (ivf.nlist, ivf.nprobe) == (10, 2)
-    assert int(ivf.offsets[-1]) == len(ids)
+    assert len(ivf.list_sizes()) == 10 and sum(ivf.list_sizes()) == len(ids)
 
 
 def test_ivf_answers_exactly_when_the_probed_lists_hold_fewer_than_k_items():
@@ -107,6 +107,14 @@ def test_ivf_answers_exactly_when_the_probed_lists_hold_fewer_than_k_items():
     for row, truth in zip(got, LocalIndex(ids, vectors).top_k(queries, 200)):
         assert len(row) == 200
         assert [s for _, s in row] == pytest.approx([s for _, s in truth], rel=1e-5, abs=1e-5)
+
+
+def test_ivf_builds_the_same_lists_and_answers_for_the_same_version():
+    ids, vectors = _clustered(4_000)
+    queries = _clustered(8, seed=1)[1]
+    first, second = IVFIndex(ids, vectors, nlist=64, nprobe=4), IVFIndex(ids, vectors, nlist=64, nprobe=4)
+    assert first.list_sizes() == second.list_sizes()
+    assert first.top_k(queries, 20) == second.top_k(queries, 20)
 
 
 def test_build_local_index_follows_the_config():
