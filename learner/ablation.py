@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 TABLE2 = ("sdm", "xdm_wo_conf_metric", "xdm_wo_metric", "xdm_wo_fusion_sym", "xdm_wo_sym", "xdm")
 BASELINE = "sdm"
 PEER_ROW_PREFIX = "rechub-"  # a peer's row: the bare names sasrec, gru4rec and hstu are our own bases
+LEGACY_PEER_ROWS = ("gru4rec", "narm", "sasrec")  # their row names in reports written before the bases
 BASE_NAMES = {"sdm": "SDM", "sasrec": "SASRec", "gru4rec": "GRU4Rec", "hstu": "HSTU", "narm": "NARM"}
 _SDM_ROW_NAMES = {
     "sdm": "SDM",
@@ -156,25 +157,25 @@ def format_table(report: dict[str, Any]) -> str:
     rule = "|---|" + "---:|---:|" * len(keys)
     lines = [header, rule]
     for name in report["rows"]:
-        cells = [ROW_NAMES.get(name, name)]
+        cells = [row_label(report, name)]
         for key in keys:
             cells.append(f"{report['summary'][name][key]['mean']:.2%}")
             cells.append(_lift_cell(report["lift_vs_baseline"].get(name, {}).get(key)))
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Lift vs {ROW_NAMES[report['baseline']]} with its 95% paired-bootstrap interval "
+    lines += ["", f"Lift vs {row_label(report, report['baseline'])} with its 95% paired-bootstrap interval "
               f"({report['data']['test_users']:,} test users):", "",
               "| Method | " + " | ".join(_label(k) for k in keys) + " |", "|---|" + "---:|" * len(keys)]
     for name in report["rows"]:
         if name == report["baseline"]:
             continue
         lifts = report["lift_vs_baseline"][name]
-        lines.append("| " + " | ".join([ROW_NAMES.get(name, name)] + [format_lift(lifts[k]) for k in keys]) + " |")
+        lines.append("| " + " | ".join([row_label(report, name)] + [format_lift(lifts[k]) for k in keys]) + " |")
     own = report.get("lift_vs_own_base") or {}
     if own:
         lines += ["", "Lift vs its own base (the plug-in on that base), 95% paired-bootstrap interval:", "",
                   "| Method | vs | " + " | ".join(_label(k) for k in keys) + " |", "|---|---|" + "---:|" * len(keys)]
         for name, pair in own.items():
-            cells = [ROW_NAMES.get(name, name), ROW_NAMES.get(pair["base"], pair["base"])]
+            cells = [row_label(report, name), row_label(report, pair["base"])]
             lines.append("| " + " | ".join(cells + [format_lift(pair["lift"][k]) for k in keys]) + " |")
     d, s = report["data"], report["settings"]
     lines += ["", f"Data: {d['data_dir']}, {d['train_samples']:,} training samples, {d['test_users']:,} test "
@@ -185,6 +186,14 @@ def format_table(report: dict[str, Any]) -> str:
               f" * = 95% interval of the lift excludes 0. Total {report['timings']['total_s']:.0f} s"
               f"{reused_note(report.get('reused'), report.get('rescored'))}."]
     return "\n".join(lines) + "\n"
+
+
+def row_label(report: dict[str, Any], name: str) -> str:
+    """A row's name in tables and figures. Reports written before our own bases existed (no
+    `lift_vs_own_base`) named torch-rechub's peers by the bare names the bases took since."""
+    if "lift_vs_own_base" not in report and name in LEGACY_PEER_ROWS:
+        name = PEER_ROW_PREFIX + name
+    return ROW_NAMES.get(name, name)
 
 
 def _lift_cell(lift: dict[str, float] | None) -> str:
@@ -215,7 +224,7 @@ def plot_ablation(report: dict[str, Any], path: Path) -> None:
             mean = np.array([v["mean"] for v in s])
             err = np.array([[v["mean"] - v["low"] for v in s], [v["high"] - v["mean"] for v in s]])
             ax.bar(x + (i - (len(rows) - 1) / 2) * width, mean, width, yerr=err, capsize=2,
-                   label=ROW_NAMES.get(name, name))
+                   label=row_label(report, name))
         ax.set_xticks(x, [_label(k) for k in keys])
         ax.set_yscale("log")
         ax.set_title(f"Top-{n} (95% bootstrap intervals over test users)")
@@ -242,9 +251,9 @@ def plot_lifts(report: dict[str, Any], path: Path, keys: tuple[str, ...] = ("hr@
         for row, (m, low, high, color) in enumerate(zip(mean, err[0], err[1], colors)):
             ax.errorbar([m], [row], xerr=[[low], [high]], fmt="o", color=color, capsize=3)
         ax.axvline(0, color="black", lw=0.8)
-        ax.set_yticks(list(y), [ROW_NAMES.get(name, name) for name in rows])
+        ax.set_yticks(list(y), [row_label(report, name) for name in rows])
         ax.invert_yaxis()
-        ax.set_xlabel(f"lift of {_label(key)} vs {ROW_NAMES[report['baseline']]} (%)")
+        ax.set_xlabel(f"lift of {_label(key)} vs {row_label(report, report['baseline'])} (%)")
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(f"95% paired-bootstrap intervals over {report['data']['test_users']:,} test users "
                  "(green: above, red: below, grey: includes 0)", fontsize=9)
