@@ -124,9 +124,10 @@ class Publisher:
     def _announce(self, info: VersionInfo) -> None:
         if self._producer is None:
             self._producer = KafkaProducer(**kafka_client_kwargs(self.cfg.kafka, "kafka-python"), acks="all")
+        # Wait for the broker's ack: a lost announcement raises and is counted as a failed publish (servers
+        # still find the version at their next store poll), where a flush alone would have hidden it.
         self._producer.send(self.cfg.kafka.versions_topic, key=info.arm.encode(),
-                            value=model_store.encode_announcement(info))
-        self._producer.flush(timeout=10)
+                            value=model_store.encode_announcement(info)).get(timeout=10)
 
     def close(self) -> None:
         if self._producer is not None:
