@@ -55,14 +55,23 @@ def child_pids(pid: int) -> list[int]:
 
 
 def spawned_child(pid: int) -> int | None:
-    """The child a process started with multiprocessing's spawn (not its resource tracker), if any."""
+    """The running child a process started with multiprocessing's spawn (not its resource tracker, not a
+    killed one its parent has not reaped yet), if any."""
     for child in child_pids(pid):
         try:
-            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+            if running(child) and b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
                 return child
         except FileNotFoundError:  # ended while the children were read
             continue
     return None
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a killed process stays one until its parent reaps it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def port_open(host: str, port: int) -> bool:

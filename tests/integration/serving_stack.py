@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conftest import samples_from_log, wait_for_quiet_topics
+from infra.processes import spawned_child
 from infra.stack import Stack, start_services
 from learner.online import OnlineLearner
 from learner.publish import Publisher
@@ -77,3 +78,10 @@ def answered_by_model(stub, user: str, arm: str, within_s: float = 60) -> recall
 
 def scored_items(answer: recall_pb2.RecallResponse) -> list[tuple[str, float]]:
     return [(i.item_id, round(i.score, 5)) for i in answer.items]
+
+
+def compute_child(server_pid: int) -> int:
+    """The Recall server's running compute process."""
+    child = spawned_child(server_pid)
+    assert child is not None, f"server {server_pid} has no compute process"
+    return child

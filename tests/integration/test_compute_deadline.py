@@ -17,11 +17,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import samples_from_log, wait_for_quiet_topics
-from infra.processes import child_pids, free_port, wait_until
+from infra.processes import free_port, running, wait_until
 from infra.stack import start_services
 from learner.online import OnlineLearner
 from learner.publish import Publisher
 from replay.producer import produce_log
+from serving_stack import compute_child
 from stream.topics import changelog_topic
 from xdm.config import load_config
 from xdm.log_format import read_events
@@ -49,7 +50,7 @@ def test_a_hung_compute_child_is_killed_and_replaced_and_towers_answer_again(tmp
         with grpc.insecure_channel(f"127.0.0.1:{stack.cfg.serving.port}") as channel:
             stub = recall_pb2_grpc.RecallStub(channel)
             before = _answered_by_a_tower(stub, user)
-            stopped = _compute_child(server.pid)
+            stopped = compute_child(server.pid)
             os.kill(stopped, signal.SIGSTOP)
 
             started = time.monotonic()
@@ -61,12 +62,12 @@ def test_a_hung_compute_child_is_killed_and_replaced_and_towers_answer_again(tmp
 
             again = _answered_by_a_tower(stub, user)  # the items may differ: the worker may have moved on
             assert again.model_version == before.model_version and len(again.items) == 20
-            wait_until(lambda: not _running(stopped), 10, "the hung child gone")
-            assert _compute_child(server.pid) != stopped
+            wait_until(lambda: not running(stopped), 10, "the hung child gone")
+            assert compute_child(server.pid) != stopped
             assert _hung_restarts(metrics_port) >= 1  # a legitimately slow batch on a loaded machine counts too
             assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
     finally:
-        if stopped is not None and _running(stopped):
+        if stopped is not None and running(stopped):
             os.kill(stopped, signal.SIGKILL)  # a stopped child outlives its closed pipes
         stack.stop()
 
@@ -106,22 +107,6 @@ def _answered_by_a_tower(stub, user: str, within_s: float = 90.0) -> recall_pb2.
             assert err.code() == grpc.StatusCode.UNAVAILABLE, err
         time.sleep(0.2)
     raise AssertionError(f"no answer from a tower within {within_s} s: {dict(codes)}")
-
-
-def _compute_child(server_pid: int) -> int:
-    """The server's multiprocessing child that runs the towers (not its resource tracker)."""
-    for pid in child_pids(server_pid):
-        if _running(pid) and b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return pid
-    raise AssertionError(f"server {server_pid} has no compute process")
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a killed child stays one until its parent reaps it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _health(channel: grpc.Channel) -> int:

@@ -20,9 +20,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import samples_from_log
-from infra.processes import spawned_child, wait_until
+from infra.processes import wait_until
 from learner.model_store import read_latest, tower_path
-from serving_stack import ServingStack, answered_by_model, ask, clickers, scored_items, start_serving_stack
+from serving_stack import (ServingStack, answered_by_model, ask, clickers, compute_child, scored_items,
+                           start_serving_stack)
 from xdm.config import apply_overrides, load_config
 from xdm.v1 import recall_pb2, recall_pb2_grpc
 
@@ -62,12 +63,6 @@ def start_server(base) -> Callable[[dict[str, str]], recall_pb2_grpc.RecallStub]
         stack.restart("milvus")
 
 
-def _compute_child(server_pid: int) -> int:
-    child = spawned_child(server_pid)
-    assert child is not None, f"server {server_pid} has no compute process"
-    return child
-
-
 @pytest.mark.timeout(120)
 def test_a_killed_compute_process_is_replaced_and_answers_resume(base, start_server, tiny_log):
     """SIGKILL the server's compute child: at most the batches in flight fail, UNAVAILABLE; a new child
@@ -77,11 +72,11 @@ def test_a_killed_compute_process_is_replaced_and_answers_resume(base, start_ser
     before = answered_by_model(stub, user, "xdm")
     assert not before.fallback
     server_pid = base.stack.by_name("server").pid
-    killed = _compute_child(server_pid)
+    killed = compute_child(server_pid)
     os.kill(killed, signal.SIGKILL)
     answer = _answered_after_a_kill(stub, user)
     assert scored_items(answer) == scored_items(before) and answer.model_version == before.model_version
-    assert _compute_child(server_pid) != killed
+    assert compute_child(server_pid) != killed
 
 
 def _answered_after_a_kill(stub, user: str, within_s: float = 60) -> recall_pb2.RecallResponse:
@@ -116,7 +111,7 @@ def test_a_version_the_new_compute_process_cannot_load_falls_back_until_the_stor
     hidden = tower.with_suffix(".hidden")
     tower.rename(hidden)
     try:
-        os.kill(_compute_child(stack.by_name("server").pid), signal.SIGKILL)
+        os.kill(compute_child(stack.by_name("server").pid), signal.SIGKILL)
         wait_until(lambda: _fallback_or_unavailable(stub, user), 60, "the lost version dropped")
     finally:
         hidden.rename(tower)
@@ -181,7 +176,7 @@ def test_milvus_down_with_the_default_in_memory_index_keeps_answering_and_a_rest
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
     stack.restart("milvus")  # Milvus Lite comes back with every collection released
-    os.kill(_compute_child(stack.by_name("server").pid), signal.SIGKILL)
+    os.kill(compute_child(stack.by_name("server").pid), signal.SIGKILL)
     again = _answered_after_a_kill(stub, user)  # the new compute process read the versions' vectors again
     assert scored_items(again) == scored_items(before)
     publisher, learner = base.publishers["xdm"], base.learners["xdm"]
@@ -199,7 +194,7 @@ def test_the_compute_process_ends_with_a_killed_server(base, start_server):
     so only its pipes tie it to the server."""
     start_server(MILVUS_PATH)
     server = base.stack.by_name("server")
-    child = _compute_child(server.pid)
+    child = compute_child(server.pid)
     assert os.getpgid(child) != os.getpgid(server.pid)
     server.kill()
     wait_until(lambda: not Path(f"/proc/{child}").exists() or _zombie(child), 10, "compute process exit")
