@@ -167,6 +167,14 @@ class ServingConfig:
     max_request_bytes: int = 65_536  # largest request message; a Recall request is < 1 KB, bigger ones end RESOURCE_EXHAUSTED
     health_port: int = 0  # plaintext port serving only grpc.health.v1 (the kubelet's gRPC probes cannot speak TLS); 0 = none
     grace_s: float = 5.0  # on SIGTERM, in-flight requests get this long to finish
+    # Sharded windows replica (xdm/shards.py): user -> changelog partition (Kafka's murmur2) -> shard.
+    shards: int = 1  # servers split the users into this many shards; partition p belongs to shard p mod shards
+    shard: int = 0  # this server's shard, 0..shards-1: it mirrors and answers only its partitions' users
+    shard_partitions: str = ""  # explicit layout instead of the rule, "0,2;1,3" = shard 0 holds 0 and 2, shard 1 holds 1 and 3
+    # Where clients find each shard: gRPC targets separated by ';' (replicas of one shard in one target, e.g.
+    # "ipv4:h1:50051,h2:50051"), or one target with {shard} in it ("dns:///xdm-recall-{shard}-headless:50051");
+    # "" with one shard: the address a client is given, else serving.host:port
+    shard_targets: str = ""
 
 
 @dataclass(frozen=True)
