@@ -1,0 +1,138 @@
+"""#28's runs, world by world, with the commands docs/experiments/plugin-protocol.md declares.
+
+For each world (a member of replay/world_family.py, or `world48k10d`, the default world) this runs, in
+order and skipping whatever a previous call finished (a stopped run goes on where it stopped):
+
+1. `xdm simulate` (the member's own command line) unless the folder holds it already;
+2. the declared peer check on validation days: `xdm ablate --variants sdm --peers` on the validation
+   split (the last --test-days held out unread, the days before them scored) into RUNS/W/peer-check;
+   taken with `Split.validation()` instead of writing a copy of the log without its last days: the
+   same cut, no second 200 MB log;
+3. `xdm train --model M` then `xdm evaluate` for the four bases and the four plug-in rows (each plug-in
+   row chooses λ on validation days by itself: learner/recipe.py);
+4. `xdm ablate --variants sdm --peers --resume` into RUNS/W/peers (the peers and the popularity floor);
+5. bench/plugin_tables.py over every world so far.
+
+Each command's output goes to RUNS/W/logs/; one line per step is printed with its time.
+
+    .venv/bin/python bench/plugin_runs.py --worlds exposure-follows-clicks,no-signal-window --jobs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from learner.ablation import ablate  # noqa: E402
+from learner.offline import TrainSettings  # noqa: E402
+from learner.split import DEFAULT_TEST_DAYS, Split  # noqa: E402
+from replay.world_family import FAMILY  # noqa: E402
+from xdm.config import load_config  # noqa: E402
+from xdm.model_config import model_overrides  # noqa: E402
+
+XDM = str(Path(sys.executable).with_name("xdm"))
+ROWS = ("sdm", "sasrec", "gru4rec", "hstu", "xdm", "xdm-sasrec", "xdm-gru4rec", "xdm-hstu")
+DEFAULT_WORLD = "world48k10d"
+
+
+def say(world: str, step: str, started: float) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {world}: {step} ({time.monotonic() - started:.0f} s)", flush=True)
+
+
+def run(cmd: list[str], log: Path) -> None:
+    """One declared command, its output in `log`; a failure stops the world with the log's name."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        out.write(" ".join(cmd) + "\n")
+        out.flush()
+        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[1:3])} failed (exit {done.returncode}); see {log}")
+
+
+def _run_record(out: Path) -> dict:
+    path = out / "run.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def world_data(name: str, worlds: Path) -> tuple[Path, list[str]]:
+    """The world's log folder and the command that writes it."""
+    if name == DEFAULT_WORLD:
+        folder = Path("var") / DEFAULT_WORLD
+        return folder, [XDM, "simulate", "--out", str(folder)]
+    folder = worlds / name
+    return folder, [XDM, "simulate", "--family", name, "--out", str(folder)]
+
+
+def peer_check(data: Path, out: Path, jobs: int) -> None:
+    """Step 2: the peers and SDM on the validation split (module docstring)."""
+    if (out / "ablation.json").exists():
+        return
+    cfg = load_config()  # what `xdm ablate` reads: the config's window, sample and learner settings
+    lc = cfg.learner
+    split = Split(data, cfg.windows, cfg.samples, DEFAULT_TEST_DAYS).validation()
+    settings = TrainSettings(epochs=3, batch_size=lc.batch_size, seed=lc.seed, lr=lc.lr, adagrad_init=lc.adagrad_init,
+                             lr_warmup_steps=lc.lr_warmup_steps, clip_norm=lc.clip_norm, device=lc.device,
+                             threads=lc.torch_threads)
+    ablate(split, out, variants=("sdm",), settings=settings, model_overrides=model_overrides(cfg.model), peers=True,
+           workers=jobs, resume=True, progress=False)
+
+
+def run_world(name: str, args: argparse.Namespace) -> None:
+    started = time.monotonic()
+    data, simulate_cmd = world_data(name, args.worlds)
+    runs = args.runs / name
+    logs = runs / "logs"
+    if not (data / "events.csv").exists():
+        run(simulate_cmd, logs / "simulate.log")
+        say(name, "simulated", started)
+    peer_check(data, runs / "peer-check", args.jobs)
+    say(name, "peer check on validation days", started)
+    for row in ROWS:
+        out = runs / row
+        if "choice" not in _run_record(out):  # written last by `xdm train`: the row finished
+            run([XDM, "train", "--data", str(data), "--model", row, "--out", str(out), "--jobs", str(args.jobs)],
+                logs / f"train-{row}.log")
+        if not (out / "eval.json").exists():
+            run([XDM, "evaluate", str(out)], logs / f"evaluate-{row}.log")
+        say(name, f"{row} trained and evaluated", started)
+    if not (runs / "peers" / "ablation.json").exists():
+        run([XDM, "ablate", "--data", str(data), "--variants", "sdm", "--peers", "--out", str(runs / "peers"),
+             "--jobs", str(args.jobs), "--resume"], logs / "ablate-peers.log")
+    say(name, "peers and floor", started)
+    tables(args)
+
+
+def tables(args: argparse.Namespace) -> None:
+    run([sys.executable, "bench/plugin_tables.py", "--runs", str(args.runs), "--out", str(args.out)],
+        args.runs / "tables.log")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--worlds-list", "--worlds", dest="names", required=True,
+                        help=f"comma-separated: members of replay/world_family.py or {DEFAULT_WORLD}")
+    parser.add_argument("--family-dir", dest="worlds", type=Path, default=Path("var/family"))
+    parser.add_argument("--runs", type=Path, default=Path("var/plugin28"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/plugin28"))
+    parser.add_argument("--jobs", type=int, default=1, help="models trained side by side")
+    args = parser.parse_args(argv)
+    known = set(FAMILY) | {DEFAULT_WORLD}
+    names = [n.strip() for n in args.names.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        parser.error(f"unknown world(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    for name in names:
+        run_world(name, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
