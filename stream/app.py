@@ -16,10 +16,11 @@ from faust.types import TP
 
 from stream.dlq import DeadLetterSink
 from stream.mirror import TopicMirror
+from stream.mirror_values import DiskValues, MirrorValues
 from stream.mirror_letters import MirrorDeadLetters
 from stream.consumer import CountingMonitor, RawBytesSchema, XdmFaustApp, set_stream_yield_every
 from stream.topics import WINDOWS_TABLE
-from stream.wire import decode_item, decode_profile
+from stream.wire import decode_item, decode_profile, encode_item
 from xdm.client_security import kafka_client_kwargs
 from xdm.config import Config
 from xdm.records import Item, UserProfile
@@ -100,7 +101,7 @@ def make_app(cfg: Config) -> StreamApp:
     samples = app.topic(k.samples_topic, key_type=bytes, value_type=bytes, partitions=k.partitions, **raw)
     dead_letters = app.topic(k.dlq_topic, key_type=bytes, value_type=bytes, partitions=1, **raw)
     windows = app.Table(WINDOWS_TABLE, default=None, key_type=bytes, value_type=bytes, partitions=k.partitions)
-    catalogue = TopicMirror(k, k.items_topic, decode_item, name="catalogue")
+    catalogue = TopicMirror(k, k.items_topic, decode_item, name="catalogue", values=catalogue_values(cfg))
     profiles = TopicMirror(k, k.users_topic, decode_profile, name="profiles")
     counters = Counters()
     # Every worker mirrors both topics whole; only the holder of clicks partition 0 writes their letters
@@ -109,3 +110,12 @@ def make_app(cfg: Config) -> StreamApp:
                                 TP(k.clicks_topic, 0))
     catalogue.on_reject = profiles.on_reject = letters.reject
     return StreamApp(cfg, app, events, samples, dead_letters, windows, catalogue, profiles, counters, letters)
+
+
+def catalogue_values(cfg: Config) -> MirrorValues[Item]:
+    """Where the worker's catalogue mirror keeps its items: RocksDB under the data dir (memory that does not
+    grow with the catalogue, docs/capacity.md §3), or a dict."""
+    if cfg.stream.catalogue_store == "memory":
+        return {}
+    path = Path(cfg.stream.data_dir) / "mirrors" / "catalogue"
+    return DiskValues(path, encode_item, decode_item, cfg.stream.catalogue_cache_items)

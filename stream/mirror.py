@@ -11,6 +11,9 @@ The reader loop runs under a Supervisor (xdm/supervision.py): a failed fetch res
 One record that cannot be used (no key, undecodable, refused by `on_update`) is counted in
 `xdm_bad_records_total{reader}`, handed to `on_reject` (the worker dead-letters it) and skipped: it
 never ends the loop, and it never replaces the key's last good value.
+
+Values live in a dict unless the owner passes another store (stream/mirror_values.py): the catalogue
+keeps them in RocksDB, so a worker's memory does not grow with the catalogue.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import Counter
 
 from stream.broker_loss import ReadPositions, check_aiokafka
+from stream.mirror_values import MirrorValues
 from stream.partitions import find_partitions
 from stream.true_ends import probe_with_own_consumer
 from xdm.client_security import kafka_client_kwargs
@@ -39,14 +43,15 @@ class TopicMirror(Generic[V]):
     """Keeps {key: decode(value)} for one topic; a None value (tombstone) deletes the key."""
 
     def __init__(self, kafka: KafkaConfig, topic: str, decode: Callable[[bytes], V], name: str = "",
-                 read_committed: bool = False, supervisor: Supervisor | None = None) -> None:
+                 read_committed: bool = False, supervisor: Supervisor | None = None,
+                 values: MirrorValues[V] | None = None) -> None:
         self.kafka = kafka
         # a topic written in transactions (kafka.exactly_once) must not show records of aborted ones
         self.isolation_level = "read_committed" if read_committed else "read_uncommitted"
         self.topic = topic
         self.decode = decode
         self.name = name or topic
-        self.values: dict[str, V] = {}
+        self.values: MirrorValues[V] = {} if values is None else values
         self.records = 0
         self.bad_records = 0
         self.supervisor = supervisor or Supervisor()

@@ -216,7 +216,7 @@ class WindowsUpdater:
         await self._ack(p.event for p in ready)
 
     def _incoming(self, ready: list[Pending]) -> Iterator[Incoming]:
-        catalogue = self.sa.catalogue.values  # the mirror's dict: this runs once per event
+        catalogue = self.sa.catalogue.values  # the mirror's store, not the mirror: this runs once per event
         for p in ready:
             record = p.record
             if record is None:

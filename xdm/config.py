@@ -59,6 +59,8 @@ class StreamConfig:
     app_id: str = "xdm-stream"  # Faust app id: consumer group and changelog topic prefix
     store: str = "rocksdb://"  # Faust table store URL
     data_dir: str = "var/stream"  # folder of the worker's RocksDB tables
+    catalogue_store: str = "rocksdb"  # the worker's catalogue mirror: "rocksdb" (under data_dir, rebuilt at start) or "memory" (a dict)
+    catalogue_cache_items: int = 10_000  # decoded catalogue items kept in memory beside the RocksDB mirror
     web_port: int = 0  # Faust web port (0 = pick a free one)
     max_event_bytes: int = 65536  # larger payloads go to the dead-letter topic
     max_future_ms: int = 86_400_000  # events stamped further than this past wall clock are rejected
@@ -74,6 +76,10 @@ class StreamConfig:
     yield_every: int = 64  # Faust's stream iterator yields to the event loop once per this many records (1 = Faust's)
     user_retention_ms: int = 0  # users idle this long (event time, ms) leave the windows table, tombstoned; 0 = kept forever
     retention_sweep_s: float = 600.0  # how often (s) the worker looks for users idle past user_retention_ms
+
+    def __post_init__(self) -> None:
+        if self.catalogue_store not in ("rocksdb", "memory"):
+            raise ValueError(f"stream.catalogue_store must be 'rocksdb' or 'memory', got {self.catalogue_store!r}")
 
 
 @dataclass(frozen=True)
