@@ -30,8 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from learner.ablation import ablate  # noqa: E402
+from learner.ablation import PEER_ROW_PREFIX, ablate  # noqa: E402
 from learner.offline import TrainSettings  # noqa: E402
+from learner.peers import PEERS  # noqa: E402
 from learner.split import DEFAULT_TEST_DAYS, Split  # noqa: E402
 from replay.world_family import FAMILY  # noqa: E402
 from xdm.config import load_config  # noqa: E402
@@ -62,6 +63,14 @@ def _run_record(out: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _has_every_peer(report: Path) -> bool:
+    """Whether an ablation report holds a row for each peer learner/peers.py has now (resume trains the rest)."""
+    if not report.exists():
+        return False
+    rows = json.loads(report.read_text())["summary"]
+    return all(PEER_ROW_PREFIX + peer in rows for peer in PEERS)
+
+
 def world_data(name: str, worlds: Path) -> tuple[Path, list[str]]:
     """The world's log folder and the command that writes it."""
     if name == DEFAULT_WORLD:
@@ -73,7 +82,7 @@ def world_data(name: str, worlds: Path) -> tuple[Path, list[str]]:
 
 def peer_check(data: Path, out: Path, jobs: int) -> None:
     """Step 2: the peers and SDM on the validation split (module docstring)."""
-    if (out / "ablation.json").exists():
+    if _has_every_peer(out / "ablation.json"):
         return
     cfg = load_config()  # what `xdm ablate` reads: the config's window, sample and learner settings
     lc = cfg.learner
@@ -103,7 +112,7 @@ def run_world(name: str, args: argparse.Namespace) -> None:
         if not (out / "eval.json").exists():
             run([XDM, "evaluate", str(out)], logs / f"evaluate-{row}.log")
         say(name, f"{row} trained and evaluated", started)
-    if not (runs / "peers" / "ablation.json").exists():
+    if not _has_every_peer(runs / "peers" / "ablation.json"):
         run([XDM, "ablate", "--data", str(data), "--variants", "sdm", "--peers", "--out", str(runs / "peers"),
              "--jobs", str(args.jobs), "--resume"], logs / "ablate-peers.log")
     say(name, "peers and floor", started)

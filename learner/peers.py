@@ -1,4 +1,4 @@
-"""Peer baselines from torch-rechub (GRU4Rec, NARM, SASRec) on the same samples, split and metrics as XDM.
+"""Peer baselines from torch-rechub (GRU4Rec, NARM, SASRec, HSTU) on the same samples, split and metrics as XDM.
 
 torch-rechub 0.9.0 is an optional dependency (`pip install '.[bench]'`). Its package imports
 scikit-learn at load time (torch_rechub/utils/data.py, for AUC helpers), so the extra needs it too;
@@ -7,7 +7,8 @@ only feeds them our samples and trains them:
 
 - input: the sample's clicked history, the long-term then the short-term window (oldest first), the
   newest MAX_LEN item ids; an empty history is the single token NO_CLICK. These models read item ids
-  only (no side info, no unclicked window). GRU4Rec also reads the user profile fields as its
+  only (no side info, no unclicked window, no timestamps: HSTU runs without its time embedding and
+  bias). GRU4Rec also reads the user profile fields as its
   user features (its YouTube-DNN-style user tower), or one constant feature when the log has none.
 - objective: softmax cross-entropy of the user vector against EVERY item, averaged over the sample's
   labels (the full version of XDM's sampled softmax; 5 k items make it cheap). GRU4Rec's vectors are
@@ -47,19 +48,21 @@ from xdm.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-PEERS = ("gru4rec", "narm", "sasrec")
+PEERS = ("gru4rec", "narm", "sasrec", "hstu")
 MAX_LEN = 50  # newest clicked items a peer reads (SASRec's position table size)
 NO_CLICK = 1  # item row of the "no clicked history" token; row 0 is padding
 EMBED_DIM = 64  # same Le as the XDM rows' default
 ADAM_LR = 1e-3
 CLIP_NORM = 5.0
 GRU4REC_TEMPERATURE = 0.05  # cosine logits / temperature
+HSTU_SHAPE = {"n_heads": 2, "n_layers": 2, "dqk": 32, "dv": 32}  # two layers as our own HSTU base; heads of 32
 
 
 def recipe() -> dict[str, Any]:
     """What every peer is trained with besides the shared TrainSettings (recorded in run.json)."""
     return {"library": "torch-rechub 0.9.0", "embed_dim": EMBED_DIM, "max_len": MAX_LEN,
-            "optimizer": f"Adam lr {ADAM_LR}, clip {CLIP_NORM}", "gru4rec_temperature": GRU4REC_TEMPERATURE}
+            "optimizer": f"Adam lr {ADAM_LR}, clip {CLIP_NORM}", "gru4rec_temperature": GRU4REC_TEMPERATURE,
+            "hstu": {**HSTU_SHAPE, "time_embedding": False}}
 
 
 class PeerUnavailable(XdmError):
@@ -69,12 +72,13 @@ class PeerUnavailable(XdmError):
 def _rechub():
     try:
         from torch_rechub.basic.features import SequenceFeature, SparseFeature
+        from torch_rechub.models.generative.hstu import HSTUModel
         from torch_rechub.models.matching import NARM, SASRec, GRU4Rec
     except ImportError as exc:
         raise PeerUnavailable(
             f"--peers needs torch-rechub 0.9.0 and scikit-learn (torch-rechub imports it at load time): "
             f"pip install '.[bench]' ({exc})") from None
-    return SequenceFeature, SparseFeature, GRU4Rec, NARM, SASRec
+    return SequenceFeature, SparseFeature, GRU4Rec, NARM, SASRec, HSTUModel
 
 
 class PeerInputs:
@@ -139,7 +143,7 @@ class Peer(nn.Module):
 
     def __init__(self, name: str, inputs: PeerInputs) -> None:
         super().__init__()
-        SequenceFeature, SparseFeature, GRU4Rec, NARM, SASRec = _rechub()
+        SequenceFeature, SparseFeature, GRU4Rec, NARM, SASRec, HSTUModel = _rechub()
         self.name, self.inputs = name, inputs
         n, d = inputs.n_items, EMBED_DIM
         if name == "gru4rec":
@@ -156,6 +160,10 @@ class Peer(nn.Module):
             self.model = SASRec([seq, SequenceFeature("pos", n, d, pooling="concat", shared_with="seq"),
                                  SequenceFeature("neg", n, d, pooling="concat", shared_with="seq")],
                                 max_len=MAX_LEN, dropout_rate=0.2, num_blocks=2, num_heads=1)
+        elif name == "hstu":
+            # No timestamp reaches the peers (nor our bases): the time embedding and bias stay off.
+            self.model = HSTUModel(n, d_model=d, max_seq_len=MAX_LEN, dropout=0.2, use_time_embedding=False,
+                                   **HSTU_SHAPE)
         else:
             raise ValueError(f"unknown peer {name!r}; choose one of {', '.join(PEERS)}")
         self.model.mode = "user"  # user_tower returns [B, D] user vectors
@@ -165,21 +173,38 @@ class Peer(nn.Module):
             x = {"hist": self.inputs.history(samples, left_pad=True, fixed=False), **self.inputs.profile(samples)}
         elif self.name == "narm":
             x = {"hist": self.inputs.history(samples, left_pad=False, fixed=False)}
+        elif self.name == "hstu":
+            return self._hstu_user_vectors(self.inputs.history(samples, left_pad=False, fixed=False))
         else:
             x = {"seq": self.inputs.history(samples, left_pad=False, fixed=True)}
         return self.model.user_tower(x)
+
+    def _hstu_user_vectors(self, x: Tensor) -> Tensor:
+        """HSTUModel.forward's own layers up to its output, read at each sequence's newest click: its forward
+        returns logits for every position over every item, [B, L, N], which at 50 k items is gigabytes."""
+        m = self.model
+        mask = x.ne(0)
+        h = m.token_embedding(x) + m.position_embedding(torch.arange(x.shape[1], device=x.device)).unsqueeze(0)
+        h = m.dropout(h * mask.unsqueeze(-1).to(h.dtype))
+        h = m.hstu_block(h, padding_mask=mask, time_diffs=None)
+        newest = mask.sum(1).clamp(min=1) - 1
+        return h[torch.arange(x.shape[0], device=x.device), newest]
 
     def item_vectors(self) -> Tensor:
         if self.name == "gru4rec":
             return F.normalize(self.model.embedding.embed_dict["item"].weight, p=2, dim=-1)
         if self.name == "narm":
             return self.model.item_emb.weight
+        if self.name == "hstu":
+            return self.model.token_embedding.weight  # tied output projection, as HSTUModel scores
         return self.model.item_emb.embed_dict["seq"].weight
 
     def scores(self, samples: list) -> Tensor:
         logits = self.user_vectors(samples) @ self.item_vectors().T
         if self.name == "gru4rec":
             logits = logits / GRU4REC_TEMPERATURE
+        if self.name == "hstu":
+            logits = logits + self.model.output_bias
         logits[:, :2] = float("-inf")  # padding and the no-click token are never recommended
         return logits
 

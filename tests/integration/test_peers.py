@@ -27,3 +27,24 @@ def test_every_peer_trains_and_beats_the_popularity_free_random_ranking(tmp_path
         hr50 = result["summary"]["hr@50"]["mean"]
         assert hr50 > 50 / result["n_items_ranked"], (name, hr50)
         assert (tmp_path / name / "eval.json").exists()
+
+
+@pytest.mark.timeout(120)
+def test_hstu_peer_scores_are_hstu_models_own_logits_at_the_newest_click(tmp_path):
+    """The peer reads HSTUModel's layers up to its output at one position; its scores must be the logits
+    HSTUModel.forward gives there (forward itself scores every position and is too big at 50 k items)."""
+    import torch
+
+    from learner.peers import Peer, PeerInputs
+
+    simulate(60, 200, 4, 5, tmp_path / "world", progress=False)
+    data = build_offline_data(Split(tmp_path / "world"), progress=False)
+    peer = Peer("hstu", PeerInputs(data.train)).eval()
+    samples = [data.train[i] for i in range(16)]
+    x = peer.inputs.history(samples, left_pad=False, fixed=False)
+    with torch.no_grad():
+        ours = peer.scores(samples)[:, 2:]
+        full = peer.model(x)
+        newest = x.ne(0).sum(1) - 1
+        theirs = full[torch.arange(len(samples)), newest][:, 2:]
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
