@@ -37,6 +37,7 @@ import grpc
 from learner.metrics import metrics_at
 from replay.learner_wait import LearnerWait
 from replay.producer import make_producer, produce_catalogue
+from replay.skipped import SkipIndex, flat_fields
 from replay.worker_sync import WorkerSync
 from serving.arms import Arms
 from xdm.config import Config
@@ -81,6 +82,7 @@ class ScoredRequest:
     mrr80: float
     r80: float
     f180: float
+    skip: dict = field(default_factory=dict)  # replay.skipped's columns, written flat into scores.jsonl
 
 
 @dataclass
@@ -177,6 +179,7 @@ class Replayer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         resume_at = self._resume_point()
         clicks = index_clicks(self.log_dir)
+        self.skips = SkipIndex(self.cfg.windows.unclicked_ms, read_items(self.log_dir))
         return asyncio.run(self._run(clicks, resume_at, progress_bar, limit_events))
 
     async def _run(self, clicks: ClickIndex, resume_at: int, bar_on: bool, limit: int | None) -> ReplayProgress:
@@ -203,6 +206,8 @@ class Replayer:
                     if batch[0].ts_ms >= self.progress.log_start_ms + self.opts.warm_days * DAY_MS:
                         await self._score(stub, batch, clicks, scores)
                 workers.send(batch)
+                for event in batch:
+                    self.skips.add(event)
                 self.progress.events_sent += len(batch)
                 self.progress.slices += 1
                 bar.update(len(batch))
@@ -236,11 +241,14 @@ class Replayer:
             ranked = [i.item_id for i in answer.items]
             m50, m80 = (metrics_at(ranked, labels, n) for n in CUTS)
             return ScoredRequest(user, ts, answer.arm, answer.model_version, answer.fallback,
-                                 m50.hr, m50.mrr, m50.recall, m50.f1, m80.hr, m80.mrr, m80.recall, m80.f1)
+                                 m50.hr, m50.mrr, m50.recall, m50.f1, m80.hr, m80.mrr, m80.recall, m80.f1,
+                                 flat_fields(self.skips.figures(user, ts, ranked)))
 
         for scored in await asyncio.gather(*(one(*w, arm) for w in wanted for arm in self.asked_arms)):
             if scored is not None:
-                out.write(json.dumps(asdict(scored)) + "\n")
+                row = asdict(scored)
+                row.update(row.pop("skip"))
+                out.write(json.dumps(row) + "\n")
                 self.progress.scored += 1
         out.flush()
 

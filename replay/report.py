@@ -15,6 +15,7 @@ import numpy as np
 
 from infra.learner_settings import describe, recorded
 from replay.abstats import arm_estimate, compare_means, compare_paired
+from replay.skipped import GROUPS, REPORTED
 from xdm.plotting import pyplot
 from xdm.time_units import DAY_MS
 
@@ -39,10 +40,12 @@ def load_scores(out_dir: Path) -> list[dict]:
 
 
 def user_means(rows: list[dict], metric: str) -> dict[str, dict[str, float]]:
-    """Arm -> user -> mean of `metric` over the user's requests (users are the unit of randomisation)."""
+    """Arm -> user -> mean of `metric` over the user's requests (users are the unit of randomisation);
+    requests without a value (None, or a column older scores lack) are left out."""
     sums: dict[tuple[str, str], list[float]] = defaultdict(list)
     for r in rows:
-        sums[(r["arm"], r["user_id"])].append(r[metric])
+        if r.get(metric) is not None:
+            sums[(r["arm"], r["user_id"])].append(r[metric])
     by_arm: dict[str, dict[str, float]] = defaultdict(dict)
     for (arm, user), values in sorted(sums.items()):
         by_arm[arm][user] = float(np.mean(values))
@@ -86,6 +89,7 @@ def build_report(out_dir: Path, baseline: str | None = None, seed: int = 0, alph
                      if paired else compare_means(values[base], values[arm], (base, arm), alpha=alpha, seed=seed))
                 report["comparisons"].append({"metric": metric, **c.as_dict()})
     report["over_time"] = _over_time(rows, arms, first_day)
+    report["responsiveness"] = _responsiveness(rows, arms, seed)
     (Path(out_dir) / "report.json").write_text(json.dumps(report, indent=2))
     (Path(out_dir) / "summary.md").write_text(summary_markdown(report))
     _plots(report, Path(out_dir))
@@ -117,9 +121,48 @@ def summary_markdown(report: dict) -> str:
         lines.append(f"| {LABELS[metric]} | " + " | ".join(cells + lifts) + " |")
     lines += ["", f"`*` significant at alpha = {report['alpha']}. Fallback answers (cold start): "
               + ", ".join(f"{a} {report['fallback_share'][a]:.1%}" for a in arms) + ".", "",
-              describe(report.get("learner_settings", {})), "", *_gate_lines(report), ""]
+              describe(report.get("learner_settings", {})), "", *_gate_lines(report), "",
+              *_responsiveness_lines(report)]
     lines += [f"![{LABELS[m]} over time]({m}.png)" for m in PLOTTED]
     return "\n".join(lines) + "\n"
+
+
+def _responsiveness(rows: list[dict], arms: list[str], seed: int) -> dict:
+    """Per arm and replay.skipped column: the mean over users (each user's mean over the requests that had
+    such skipped items) with its 95 % bootstrap interval, and how many users and requests it rests on."""
+    out: dict = {}
+    for column in REPORTED:
+        means = user_means(rows, column)
+        for arm in arms:
+            values = np.array(list(means.get(arm, {}).values()), dtype=float)
+            if len(values) < 2:
+                continue
+            est = arm_estimate(values, seed=seed)
+            out.setdefault(arm, {})[column] = {"mean": est.mean, "low": est.low, "high": est.high,
+                                               "users": est.users,
+                                               "requests": sum(r["arm"] == arm and r.get(column) is not None for r in rows)}
+    return out
+
+
+def _responsiveness_lines(report: dict) -> list[str]:
+    figures = report.get("responsiveness") or {}
+    if not figures:
+        return []
+    arms = sorted(figures)
+    lines = ["Responsiveness (replay.skipped; observational): of the items a user was shown k times without a "
+             "click in the unclicked span before a request, the share in the arm's top-50, and the share of the "
+             "top-50 in those items' leaves; mean over users [95 % interval].", "",
+             "| k | measure | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]
+    for group in GROUPS:
+        for what, label in (("in50", "skipped items in top-50"), ("leaf50", "top-50 in their leaves")):
+            column = f"skip_{group}_{what}"
+            cells = [_interval_cell(figures[a].get(column)) for a in arms]
+            lines.append(f"| {group[1:].replace('p', '+')} | {label} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _interval_cell(value: dict | None) -> str:
+    return f"{_pct(value['mean'])} [{_pct(value['low'])}, {_pct(value['high'])}]" if value else "–"
 
 
 def _aligned(a: dict[str, float], b: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
