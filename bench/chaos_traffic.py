@@ -114,7 +114,7 @@ class Callers:
             i += len(self._threads)
             started = self.clock()
             try:
-                answer = recall(self.cfg.serving, self.address, user, k=10, timeout_s=CALL_TIMEOUT_S)
+                answer = recall(self.cfg, self.address, user, k=10, timeout_s=CALL_TIMEOUT_S)
                 call = Call(started, user, self.clock() - started, "OK", answer.fallback, answer.model_version)
             except grpc.RpcError as exc:
                 call = Call(started, user, self.clock() - started, exc.code().name, False, 0)

@@ -103,7 +103,7 @@ def _recall_with_history(stack: Stack, user: str, timeout_s: float = 120.0) -> r
     address = f"127.0.0.1:{stack.cfg.serving.port}"
     deadline = time.monotonic() + timeout_s
     while True:
-        answer = recall(stack.cfg.serving, address, user, k=DEMO_K)
+        answer = recall(stack.cfg, address, user, k=DEMO_K)
         if not answer.fallback or time.monotonic() > deadline:
             return answer
         time.sleep(1.0)

@@ -36,15 +36,15 @@ from replay.abstats import compare_ratios, ratio_estimate
 from replay.learner_wait import LearnerProgress, LearnerWait
 from replay.simulate import simulate, world_for
 from replay.worker_sync import WorkerSync
+from serving.client import RecallClient
 from replay.world import World
 from xdm.config import Config
 from xdm.log_format import read_events
 from xdm.plotting import pyplot
 from xdm.progress import progress_bar
-from xdm.recall_channel import recall_aio_channel
 from xdm.records import Event
 from xdm.time_units import DAY_MS, HOUR_MS
-from xdm.v1 import recall_pb2, recall_pb2_grpc
+from xdm.v1 import recall_pb2
 
 log = logging.getLogger(__name__)
 
@@ -107,21 +107,20 @@ async def _run(cfg: Config, out_dir: Path, opts: ClosedLoopOptions, address: str
     daily: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     users_seen: dict[str, ArmTally] = defaultdict(lambda: ArmTally(defaultdict(int), defaultdict(int)))
     failed = 0
-    channel = recall_aio_channel(cfg.serving, address)
-    stub = recall_pb2_grpc.RecallStub(channel)
+    client = RecallClient(cfg, address)
     bar = progress_bar(total=opts.ab_days * opts.pages, desc="closed-loop pages", show=progress)
     try:
         for day in range(opts.warm_days, opts.warm_days + opts.ab_days):
-            failed += await _day(opts, world, stub, workers, rng, day, daily, users_seen, bar, learners)
+            failed += await _day(opts, world, client, workers, rng, day, daily, users_seen, bar, learners)
     finally:
         bar.close()
-        await channel.close()
+        await client.close()
         await workers.stop()
         producer.close(timeout=10)
     return _report(out_dir, opts, daily, users_seen, warm_up, failed, learners)
 
 
-async def _day(opts, world, stub, workers, rng, day, daily, tallies, bar, learners) -> int:
+async def _day(opts, world, client, workers, rng, day, daily, tallies, bar, learners) -> int:
     """One A/B day; returns the Recall calls that failed (those users saw no page)."""
     failed = 0
     active = np.flatnonzero(rng.random(opts.users) < opts.active_day_prob * world.users.activity)
@@ -133,7 +132,7 @@ async def _day(opts, world, stub, workers, rng, day, daily, tallies, bar, learne
         ts = start + page * 30_000
         await learners.caught_up()
         in_flight = asyncio.Semaphore(opts.concurrency)
-        answers = await asyncio.gather(*(_ask(stub, u, opts.candidates, in_flight) for u in user_ids))
+        answers = await asyncio.gather(*(_ask(client, u, opts.candidates, in_flight) for u in user_ids))
         failed += sum(answer is None for answer in answers)
         events: list[Event] = []
         for i, answer in enumerate(answers):
@@ -165,10 +164,10 @@ async def _day(opts, world, stub, workers, rng, day, daily, tallies, bar, learne
     return failed
 
 
-async def _ask(stub, user: str, k: int, gate: asyncio.Semaphore) -> tuple[str, list[str]] | None:
+async def _ask(client: RecallClient, user: str, k: int, gate: asyncio.Semaphore) -> tuple[str, list[str]] | None:
     try:
         async with gate:
-            answer = await stub.Recall(recall_pb2.RecallRequest(user_id=user, k=k), timeout=10)
+            answer = await client.recall(recall_pb2.RecallRequest(user_id=user, k=k), timeout_s=10)
     except grpc.aio.AioRpcError as err:
         log.warning("recall failed in the closed loop", extra={"code": err.code().name})
         return None

@@ -40,13 +40,13 @@ from replay.producer import make_producer, produce_catalogue
 from replay.skipped import SkipIndex, flat_fields
 from replay.worker_sync import WorkerSync
 from serving.arms import Arms
+from serving.client import RecallClient
 from xdm.config import Config
 from xdm.log_format import read_events, read_items, read_users
 from xdm.progress import progress_bar
-from xdm.recall_channel import recall_aio_channel
 from xdm.records import Event
 from xdm.time_units import DAY_MS
-from xdm.v1 import recall_pb2, recall_pb2_grpc
+from xdm.v1 import recall_pb2
 
 log = logging.getLogger(__name__)
 N_LABELS = 5
@@ -189,8 +189,7 @@ class Replayer:
         await workers.start()
         scores = open(self.out_dir / "scores.jsonl", "a" if resume_at else "w")
         bar = progress_bar(desc="replaying", unit="ev", show=bar_on, smoothing=0.05)
-        channel = recall_aio_channel(self.cfg.serving, self.address)
-        stub = recall_pb2_grpc.RecallStub(channel)
+        client = RecallClient(self.cfg, self.address)
         try:
             for batch in slices(read_events(self.log_dir), self.opts.slice_ms):
                 if limit is not None and self.progress.events_sent >= limit:
@@ -204,7 +203,7 @@ class Replayer:
                     if self.learners is not None:
                         await self.learners.caught_up()
                     if batch[0].ts_ms >= self.progress.log_start_ms + self.opts.warm_days * DAY_MS:
-                        await self._score(stub, batch, clicks, scores)
+                        await self._score(client, batch, clicks, scores)
                 workers.send(batch)
                 for event in batch:
                     self.skips.add(event)
@@ -219,13 +218,13 @@ class Replayer:
         finally:
             bar.close()
             scores.close()
-            await channel.close()
+            await client.close()
             await workers.stop()
             producer.close(timeout=10)
         self._save_state()
         return self.progress
 
-    async def _score(self, stub, batch: list[Event], clicks: ClickIndex, out) -> None:
+    async def _score(self, client: RecallClient, batch: list[Event], clicks: ClickIndex, out) -> None:
         wanted = [(u, t, clicks.next_clicks(u, t)) for u, t in requests_of(batch, self.opts)]
         wanted = [(u, t, labels) for u, t, labels in wanted if labels]
         gate = asyncio.Semaphore(self.opts.concurrency)
@@ -233,7 +232,7 @@ class Replayer:
         async def one(user: str, ts: int, labels: list[str], arm: str) -> ScoredRequest | None:
             async with gate:
                 try:
-                    answer = await stub.Recall(recall_pb2.RecallRequest(user_id=user, k=TOP_N, arm=arm), timeout=10)
+                    answer = await client.recall(recall_pb2.RecallRequest(user_id=user, k=TOP_N, arm=arm), timeout_s=10)
                 except grpc.aio.AioRpcError as err:
                     self.progress.errors += 1
                     log.warning("recall failed during replay", extra={"code": err.code().name})

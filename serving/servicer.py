@@ -3,6 +3,12 @@
 INVALID_ARGUMENT for a bad request (with the reason), DEADLINE_EXCEEDED when the caller's deadline runs
 out first, UNAVAILABLE when the vector store does not answer in time. A request takes the arm's current
 tower once, so a hot reload during the request cannot mix versions.
+
+FAILED_PRECONDITION for a user of another shard (serving.shards > 1), naming the owning shard: this server
+does not hold their windows, and an answer without them would be a silent cold start. It does not forward
+the call: a client that routes (serving/client.py) never sends one here, so a forward would only hide a
+client's wrong layout or targets while each of its calls cost two servers and a second hop, and every
+server would need channels to every other shard. The error makes the misconfiguration visible at once.
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ class RecallServicer(recall_pb2_grpc.RecallServicer):
         problem = request_problem(request, self.arms, self.max_k)
         if problem:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        owner = self.reader.owner_elsewhere(request.user_id)
+        if owner is not None:
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, wrong_shard(request.user_id, owner, self.reader.shard))
         arm = request.arm or self.arms.assign(request.user_id)
         with LATENCY.labels(arm).time():
             response = await self._answer(request, arm, context)
@@ -84,6 +93,11 @@ class RecallServicer(recall_pb2_grpc.RecallServicer):
         if live or tower is None:
             return live
         return [(item, 0.0) for item in tower.popular if item not in exclude][:k]  # before the stream is read
+
+
+def wrong_shard(user_id: str, owner: int, shard: int) -> str:
+    return (f"user {user_id!r} belongs to shard {owner}; this server is shard {shard} and does not hold their "
+            "windows: route calls by the user's shard (serving.shard_targets, serving/client.py)")
 
 
 def request_problem(request: recall_pb2.RecallRequest, arms: Arms, max_k: int) -> str:

@@ -1,11 +1,11 @@
 """A local, read-only mirror of a keyed topic: key -> latest value, for the catalogue and read replicas.
 
-It reads every partition from the beginning, without a consumer group, so any number of processes on any
-machine can hold one. `caught_up` is declared once the reader has passed the topic's true end as it was
-when reading began: the embedded broker can report an end offset below the true high watermark
-(STACK.md), so that end is probed by reading past it, never taken from the report alone. Records written
-after that point do not hold the mirror back: on a busy changelog a fetch is never empty, and a mirror
-that waited for an empty one never became ready.
+It reads every partition (or its `share`: a Recall server's shard) from the beginning, without a consumer
+group, so any number of processes on any machine can hold one. `caught_up` is declared once the reader
+has passed the topic's true end as it was when reading began: the embedded broker can report an end
+offset below the true high watermark (STACK.md), so that end is probed by reading past it, never taken
+from the report alone. Records written after that point do not hold the mirror back: on a busy changelog
+a fetch is never empty, and a mirror that waited for an empty one never became ready.
 
 The reader loop runs under a Supervisor (xdm/supervision.py): a failed fetch restarts it with backoff.
 One record that cannot be used (no key, undecodable, refused by `on_update`) is counted in
@@ -27,7 +27,7 @@ from prometheus_client import Counter
 
 from stream.broker_loss import ReadPositions, check_aiokafka
 from stream.mirror_values import MirrorValues
-from stream.partitions import find_partitions
+from stream.partitions import PartitionShare, find_partitions
 from stream.true_ends import probe_with_own_consumer
 from xdm.client_security import kafka_client_kwargs
 from xdm.config import KafkaConfig
@@ -65,6 +65,8 @@ class TopicMirror(Generic[V]):
         self.on_update: Callable[[str, V | None], None] | None = None
         # Called with (record, reason) for each record skipped as bad.
         self.on_reject: Callable[[Any, str], Awaitable[None]] | None = None
+        # Set before start(): read only these partitions (a Recall server's shard of the changelog); None: all.
+        self.share: PartitionShare | None = None
 
     @property
     def caught_up(self) -> bool:
@@ -79,6 +81,9 @@ class TopicMirror(Generic[V]):
                                           isolation_level=self.isolation_level)
         await self._consumer.start()
         partitions = await find_partitions(self._consumer, self.topic)
+        if self.share is not None:
+            picked = self.share.pick(self.topic, [tp.partition for tp in partitions])
+            partitions = [TopicPartition(self.topic, p) for p in picked]
         self._consumer.assign(partitions)
         await self._consumer.seek_to_beginning(*partitions)
         self._task = self.supervisor.start(f"mirror-{self.name}", lambda: self._run(partitions))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
+from typing import Sequence
 
 import aiokafka
 import kafka
@@ -57,3 +59,28 @@ def find_partitions_blocking(consumer: kafka.KafkaConsumer, topic: str,
         if time.monotonic() >= deadline:
             raise missing(topic, timeout_s)
         time.sleep(RETRY_S)
+
+
+@dataclass(frozen=True)
+class PartitionShare:
+    """Some of a topic's partitions (a Recall server's shard of the changelog, xdm/shards.py), for a topic
+    that must have `of` partitions: with another count, the clients' hash would route users elsewhere."""
+
+    partitions: tuple[int, ...]
+    of: int  # the topic's partition count the share was dealt from (kafka.partitions)
+
+    def pick(self, topic: str, found: Sequence[int]) -> list[int]:
+        """These partitions, after checking them against the partitions `found` on the broker."""
+        if len(found) != self.of:
+            raise TopicLayoutMismatch(f"topic {topic} has {len(found)} partitions but kafka.partitions is {self.of}: "
+                                      "users would be routed to shards by the wrong count; set kafka.partitions to "
+                                      f"{len(found)} on servers and clients (or recreate the topic)")
+        absent = sorted(set(self.partitions) - set(found))
+        if absent:
+            raise TopicLayoutMismatch(f"topic {topic} has no partition {absent} (it has {sorted(found)}); "
+                                      "check serving.shards, serving.shard and serving.shard_partitions")
+        return sorted(self.partitions)
+
+
+class TopicLayoutMismatch(ServiceError):
+    """A topic's partitions are not the ones a reader's configuration was made for."""

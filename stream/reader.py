@@ -15,6 +15,9 @@ A changelog record this code cannot read (a newer state format during a rolling 
 row) is refused by the mirror and counted; the user keeps the windows of their last good record. Only
 the format byte is checked on arrival (a full decode of every record would cost the replica its
 speed); a user whose stored state still fails to decode on read is answered as one without windows.
+
+A sharded server (serving.shards > 1, xdm/shards.py) mirrors only its shard's changelog partitions, so it
+holds 1/shards of the users; which of them are its own, `owner_elsewhere` says from the user id alone.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ import logging
 from collections import OrderedDict
 
 from stream.mirror import BAD_RECORDS, TopicMirror
+from stream.partitions import PartitionShare
 from stream.state_codec import FORMAT_VERSION, StateFormatError, UnsupportedStateVersion, decode_state
 from stream.topics import changelog_topic
 from stream.windows import NO_EVENTS, WindowRows, Windows, snapshot_rows, windows_of
 from xdm.config import Config
+from xdm.shards import ShardLayout, shard_layout
 from xdm.stream_rules import WindowRules
 from xdm.supervision import Supervisor
 
@@ -47,6 +52,17 @@ class WindowsReader:
         # what a lost changelog means for this replica (stream/broker_loss.py); the server also turns NOT_SERVING
         self.mirror.read_positions.consequence = ("windows must be rebuilt: wipe the workers' stream.data_dir, "
                                                   "replay the events, then restart the servers")
+        self.shard = cfg.serving.shard
+        self.layout = served_layout(cfg)
+        if self.layout is not None:
+            self.mirror.share = PartitionShare(tuple(self.layout.partitions_of(self.shard)), self.layout.partitions)
+
+    def owner_elsewhere(self, user_id: str) -> int | None:
+        """The shard that holds `user_id` when it is not this replica's (None: this one, or unsharded)."""
+        if self.layout is None:
+            return None
+        owner = self.layout.shard_of_user(user_id)
+        return None if owner == self.shard else owner
 
     async def start(self, wait_s: float = 60.0) -> None:
         await self.mirror.start()
@@ -99,6 +115,13 @@ class WindowsReader:
             del self._cache[user_id]
         else:
             self._compute(user_id, raw)
+
+
+def served_layout(cfg: Config) -> ShardLayout | None:
+    """The shard layout a sharded server serves (checked against its config), None for one unsharded replica."""
+    if cfg.serving.shards == 1 and not cfg.serving.shard_partitions:
+        return None
+    return shard_layout(cfg)
 
 
 def readable_state(raw: bytes) -> bytes:

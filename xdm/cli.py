@@ -343,17 +343,17 @@ def serve(ctx: click.Context) -> None:
 @click.argument("user_id")
 @click.option("-k", type=click.IntRange(min=1), default=10, show_default=True, help="Number of items.")
 @click.option("--arm", default="", help="Explicit arm (default: sticky assignment).")
-@click.option("--address", default=None, help="host:port (default: serving.host:serving.port).")
+@click.option("--address", default="", help="host:port, or each shard's target as in serving.shard_targets "
+              "(default: serving.shard_targets, else serving.host:serving.port).")
 @click.option("--exclude-clicked", is_flag=True, help="Drop items the user already clicked.")
 @click.pass_context
 @friendly
-def recall_cmd(ctx: click.Context, user_id: str, k: int, arm: str, address: str | None, exclude_clicked: bool) -> None:
+def recall_cmd(ctx: click.Context, user_id: str, k: int, arm: str, address: str, exclude_clicked: bool) -> None:
     """Ask the Recall server for USER_ID's top-k items (TLS with serving.tls_ca, token with serving.auth_token_file)."""
     from serving.client import recall
 
     cfg = _cfg(ctx)
-    answer = recall(cfg.serving, address or f"{cfg.serving.host}:{cfg.serving.port}", user_id, k, arm,
-                    exclude_clicked=exclude_clicked)
+    answer = recall(cfg, address, user_id, k, arm, exclude_clicked=exclude_clicked)
     _print_answer(user_id, answer)
 
 

@@ -32,10 +32,10 @@ def test_recall_answers_with_catalogue_items_of_the_current_version(tmp_path: Pa
         assert latest is not None and 1 <= answer.model_version <= latest.version
 
         address = f"127.0.0.1:{result.stack.cfg.serving.port}"
-        again = recall(result.stack.cfg.serving, address, result.user_id, k=5, request_id="req-42")
+        again = recall(result.stack.cfg, address, result.user_id, k=5, request_id="req-42")
         assert again.request_id == "req-42" and len(again.items) == 5
         with pytest.raises(grpc.RpcError) as bad:
-            recall(result.stack.cfg.serving, address, "", k=5)
+            recall(result.stack.cfg, address, "", k=5)
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         result.stack.stop()

@@ -99,13 +99,13 @@ def _with(cfg: Config, **serving) -> Config:
 
 @pytest.mark.timeout(180)
 def test_the_client_speaks_tls_with_the_token_and_a_call_without_it_is_unauthenticated(guarded, tmp_path):
-    answer = recall(guarded.client.serving, guarded.address, "new-user", k=5, request_id="t1", timeout_s=10)
+    answer = recall(guarded.client, guarded.address, "new-user", k=5, request_id="t1", timeout_s=10)
     assert answer.fallback and answer.request_id == "t1"  # an empty system answers from the (empty) popular list
     wrong = tmp_path / "wrong-token"
     wrong.write_text("not-the-token")
     for cfg in (_with(guarded.client, auth_token_file=""), _with(guarded.client, auth_token_file=str(wrong))):
         with pytest.raises(grpc.RpcError) as refused:
-            recall(cfg.serving, guarded.address, "new-user", k=5, timeout_s=10)
+            recall(cfg, guarded.address, "new-user", k=5, timeout_s=10)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, refused.value.details()
         assert "bearer token" in refused.value.details()
 
