@@ -432,3 +432,77 @@ def k8s_args(container: dict) -> list[str]:
 def _pod_spec(workload: dict) -> dict:
     return workload["spec"]["template"]["spec"]
 
+
+
+# ---- Kubernetes, sharded Recall servers (infra/k8s-sharded: a kustomize overlay of infra/k8s)
+
+K8S_SHARDED_DIR = ROOT / "infra" / "k8s-sharded"
+
+
+def sharded_documents() -> list[dict]:
+    """infra/k8s-sharded as `kubectl apply -k` would send it (kubectl's own kustomize, or kustomize)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("kubectl"):
+        argv = ["kubectl", "kustomize", str(K8S_SHARDED_DIR)]
+    elif shutil.which("kustomize"):
+        argv = ["kustomize", "build", str(K8S_SHARDED_DIR)]
+    else:
+        pytest.skip("neither kubectl nor kustomize is installed to render infra/k8s-sharded")
+    rendered = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    return [d for d in yaml.safe_load_all(rendered.stdout) if d]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_sharded_k8s_manifests_are_valid_against_the_api_schemas(version):
+    kv = _kubernetes_validate()
+    for doc in sharded_documents():
+        try:
+            kv.validate(doc, version, strict=True)
+        except kv.ValidationError as exc:
+            pytest.fail(f"infra/k8s-sharded {doc['kind']}/{doc['metadata']['name']} is invalid for {version}: {exc}")
+
+
+def test_sharded_k8s_has_one_service_a_shard_that_selects_only_that_shards_servers():
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in sharded_documents()}
+    config = docs[("ConfigMap", "xdm-config")]["data"]
+    servers = {name: d for (kind, name), d in docs.items() if kind == "Deployment" and name.startswith("xdm-server")}
+    shards = int(config["XDM_SERVING__SHARDS"])
+    assert sorted(servers) == [f"xdm-server-shard-{s}" for s in range(shards)] and shards >= 2  # no unsharded one
+    assert not [name for kind, name in docs if kind == "Service" and name in ("xdm-recall", "xdm-recall-headless")]
+    client = load_config("cluster", env=config)
+    from serving.client import shard_targets
+    from xdm.shards import shard_layout
+
+    targets = shard_targets(client)
+    for s in range(shards):
+        server = servers[f"xdm-server-shard-{s}"]
+        container = _pod_spec(server)["containers"][0]
+        cfg = load_config(_profile(k8s_args(container)), env=_container_env(config, container))
+        assert cfg.serving.shard == s and cfg.serving.shards == shards
+        assert shard_layout(cfg).partitions_of(s) == list(range(s, cfg.kafka.partitions, shards))
+        service = docs[("Service", f"xdm-recall-shard-{s}")]
+        assert service["spec"]["clusterIP"] == "None"  # headless: DNS lists each ready pod for round robin
+        assert targets[s] == f"dns:///{service['metadata']['name']}.xdm.svc.cluster.local:50051"
+        selected = [name for name, d in servers.items()
+                    if service["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+        assert selected == [f"xdm-server-shard-{s}"], (service["metadata"]["name"], selected)
+        pdb = docs[("PodDisruptionBudget", f"xdm-server-shard-{s}")]
+        assert pdb["spec"]["selector"]["matchLabels"] == server["spec"]["selector"]["matchLabels"]
+        assert docs[("HorizontalPodAutoscaler", f"xdm-server-shard-{s}")]["spec"]["scaleTargetRef"]["name"] == server["metadata"]["name"]
+        assert server["spec"]["replicas"] >= 2
+
+
+def test_a_shards_server_pods_are_the_unsharded_servers_plus_their_shard():
+    """The shard template's pod spec may not drift from infra/k8s/server.yaml's: only XDM_SERVING__SHARD is added."""
+    def pod(path: Path, name: str) -> dict:
+        return next(_pod_spec(d) for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == "Deployment"
+                    and d["metadata"]["name"] == name)
+
+    unsharded = pod(K8S_DIR / "server.yaml", "xdm-server")
+    shard = copy.deepcopy(pod(K8S_SHARDED_DIR / "shard" / "server.yaml", "xdm-server-shard"))
+    container = shard["containers"][0]
+    container["env"] = [e for e in container["env"] if e["name"] != "XDM_SERVING__SHARD"]
+    assert shard == unsharded

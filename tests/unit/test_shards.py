@@ -9,6 +9,7 @@ from aiokafka.partitioner import DefaultPartitioner as AiokafkaPartitioner
 from hypothesis import given, strategies as st
 from kafka.partitioner.default import murmur2 as kafka_murmur2
 
+from stream.partitions import PartitionShare, TopicLayoutMismatch
 from xdm.config import load_config
 from xdm.errors import ConfigError
 from xdm.shards import ShardLayout, murmur2, shard_layout, user_partition
@@ -69,3 +70,12 @@ def test_the_config_names_this_servers_shard_within_the_layout():
         shard_layout(load_config("test", env={}, overrides={"serving.shard_partitions": "0;1"}))
     written = load_config("test", env={}, overrides={"serving.shards": 2, "serving.shard_partitions": "1;0"})
     assert shard_layout(written).partitions_of(0) == [1]
+
+
+def test_a_servers_share_is_checked_against_the_topic_it_reads():
+    share = PartitionShare((1, 3), of=4)
+    assert share.pick("changelog", [0, 1, 2, 3]) == [1, 3]
+    with pytest.raises(TopicLayoutMismatch, match="has 2 partitions but kafka.partitions is 4"):
+        share.pick("changelog", [0, 1])  # clients would hash users over 4 partitions, the workers wrote 2
+    with pytest.raises(TopicLayoutMismatch, match=r"no partition \[3\]"):
+        share.pick("changelog", [0, 1, 2, 5])
