@@ -75,6 +75,7 @@ class Vocabulary:
         self._last_seen: list[int] = [0]  # latest sample time (ms) an item row appeared in
         self._free_items: list[int] = []  # evicted item rows, reused by the next new items
         self.recycled: list[int] = []  # reused rows the model has not re-initialised yet (trainer drains it)
+        self.recounted: set[int] = set()  # item rows whose count changed since the sampler last read them (trainer drains it)
         self._mutations = 0  # ids added or evicted so far; invalidates the lookup memo
         self._lookup_cache: dict[tuple[str, ...], tuple[int, ...]] = {}
         self._lookup_version = 0  # _mutations when the memo was last valid
@@ -150,6 +151,7 @@ class Vocabulary:
         """Count an occurrence of an item (collate counts labels: the classes the sampler draws)."""
         if item_row > 0:
             self._counts[item_row] += times
+            self.recounted.add(item_row)
 
     def touch_items(self, rows: Sequence[int], ts_ms: int) -> None:
         """Mark item rows as seen at sample time ts_ms (eviction is by event time, not wall clock)."""
@@ -167,6 +169,7 @@ class Vocabulary:
                 del table[keys[row]]
                 keys[row] = ""
                 self._counts[row] = 0
+                self.recounted.add(row)
                 self._last_seen[row] = 0
                 evicted.append(row)
         self._free_items.extend(sorted(evicted, reverse=True))  # pop() hands out the lowest row first
@@ -187,6 +190,10 @@ class Vocabulary:
     def counts(self) -> list[int]:
         """Occurrence count per item row (index 0 is padding and stays 0); feed to the sampler."""
         return list(self._counts)
+
+    def count(self, row: int) -> int:
+        """Occurrence count of one item row (the O(1) read; `counts` copies all of them)."""
+        return self._counts[row]
 
     def key(self, kind: str, row: int) -> str:
         """The string id of a row ("" for row 0): maps item output rows back to item ids when publishing."""

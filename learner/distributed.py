@@ -44,6 +44,7 @@ from learner.batch import ITEM_KINDS, Vocabulary, collate, profile_kind
 from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.model import config_for, pick_device
 from learner.online import POLL_MS, LearnerStatus, OnlineLearner, Taken
+from learner.progressive import ValidationSampling, validation_sampling
 from learner.trainer import StepStats, Trainer
 from xdm.config import Config
 from xdm.model_config import ModelConfig, model_overrides
@@ -217,9 +218,9 @@ class DistributedTrainer(Trainer):
 
     def __init__(self, model_cfg: ModelConfig, comm: Comm, lr: float = 0.1, clip_norm: float = 5.0, seed: int = 7,
                  device: str = "auto", threads: int = 1, adagrad_init: float = 0.0,
-                 lr_warmup_steps: int = 0) -> None:
+                 lr_warmup_steps: int = 0, validation: ValidationSampling | None = None) -> None:
         super().__init__(model_cfg, lr=lr, clip_norm=clip_norm, seed=seed, device=device, threads=threads,
-                         adagrad_init=adagrad_init, lr_warmup_steps=lr_warmup_steps)
+                         adagrad_init=adagrad_init, lr_warmup_steps=lr_warmup_steps, validation=validation)
         self.comm = comm
         self.seed = seed
         self.sync_from_rank0()
@@ -385,7 +386,7 @@ class DistributedLearner(OnlineLearner):
         self.trainer = DistributedTrainer(config_for(self.variant, **model_overrides(cfg.model)), comm, lr=lc.lr,
                                           clip_norm=lc.clip_norm, seed=lc.seed, device=str(comm.device),
                                           threads=lc.torch_threads, adagrad_init=lc.adagrad_init,
-                                          lr_warmup_steps=lc.lr_warmup_steps)
+                                          lr_warmup_steps=lc.lr_warmup_steps, validation=validation_sampling(lc))
         self.status = DistributedStatus(rank=comm.rank, world_size=comm.world_size)
         self.record_ids = record_ids
 

@@ -34,6 +34,7 @@ from learner.background_publish import BackgroundPublisher, Outcome, PublishSche
 from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.dedup import SeenSamples
 from learner.model import config_for
+from learner.progressive import validation_sampling
 from learner.publish import Publisher
 from learner.rehearsal import Ref, Rehearsal, read_back
 from learner.trained_ids import TrainedIds, trained_ids_path
@@ -98,7 +99,8 @@ class OnlineLearner:
         lc = cfg.learner
         self.trainer = Trainer(config_for(self.variant, **model_overrides(cfg.model)), lr=lc.lr, clip_norm=lc.clip_norm,
                                seed=lc.seed, device=lc.device, threads=lc.torch_threads,
-                               adagrad_init=lc.adagrad_init, lr_warmup_steps=lc.lr_warmup_steps)
+                               adagrad_init=lc.adagrad_init, lr_warmup_steps=lc.lr_warmup_steps,
+                               validation=validation_sampling(lc))
         self.publisher = Publisher(cfg, self.arm, self.variant)
         self.publishing = BackgroundPublisher(self.publisher, lc.publish_deadline_s)
         self.schedule = PublishSchedule(lc.publish_every_steps, lc.publish_every_s)

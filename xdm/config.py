@@ -108,6 +108,10 @@ class LearnerConfig:
     evict_every_steps: int = 100  # look for items to evict after this many steps
     rehearsal_steps: int = 2  # extra steps after each new batch on random batches of recent samples (learner/rehearsal.py)
     rehearsal_window: int = 20_000  # the last this many samples taken are what rehearsal draws from
+    validation_full_max_items: int = 100_000  # progressive validation ranks every item for every sample up to this
+    #                                           many items (exact); above, a sample of both (learner/progressive.py)
+    validation_users: int = 32  # ... above it: samples of a batch scored
+    validation_items: int = 1_000_000  # ... against this many items drawn uniformly (ranks scaled); all when fewer
     metrics_port: int = 0  # Prometheus metrics port (0 = disabled)
 
     def __post_init__(self) -> None:
@@ -115,6 +119,8 @@ class LearnerConfig:
             raise ValueError(f"rehearsal_steps must be >= 0, got {self.rehearsal_steps}")
         if self.rehearsal_window < 1:
             raise ValueError(f"rehearsal_window must be >= 1, got {self.rehearsal_window}")
+        if min(self.validation_full_max_items, self.validation_users, self.validation_items) < 1:
+            raise ValueError("validation_full_max_items, validation_users and validation_items must be >= 1")
 
 
 @dataclass(frozen=True)

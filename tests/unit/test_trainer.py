@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -203,3 +205,40 @@ def test_a_crafted_checkpoint_runs_nothing(tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         load_checkpoint(str(tmp_path), "xdm")
     assert not marker.exists()
+
+
+def _later(n: int, offset: int, ts: int) -> list[Sample]:
+    return [_sample(k, ts + 1000 * k, range(offset + k % 9, offset + k % 9 + 5)) for k in range(n)]
+
+
+def test_the_sampler_ranks_by_the_vocabulary_counts_through_growth_and_eviction():
+    trainer = _trainer()
+    for batch in _batches(_stream(24)) + _batches(_later(16, 30, 2_000_000)):
+        trainer.step(batch)
+        counts = np.asarray(trainer.vocab.counts)
+        assert np.array_equal(trainer.sampler.counts(), counts)
+        assert np.all(np.diff(counts[trainer.sampler.state_dict()["order"].numpy()]) <= 0)
+    assert trainer.evict_items(before_ms=1_500_000) > 0  # the first stream's items
+    trainer.step(_later(8, 60, 3_000_000))  # new items take the evicted rows
+    counts = np.asarray(trainer.vocab.counts)
+    assert np.array_equal(trainer.sampler.counts(), counts)
+    assert np.all(np.diff(counts[trainer.sampler.state_dict()["order"].numpy()]) <= 0)
+
+
+def test_resuming_between_an_eviction_and_the_next_step_equals_uninterrupted_training():
+    before = _batches(_stream(16)) + _batches(_later(8, 30, 2_000_000))
+    after = _batches(_later(16, 30, 2_100_000))
+    straight = _trainer()
+    for batch in before:
+        straight.step(batch)
+    assert straight.evict_items(before_ms=1_500_000) > 0  # counted rows fall to 0 after the sampler's last step
+    state = copy.deepcopy(straight.state_dict())  # a checkpoint on disk shares no tensor with the live trainer
+    for batch in after:
+        straight.step(batch)
+    resumed = _trainer()
+    resumed.load_state_dict(state)  # also restores torch's global RNG, which both trainers' dropout draws from
+    for batch in after:
+        resumed.step(batch)
+    assert torch.equal(resumed.sampler.state_dict()["order"], straight.sampler.state_dict()["order"])
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
