@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 
 import numpy as np
@@ -162,11 +163,16 @@ def choose_local_index(ivf: IVFIndex, scan: LocalIndex, vectors: np.ndarray, min
     return chosen
 
 
+VIEWS_KEPT = 8  # version layouts VectorSearch remembers (two arms, a few versions each)
+
+
 class VectorSearch:
     def __init__(self, cfg: MilvusConfig, timeout_s: float) -> None:
         self.cfg = cfg
         self.timeout_s = timeout_s
         self._client: MilvusClient | None = None
+        self._views: dict[str, vector_store.VersionView] = {}  # of the collections searched lately
+        self._views_lock = threading.Lock()  # searches run on several threads (serving.batch_runners)
 
     def _connect(self) -> MilvusClient:
         if self._client is None:
@@ -175,7 +181,8 @@ class VectorSearch:
 
     async def top_k(self, collection: str, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         def run() -> list[list[tuple[str, float]]]:
-            return vector_store.search(self._connect(), collection, vectors, k, self.timeout_s)
+            return vector_store.search(self._connect(), collection, vectors, k, self.timeout_s, self._view(collection),
+                                       ef=self.cfg.search_ef)
 
         try:
             return await asyncio.wait_for(asyncio.to_thread(run), self.timeout_s)
@@ -184,6 +191,19 @@ class VectorSearch:
         except Exception as exc:  # pymilvus raises many types for a server that is down
             self._client = None
             raise SearchUnavailable(f"vector search in {collection} failed: {exc}") from exc
+
+    def _view(self, collection: str) -> vector_store.VersionView:
+        """A version's layout (full, or a delta on a base), read at its first search: collections are
+        never rewritten, so it holds until the collection is dropped; kept for the few versions served."""
+        view = self._views.get(collection)
+        if view is not None:
+            return view
+        view = vector_store.version_view(self._connect(), collection, self.timeout_s)
+        with self._views_lock:
+            if len(self._views) >= VIEWS_KEPT:
+                self._views.pop(next(iter(self._views)))
+            self._views[collection] = view
+        return view
 
     def close(self) -> None:
         if self._client is not None:

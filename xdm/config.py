@@ -103,7 +103,10 @@ class LearnerConfig:
     publish_every_s: float = 30.0  # ... or after this many seconds with new steps
     publish_deadline_s: float = 600.0  # a publish running longer (s) is abandoned unannounced; training never waits on one
     model_store: str = "var/models"  # folder that holds one user tower per published version
-    keep_versions: int = 3  # published versions kept before older ones are dropped
+    keep_versions: int = 3  # published versions kept before older ones are dropped (and the full versions they apply to)
+    publish_delta_max_share: float = 0.2  # a version is published as the rows changed since its base (the last full
+    #                                       version) unless they exceed this share of the items; 0 = always full
+    publish_full_every: int = 100  # ... and in full after this many deltas on one base (0 = no such limit)
     evict_after_ms: int = 14 * 86_400_000  # free item rows unseen in samples for this long (event time, ms); 0 = never
     evict_every_steps: int = 100  # look for items to evict after this many steps
     rehearsal_steps: int = 2  # extra steps after each new batch on random batches of recent samples (learner/rehearsal.py)
@@ -128,6 +131,7 @@ class MilvusConfig:
     uri: str = "http://127.0.0.1:19530"  # Milvus (or Milvus Lite server) URI
     collection_prefix: str = "xdm"  # collections are <prefix>_<arm>_v<version>
     index_type: str = "FLAT"  # FLAT is exact; HNSW / IVF_FLAT for large catalogues
+    search_ef: int = 256  # HNSW: candidates a search examines (at least k); recall vs latency: bench/serving_latency.py
     lite_data: str = "var/milvus.db"  # Milvus Lite data file when the stack starts one
     # Client keepalive ping interval (s); 0 sends none. pymilvus pings every 10 s, idle or not, which Milvus
     # accepts; the Milvus Lite server allows one ping per 5 minutes and none on an idle connection, and
