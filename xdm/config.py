@@ -113,8 +113,8 @@ class LearnerConfig:
     rehearsal_window: int = 20_000  # the last this many samples taken are what rehearsal draws from
     validation_full_max_items: int = 100_000  # progressive validation ranks every item for every sample up to this
     #                                           many items (exact); above, a sample of both (learner/progressive.py)
-    validation_users: int = 32  # ... above it: samples of a batch scored
-    validation_items: int = 1_000_000  # ... against this many items drawn uniformly (ranks scaled); all when fewer
+    validation_users: int = 16  # ... above it: samples of a batch scored
+    validation_items: int = 400_000  # ... against this many items, each row with probability items / N (ranks scaled); all when fewer
     metrics_port: int = 0  # Prometheus metrics port (0 = disabled)
 
     def __post_init__(self) -> None:

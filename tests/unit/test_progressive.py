@@ -9,7 +9,8 @@ import torch
 
 from learner.batch import collate
 from learner.model import config_for
-from learner.progressive import ValidationSampling, sampled_ranks, validate_every_item, validate_sampled
+from learner.progressive import (ValidationSampling, sampled_ranks, systematic_rows, validate_every_item,
+                                 validate_sampled)
 from learner.trainer import Trainer
 from stream.samples import Sample
 from stream.windows import Behavior, Windows
@@ -72,25 +73,42 @@ def test_above_the_size_with_every_item_drawn_the_ranks_are_exact():
 
 def test_sampled_items_give_an_unbiased_rank_and_the_documented_hit_rate():
     trainer = _trained()
-    n, rank, draws = 5000, 50, 400
+    n, above, draws = 5000, 49, 400
     trainer.model.grow_to({"item": n + 1})
     batch = collate(_stream(1), trainer.vocab, grow=False)
-    label = int(batch.labels[0, 0, 0])
+    labels = batch.labels[0, :2, 0].tolist()
     z = trainer.model.user_vector(batch)[0]
-    with torch.no_grad():  # item i scores -i, the label scores just below rank - 1 items
-        scores = -torch.arange(n + 1, dtype=torch.float32)
-        scores[label] = -(rank - 1) - 0.5
-        scores[int(batch.labels[0, 1, 0])] = -10 * n  # the other label is far down
-        trainer.model.item_out.weight[:] = scores.unsqueeze(1) * (z / z.dot(z)).unsqueeze(0)
+    others = torch.tensor([row for row in range(1, n + 1) if row not in labels])
     sampling = ValidationSampling(full_max_items=1, users=1, items=500)
-    generator = torch.Generator().manual_seed(0)
-    ranks = torch.cat([sampled_ranks(trainer.model, batch, sampling, generator) for _ in range(draws)])
-    true_rank = 1 + int((scores[1:] > scores[label]).sum())  # the labels' own rows are among the top ones
-    assert rank - 2 <= true_rank <= rank and _exact_best_label_ranks(trainer, batch).tolist() == [true_rank]
-    sd = math.sqrt((true_rank - 1) * (n - true_rank + 1) / 500 / draws)
-    assert abs(float(ranks.mean()) - true_rank) < 4 * sd
-    # a hit when k <= floor(49 S / N) = 4 sampled items score above: P = BinomCDF(4; 500, (r - 1) / N)
-    p = (true_rank - 1) / n
-    expected = sum(math.comb(500, k) * p**k * (1 - p) ** (500 - k) for k in range(5))
+    generator, shuffle = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+    ranks = []
+    for _ in range(draws):  # the items above the best label lie at new random rows each time
+        scores = torch.zeros(n + 1)
+        scores[others] = -1.0 - torch.randperm(others.numel(), generator=shuffle).float()
+        scores[labels[0]], scores[labels[1]] = -above - 0.5, -10.0 * n  # exactly `above` items score higher
+        with torch.no_grad():
+            trainer.model.item_out.weight[:] = scores.unsqueeze(1) * (z / z.dot(z)).unsqueeze(0)
+        ranks.append(sampled_ranks(trainer.model, batch, sampling, generator))
+    ranks = torch.cat(ranks)
+    assert _exact_best_label_ranks(trainer, batch).tolist() == [above + 1]
+    drawn = systematic_rows(n, 500, generator).numel()  # 7 runs of 64 rows
+    # k, the drawn rows above the label, is hypergeometric: n rows, `above` of them above, `drawn` drawn
+    pmf = [math.comb(above, k) * math.comb(n - above, drawn - k) / math.comb(n, drawn) for k in range(above + 1)]
+    sd = math.sqrt(sum(p * (1 + k * n / drawn - above - 1) ** 2 for k, p in enumerate(pmf)) / draws)
+    assert abs(float(ranks.mean()) - (above + 1)) < 4 * sd  # unbiased
+    expected = sum(pmf[: 49 * drawn // n + 1])  # a hit when k <= floor(49 S / N) = 4
     hits = float((ranks <= 50).double().mean())
     assert abs(hits - expected) < 4 * math.sqrt(expected * (1 - expected) / draws)
+
+
+def test_systematic_rows_take_every_row_with_the_same_probability():
+    n, size, draws = 1000, 128, 4000
+    generator = torch.Generator().manual_seed(0)
+    seen = torch.zeros(n + 1)
+    for _ in range(draws):
+        rows = systematic_rows(n, size, generator)
+        assert rows.numel() == size and rows.unique().numel() == size
+        assert int(rows.min()) >= 1 and int(rows.max()) <= n
+        seen[rows] += 1
+    share = seen[1:] / draws
+    assert float((share - size / n).abs().max()) < 5 * math.sqrt(size / n * (1 - size / n) / draws)
