@@ -16,10 +16,10 @@ Pure: no Faust here. `handle` is whatever the caller needs to write a state or t
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from stream.lru import LRUCache
 from stream.samples import Sample, step
 from stream.windows import BadEvent, Outcome, UserState
 from xdm.records import Event, Item
@@ -85,9 +85,33 @@ def apply_batch(incoming: Sequence[Incoming], load: Callable[[bytes, Any], UserS
     return result
 
 
-class StateCache(LRUCache[bytes, UserState]):
+class StateCache:
     """Decoded states of recently active users, so a user seen in consecutive batches is decoded once.
 
     Only valid while it mirrors the table: the owner clears it whenever the table can change under it
     (a rebalance, a recovery, an error in the middle of a batch).
     """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._states: OrderedDict[bytes, UserState] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def get(self, key: bytes) -> UserState | None:
+        state = self._states.get(key)
+        if state is not None:
+            self._states.move_to_end(key)
+        return state
+
+    def put(self, key: bytes, state: UserState) -> None:
+        if self.capacity <= 0:
+            return
+        self._states[key] = state
+        self._states.move_to_end(key)
+        while len(self._states) > self.capacity:
+            self._states.popitem(last=False)
+
+    def clear(self) -> None:
+        self._states.clear()

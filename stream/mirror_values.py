@@ -1,10 +1,11 @@
 """Where a TopicMirror keeps its values: a dict in memory (the default), or RocksDB on the worker's disk.
 
 A mirror needs four things of its store (get, set, pop, len), and a dict already is one. Every worker
-mirrors the whole catalogue, and a dict of decoded Items costs ~430 B per item (~13 GB at 30 M items,
+mirrors the whole catalogue, and a dict of decoded Items costs 430-530 B per item (~13 GB at 30 M items,
 docs/capacity.md §3), so the catalogue lives in `DiskValues`: RocksDB holds each item's encoded record
-on disk, and only a bounded cache of decoded values stays in memory. A lookup that misses the cache
-costs one RocksDB read and one decode (~2 µs against the ~100 µs a worker spends on an event).
+on disk, and only a bounded cache of decoded values stays in memory. A cache hit is one dict lookup; a
+miss is one RocksDB read and one protobuf decode, 2-5 µs against the ~70-100 µs a worker spends on an
+event (bench/catalogue_memory.py measures both, and the worker's events/s, against a dict).
 
 The RocksDB copy is a cache of the topic, not state of its own: it is wiped when opened and refilled by
 the mirror, which always reads its topic from the beginning. Nothing in it is ever recovered, so it is
@@ -19,8 +20,6 @@ from pathlib import Path
 from typing import Callable, Generic, Protocol, TypeVar
 
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteOptions
-
-from stream.lru import LRUCache
 
 log = logging.getLogger(__name__)
 V = TypeVar("V")
@@ -47,27 +46,34 @@ class MirrorValues(Protocol[V]):
 
 
 class DiskValues(Generic[V]):
-    """key -> value in RocksDB at `path` (values stored as `encode(value)`), the last `cache_size` values
-    used kept decoded in memory. Opened on first use, wiped as it opens: the owner refills it."""
+    """key -> value in RocksDB at `path` (values stored as `encode(value)`), with up to `cache_size` recently
+    used values kept decoded in memory. Opened on first use, wiped as it opens: the owner refills it."""
 
     def __init__(self, path: Path, encode: Callable[[V], bytes], decode: Callable[[bytes], V],
                  cache_size: int) -> None:
         self.path = Path(path)
         self.encode = encode
         self.decode = decode
-        self._cache: LRUCache[str, V] = LRUCache(cache_size)
+        # Two generations of decoded values, each up to half the cache: a full `recent` becomes `older` and
+        # the previous `older` is dropped, so a value survives while it is used. Close to LRU, and a hit is
+        # one dict lookup: the updater makes one per event (an OrderedDict's reordering cost ~4x that).
+        self.cache_size = cache_size
+        self._recent: dict[str, V] = {}
+        self._older: dict[str, V] = {}
         self._db: Rdict | None = None
         self._count = 0
 
     def get(self, key: str) -> V | None:
-        value = self._cache.get(key)
+        value = self._recent.get(key)
         if value is not None:
             return value
-        raw = self._rdict().get(key.encode())
-        if raw is None:
-            return None
-        value = self.decode(raw)
-        self._cache.put(key, value)
+        value = self._older.get(key)
+        if value is None:
+            raw = self._rdict().get(key.encode())
+            if raw is None:
+                return None
+            value = self.decode(raw)
+        self._remember(key, value)
         return value
 
     def __setitem__(self, key: str, value: V) -> None:
@@ -75,17 +81,17 @@ class DiskValues(Generic[V]):
         if not self._contains(db, key, raw_key):
             self._count += 1
         db[raw_key] = self.encode(value)
-        # the decoded value is at hand: cache it only if its key was cached, so a catch-up over the whole
-        # topic does not push the items events use out of the cache
-        if self._cache.pop(key) is not None:
-            self._cache.put(key, value)
+        # Cache the new value only if the old one was cached: a catch-up over the whole topic must not push
+        # the items events use out of the cache.
+        if self._forget(key):
+            self._remember(key, value)
 
     def pop(self, key: str, default: None = None) -> V | None:
         value = self.get(key)
         if value is None:
             return default
         self._rdict().delete(key.encode())
-        self._cache.pop(key)
+        self._forget(key)
         self._count -= 1
         return value
 
@@ -97,13 +103,24 @@ class DiskValues(Generic[V]):
         if self._db is not None:
             self._db.close()
         self._db = None
-        self._cache.clear()
+        self._recent, self._older = {}, {}
         self._count = 0
 
+    def _remember(self, key: str, value: V) -> None:
+        if self.cache_size <= 0:
+            return
+        if len(self._recent) >= max(1, self.cache_size // 2):
+            self._older, self._recent = self._recent, {}
+        self._recent[key] = value
+
+    def _forget(self, key: str) -> bool:
+        """Drop a key from the cache; True if it was there."""
+        return (self._recent.pop(key, None) is not None) | (self._older.pop(key, None) is not None)
+
     def _contains(self, db: Rdict, key: str, raw_key: bytes) -> bool:
-        # the bloom filters answer most absent keys (every key of a first read of the topic) without a read
-        if self._cache.get(key) is not None:
+        if key in self._recent or key in self._older:
             return True
+        # the bloom filters answer most absent keys (every key of a first read of the topic) without a read
         return db.key_may_exist(raw_key) and db.get(raw_key) is not None
 
     def _rdict(self) -> Rdict:

@@ -60,7 +60,7 @@ class StreamConfig:
     store: str = "rocksdb://"  # Faust table store URL
     data_dir: str = "var/stream"  # folder of the worker's RocksDB tables
     catalogue_store: str = "rocksdb"  # the worker's catalogue mirror: "rocksdb" (under data_dir, rebuilt at start) or "memory" (a dict)
-    catalogue_cache_items: int = 10_000  # decoded catalogue items kept in memory beside the RocksDB mirror
+    catalogue_cache_items: int = 50_000  # decoded catalogue items kept in memory beside the RocksDB mirror (~450 B each)
     web_port: int = 0  # Faust web port (0 = pick a free one)
     max_event_bytes: int = 65536  # larger payloads go to the dead-letter topic
     max_future_ms: int = 86_400_000  # events stamped further than this past wall clock are rejected

@@ -9,7 +9,6 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from stream.app import catalogue_values
-from stream.lru import LRUCache
 from stream.mirror import TopicMirror
 from stream.mirror_values import DiskValues
 from stream.wire import decode_item, encode_item
@@ -87,11 +86,13 @@ def test_worker_catalogue_store_follows_the_config(tmp_path):
         apply_overrides(cfg, {"stream.catalogue_store": "redis"})
 
 
-def test_lru_forgets_the_least_recently_used_first():
-    cache: LRUCache[str, int] = LRUCache(2)
-    cache.put("a", 1)
-    cache.put("b", 2)
-    assert cache.get("a") == 1  # "b" is now the oldest
-    cache.put("c", 3)
-    assert cache.get("b") is None and cache.get("a") == 1 and cache.get("c") == 3
-    assert cache.pop("a") == 1 and len(cache) == 1
+def test_decoded_values_kept_stay_within_the_cache_size_and_a_used_one_survives(tmp_path):
+    store = _store(tmp_path, cache_size=4)
+    for n in range(100):
+        store[f"i{n}"] = Item(f"i{n}")
+    for n in range(100):
+        assert store.get(f"i{n}") == Item(f"i{n}")
+        assert store.get("i0") == Item("i0")  # used between every other lookup
+        assert len(store._recent) + len(store._older) <= 4
+    assert "i0" in store._recent or "i0" in store._older
+    store.close()
