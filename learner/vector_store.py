@@ -33,7 +33,9 @@ ID_FIELD = "item_id"
 VECTOR_FIELD = "vector"
 REMOVED_FIELD = "removed"  # a delta version's tombstone: the base's item is not in this version
 BASE_PROPERTY = "xdm.base"  # collection property of a delta version: its base version's collection
-INSERT_BYTES = 8 << 20  # vector bytes per insert call; far under gRPC's message limit
+# Vector bytes per insert call (4 k rows at 64 dims). Milvus Lite turns every row into Python objects on
+# its side and took ~1.4x longer per row in calls of 32 k rows than of 5 k (bench/publish_cost.py's notes).
+INSERT_BYTES = 1 << 20
 SEARCH_MAX_LIMIT = 16_384  # Milvus's largest top-k
 CONNECT_RETRY_S = 0.5  # pause between connect attempts
 GRPC_NEVER_MS = 2**31 - 1  # gRPC reads INT_MAX milliseconds as "never"
@@ -140,8 +142,7 @@ def _create(client: MilvusClient, cfg: MilvusConfig, name: str, schema, properti
 
 def _insert_bulk(client: MilvusClient, name: str, columns: dict[str, list], vectors: np.ndarray,
                  timeout_s: float) -> None:
-    """Insert in calls of about INSERT_BYTES, each chunk's vectors turned into lists by one tolist():
-    per-row numpy conversions and 5 k-row calls cost a third of the old publish (bench/publish_cost.py)."""
+    """Insert in calls of about INSERT_BYTES, each chunk's vectors turned into lists by one tolist()."""
     chunk = max(1, INSERT_BYTES // max(1, vectors.shape[1] * 4))
     for start in range(0, len(vectors), chunk):
         stop = min(start + chunk, len(vectors))
@@ -157,8 +158,7 @@ def _seal(client: MilvusClient, cfg: MilvusConfig, name: str, rows: int) -> None
     timeout = cfg.call_timeout_s
     client.flush(name, timeout=timeout)
     _compact(client, name, timeout)
-    client.create_index(name, _index(client, cfg), timeout=timeout)
-    _wait_indexed(client, name, timeout)
+    client.create_index(name, _index(client, cfg), timeout=timeout)  # returns once built over every row
     client.load_collection(name, timeout=timeout)
     count = _count(client, name, timeout)
     if count != rows:
@@ -355,23 +355,6 @@ def _index(client: MilvusClient, cfg: MilvusConfig):
     extra = {"M": 16, "efConstruction": 200} if cfg.index_type == "HNSW" else {}
     params.add_index(field_name=VECTOR_FIELD, index_type=cfg.index_type, metric_type="IP", params=extra)
     return params
-
-
-def _wait_indexed(client: MilvusClient, name: str, wait_s: float) -> None:
-    """Until the index covers every row. A real Milvus builds it in the background and loads a collection
-    before that ends, then searches the rows it has not indexed by brute force (seen: recall 1.0 and
-    pending_index_rows = all right after loading an HNSW version), so a version would be announced slow."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        described = client.describe_index(name, VECTOR_FIELD, timeout=wait_s) or {}
-        # its state reads "Finished" before the build starts; the row counts tell
-        pending = described.get("pending_index_rows", 0)
-        if not pending and described.get("indexed_rows", 0) >= described.get("total_rows", 0):
-            return
-        if time.monotonic() > deadline:
-            raise ServiceError(f"the index of {name} covers {described.get('indexed_rows')} of "
-                               f"{described.get('total_rows')} rows after {wait_s:.0f} s")
-        time.sleep(0.2)
 
 
 def _compact(client: MilvusClient, name: str, call_timeout_s: float, wait_s: float = 60.0) -> None:
