@@ -111,6 +111,7 @@ class ManagedProcess:
     address: str
     log_path: Path
     ports: tuple[int, ...] = field(default_factory=tuple)
+    stop_timeout_s: float = 15.0  # stop(): SIGKILL after this many seconds past SIGTERM
 
     @property
     def pid(self) -> int:
@@ -137,8 +138,9 @@ class ManagedProcess:
     def resume(self) -> None:
         _signal_group(self.popen, signal.SIGCONT)
 
-    def stop(self, timeout_s: float = 15.0) -> None:
-        """SIGTERM the group, SIGKILL after timeout_s, then wait for its ports to close."""
+    def stop(self, timeout_s: float | None = None) -> None:
+        """SIGTERM the group, SIGKILL after timeout_s (stop_timeout_s), then wait for its ports to close."""
+        timeout_s = self.stop_timeout_s if timeout_s is None else timeout_s
         if self.alive():
             _signal_group(self.popen, signal.SIGTERM)
             try:
@@ -160,6 +162,7 @@ def start_process(
     ports: Sequence[int] = (),
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    stop_timeout_s: float = 15.0,
 ) -> ManagedProcess:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
@@ -176,7 +179,8 @@ def start_process(
     ).result()
     handle.close()
     log.info("started", extra={"proc": name, "pid": popen.pid, "address": address})
-    return ManagedProcess(name=name, popen=popen, address=address, log_path=log_path, ports=tuple(ports))
+    return ManagedProcess(name=name, popen=popen, address=address, log_path=log_path, ports=tuple(ports),
+                          stop_timeout_s=stop_timeout_s)
 
 
 def ensure_alive(proc: ManagedProcess) -> None:

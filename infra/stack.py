@@ -1,4 +1,4 @@
-"""The whole system on one machine: embedded broker and Milvus Lite, workers, learners, server, traffic.
+"""The whole system on one machine: embedded broker and Milvus (Lite or standalone), workers, learners, server, traffic.
 
 Used by `xdm up` and by the integration-test fixtures, so what the tests exercise is what users run.
 Children get their configuration through `XDM_<SECTION>__<FIELD>` variables, the same mechanism a user
@@ -17,11 +17,14 @@ from typing import Any, Callable
 
 from infra.processes import ManagedProcess, ensure_alive, free_port, port_open, start_process, wait_until
 from infra.learner_settings import LearnerSettings, learner_config
-from infra.services import LITE_KEEPALIVE_S, start_broker, start_milvus
+from infra.services import LITE_KEEPALIVE_S, start_broker, start_milvus, start_milvus_standalone
 from infra.topics import ensure_topics
 from xdm.config import Config, apply_overrides
 
 log = logging.getLogger(__name__)
+# Which Milvus start_services runs: Milvus Lite (light, the default), a real Milvus standalone, or none
+# ("external": the one at milvus.uri, started by someone else: a test session's server, a cluster).
+MILVUS_KINDS = ("lite", "standalone", "external")
 
 
 @dataclass
@@ -110,8 +113,11 @@ class Stack:
         return proc
 
 
-def start_services(root: Path, base: Config, profile: str, arms: str = "xdm:100") -> Stack:
-    """Wipe root, start the broker and Milvus Lite on free ports, create topics; returns the Stack."""
+def start_services(root: Path, base: Config, profile: str, arms: str = "xdm:100", milvus: str = "lite") -> Stack:
+    """Wipe root, start the broker and the Milvus `milvus` names (MILVUS_KINDS) on free ports, create
+    topics; returns the Stack."""
+    if milvus not in MILVUS_KINDS:
+        raise ValueError(f"milvus is {milvus!r}; use one of {', '.join(MILVUS_KINDS)}")
     if root.exists():
         shutil.rmtree(root)  # the broker keeps topics in memory: local state from a previous run is stale
     root.mkdir(parents=True)
@@ -121,13 +127,9 @@ def start_services(root: Path, base: Config, profile: str, arms: str = "xdm:100"
         stack.processes.append(broker)
         # memory storage: a restarted broker comes back empty, topics included (stream/broker_loss.py)
         stack.starters[broker.name] = lambda: start_broker(root / "logs", port=broker.ports[0])
-        milvus = start_milvus(root / "milvus", root / "logs")
-        stack.processes.append(milvus)
-        stack.starters[milvus.name] = lambda: start_milvus(root / "milvus", root / "logs", port=milvus.ports[0])
         stack.cfg = apply_overrides(base, {
+            **_start_milvus(stack, milvus),
             "kafka.bootstrap": broker.address,
-            "milvus.uri": milvus.address,
-            "milvus.keepalive_s": LITE_KEEPALIVE_S,
             "serving.port": free_port(),
             "serving.arms": arms,
             "learner.checkpoint_dir": str(root / "checkpoints"),
@@ -138,6 +140,23 @@ def start_services(root: Path, base: Config, profile: str, arms: str = "xdm:100"
         stack.stop()
         raise
     return stack
+
+
+def _start_milvus(stack: Stack, kind: str) -> dict[str, Any]:
+    """Start the Milvus `kind` names, restartable on its ports and data; the milvus.* settings it needs."""
+    if kind == "external":
+        return {}
+    data, logs = stack.root / "milvus", stack.root / "logs"
+    if kind == "lite":
+        proc = start_milvus(data, logs)
+        stack.starters[proc.name] = lambda: start_milvus(data, logs, port=proc.ports[0])
+    else:
+        proc = start_milvus_standalone(data, logs)
+        # every port as before: its embedded etcd still lists the components at their old addresses
+        stack.starters[proc.name] = lambda: start_milvus_standalone(data, logs, ports=proc.ports)
+    stack.processes.append(proc)
+    # Milvus Lite refuses pymilvus's keepalive pings; a real Milvus takes them (milvus.keepalive_s)
+    return {"milvus.uri": proc.address, **({"milvus.keepalive_s": LITE_KEEPALIVE_S} if kind == "lite" else {})}
 
 
 def config_env(cfg: Config) -> dict[str, str]:

@@ -45,12 +45,14 @@ def busiest_user(log_dir: Path) -> str:
 
 def bring_up(base: Config, profile: str, root: Path, log_dir: Path | None = None, arms: str = "xdm:100",
              workers: int = 1, progress: bool = True, model_timeout_s: float = 600.0,
-             quiet_libraries: bool = False) -> UpResult:
+             quiet_libraries: bool = False, milvus: str = "lite") -> UpResult:
     """Start everything, replay the log, wait for a published model, ask Recall; the caller stops the stack.
+
+    milvus: which Milvus the stack starts (infra.stack.MILVUS_KINDS).
 
     quiet_libraries (`xdm up`): this process logs to logs/up.log beside the services' logs as well, and
     its libraries' warnings go there only, so the console shows progress and the answer."""
-    stack = start_services(root, base, profile, arms)
+    stack = start_services(root, base, profile, arms, milvus)
     if quiet_libraries:  # after start_services, which wipes root
         send_library_logs_to(up_log(stack))
     try:

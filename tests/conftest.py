@@ -1,4 +1,5 @@
-"""Fixtures that start real services (tansu broker, Milvus Lite) on free loopback ports and always stop them."""
+"""Fixtures that start real services (tansu broker, Milvus Lite, a Milvus standalone) on free loopback ports
+and always stop them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from infra.processes import ManagedProcess
+from infra.services import start_milvus_standalone
 from infra.stack import Stack, start_services
 from replay.simulate import simulate
 from stream.samples import Sample, flush, step
@@ -33,6 +36,18 @@ def stack(tmp_path: Path, test_config):
         yield started
     finally:
         started.stop()
+
+
+@pytest.fixture(scope="session")
+def milvus_standalone(tmp_path_factory) -> ManagedProcess:
+    """One real Milvus standalone for the whole test run, started when a test first asks for it (seconds;
+    its binary is unpacked once per machine). Tests keep apart by milvus.collection_prefix."""
+    root = tmp_path_factory.mktemp("milvus-standalone")
+    server = start_milvus_standalone(root / "data", root / "logs")
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def pytest_collection_modifyitems(items):

@@ -365,14 +365,19 @@ def recall_cmd(ctx: click.Context, user_id: str, k: int, arm: str, address: str,
 @click.option("--arms", default="xdm:100", show_default=True, help="Arms served, e.g. xdm:50,sdm:50.")
 @click.option("--workers", type=click.IntRange(1, 8), default=1, show_default=True, help="Stream workers.")
 @click.option("--exit-after-recall", is_flag=True, help="Stop everything after the first Recall answer.")
+@click.option("--milvus", type=click.Choice(["lite", "standalone"]), default="lite", show_default=True,
+              help="Milvus Lite, or a real Milvus standalone (pip install milvus==2.3.5; HNSW with "
+                   "--set milvus.index_type=HNSW).")
 @click.pass_context
 @friendly
-def up(ctx: click.Context, log_dir: Path | None, root: Path, arms: str, workers: int, exit_after_recall: bool) -> None:
+def up(ctx: click.Context, log_dir: Path | None, root: Path, arms: str, workers: int, exit_after_recall: bool,
+       milvus: str) -> None:
     """Start the whole stack on this machine with simulated traffic and answer a Recall."""
     from replay.bring_up import bring_up, up_log
 
     signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM stops the stack like Ctrl-C does
-    result = bring_up(_cfg(ctx), ctx.meta["profile"], root.resolve(), log_dir, arms, workers, quiet_libraries=True)
+    result = bring_up(_cfg(ctx), ctx.meta["profile"], root.resolve(), log_dir, arms, workers, quiet_libraries=True,
+                      milvus=milvus)
     try:
         cfg = result.stack.cfg
         click.echo("\nservices:")
