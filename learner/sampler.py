@@ -144,7 +144,8 @@ class LogUniformSampler:
         counts_a = _as_counts(state["counts"])
         order = np.asarray(torch.as_tensor(state["order"], dtype=torch.long), dtype=np.int64)
         n = counts_a.size - 1
-        if order.size != n or n < 1 or not np.array_equal(np.sort(order), np.arange(1, n + 1)):
+        if (order.size != n or n < 1 or int(order.min()) < 1 or int(order.max()) > n
+                or not bool((np.bincount(order, minlength=n + 1)[1:] == 1).all())):
             raise ValueError("sampler state is inconsistent: its order is not a permutation of rows 1..N")
         if bool((np.diff(counts_a[order]) > 0).any()):
             raise ValueError("sampler state is inconsistent: its order is not by descending count")
