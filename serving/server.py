@@ -34,7 +34,7 @@ from serving.registry import TowerRegistry
 from serving.search import VectorSearch, check_local_index
 from serving.servicer import RecallServicer
 from stream.broker_loss import ReadPositions
-from stream.reader import WindowsReader
+from stream.reader import WindowsReader, served_layout
 from xdm.client_security import read_secret
 from xdm.config import Config, ServingConfig
 from xdm.errors import ConfigError
@@ -96,6 +96,7 @@ async def start_deps(cfg: Config) -> Deps:
     if _time_gc not in gc.callbacks:
         gc.callbacks.append(_time_gc)
     check_local_index(cfg.serving)
+    served_layout(cfg)  # a shard setting that cannot route fails here, before any child process starts
     process = _compute_process(cfg)
     arms = Arms.parse(cfg.serving.arms)
     supervisor = _supervisor(cfg)
@@ -171,7 +172,8 @@ async def create_server(cfg: Config, deps: Deps) -> RunningServer:
     _follow_task_health(health_servicer, deps.supervisor, deps.reader.mirror.read_positions)
     health_server = await _start_health_port(sc, health_servicer)
     log.info("recall server listening", extra={"address": f"{sc.host}:{port}", "tls": bool(sc.tls_cert),
-                                               "token": bool(sc.auth_token_file), "reflection": sc.reflection})
+                                               "token": bool(sc.auth_token_file), "reflection": sc.reflection,
+                                               "shard": f"{sc.shard} of {sc.shards}"})
     return RunningServer(server=server, port=port, deps=deps, health=health_servicer, health_server=health_server)
 
 

@@ -27,7 +27,7 @@ from prometheus_client import Counter
 
 from stream.broker_loss import ReadPositions, check_aiokafka
 from stream.mirror_values import MirrorValues
-from stream.partitions import PartitionShare, find_partitions
+from stream.partitions import PartitionShare, TopicLayoutMismatch, find_partitions
 from stream.true_ends import probe_with_own_consumer
 from xdm.client_security import kafka_client_kwargs
 from xdm.config import KafkaConfig
@@ -82,7 +82,14 @@ class TopicMirror(Generic[V]):
         await self._consumer.start()
         partitions = await find_partitions(self._consumer, self.topic)
         if self.share is not None:
-            picked = self.share.pick(self.topic, [tp.partition for tp in partitions])
+            try:
+                picked = self.share.pick(self.topic, [tp.partition for tp in partitions])
+            except TopicLayoutMismatch:  # the caller gives up on this mirror: nothing else would close it
+                # aiokafka's stop() raises CancelledError for a consumer whose background routine has not
+                # run once yet (measured: stop right after start); one turn of the loop lets it start
+                await asyncio.sleep(0)
+                await self._consumer.stop()
+                raise
             partitions = [TopicPartition(self.topic, p) for p in picked]
         self._consumer.assign(partitions)
         await self._consumer.seek_to_beginning(*partitions)

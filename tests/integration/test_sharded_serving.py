@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 import time
 
 import grpc
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from infra.processes import wait_until
+from infra.processes import free_port, wait_until
+from infra.stack import config_env
 from serving.client import BlockingRecallClient
 from serving_stack import RequestStream, Servers, answered_by_model, clickers, start_serving_stack
 from stream.reader import WindowsReader
@@ -141,3 +144,16 @@ def test_a_replica_killed_or_hung_under_load_fails_no_call(sharded, tiny_log):
         finally:
             hung.resume()
     assert stream.failures == [], stream.failures[:5]
+
+
+@pytest.mark.timeout(120)
+def test_a_server_whose_partition_count_is_not_the_changelogs_refuses_to_start(sharded):
+    stack, _, _ = sharded
+    wrong = {"kafka.partitions": 2 * stack.cfg.kafka.partitions, "serving.shards": SHARDS, "serving.shard": 1,
+             "serving.port": free_port()}
+    done = subprocess.run([sys.executable, "-m", "xdm", "--profile", "test", "serve"], capture_output=True, text=True,
+                          env=config_env(apply_overrides(stack.cfg, wrong)), timeout=100)
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]  # the one line the CLI prints, nothing after it
+    assert last.startswith("error: topic") and (f"has {stack.cfg.kafka.partitions} partitions but kafka.partitions "
+                                                f"is {2 * stack.cfg.kafka.partitions}") in last, done.stderr[-2000:]

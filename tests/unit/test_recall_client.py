@@ -7,7 +7,7 @@ import time
 import grpc
 import pytest
 
-from serving.client import MIN_TRY_S, Failover, RecallClient, shard_targets
+from serving.client import MIN_TRY_S, BlockingRecallClient, Failover, shard_targets
 from xdm.config import load_config
 from xdm.errors import ConfigError
 from xdm.shards import user_partition
@@ -38,10 +38,10 @@ def test_targets_that_do_not_match_the_shards_are_refused():
 
 
 def test_the_client_routes_a_user_by_the_producers_hash():
-    client = RecallClient(_cfg(shards=2, shard_targets="127.0.0.1:1;127.0.0.1:2"))  # channels connect lazily
     partitions = load_config("test", env={}).kafka.partitions
-    for user in (f"u{n}" for n in range(200)):
-        assert client.routes.shard_of(user) == user_partition(user, partitions) % 2
+    with BlockingRecallClient(_cfg(shards=2, shard_targets="127.0.0.1:1;127.0.0.1:2")) as client:  # lazy channels
+        for user in (f"u{n}" for n in range(200)):
+            assert client.routes.shard_of(user) == user_partition(user, partitions) % 2
 
 
 def _error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
