@@ -12,7 +12,8 @@ Every step, in the same order on every rank:
    own RNG; rank 0 broadcasts exactly those rows, so the parameters stay identical.
 3. Forward and backward on the local batch (an empty batch contributes nothing), then one all-reduce
    of the gradients weighted by local batch size: dense parameters whole, embedding tables only at the
-   union of rows some rank touched (the rows of a batch, not of a 30 M-item table). Skip decisions for
+   union of rows some rank touched (the rows of a batch, not of a 30 M-item table): a sparse gradient's
+   indices (learner.sparse_item_update), a dense one's nonzero rows. Skip decisions for
    a non-finite loss are taken together. Clipping and AdaGrad then run on identical gradients, so the
    replicas never drift; a checksum at every checkpoint verifies it.
 
@@ -45,7 +46,7 @@ from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.model import config_for, pick_device
 from learner.online import POLL_MS, LearnerStatus, OnlineLearner, Taken
 from learner.progressive import ValidationSampling, validation_sampling
-from learner.trainer import StepStats, Trainer
+from learner.trainer import StepStats, Trainer, clip_grad_norm
 from xdm.config import Config
 from xdm.model_config import ModelConfig, model_overrides
 
@@ -218,9 +219,11 @@ class DistributedTrainer(Trainer):
 
     def __init__(self, model_cfg: ModelConfig, comm: Comm, lr: float = 0.1, clip_norm: float = 5.0, seed: int = 7,
                  device: str = "auto", threads: int = 1, adagrad_init: float = 0.0,
-                 lr_warmup_steps: int = 0, validation: ValidationSampling | None = None) -> None:
+                 lr_warmup_steps: int = 0, validation: ValidationSampling | None = None,
+                 sparse_item_update: str = "auto") -> None:
         super().__init__(model_cfg, lr=lr, clip_norm=clip_norm, seed=seed, device=device, threads=threads,
-                         adagrad_init=adagrad_init, lr_warmup_steps=lr_warmup_steps, validation=validation)
+                         adagrad_init=adagrad_init, lr_warmup_steps=lr_warmup_steps, validation=validation,
+                         sparse_item_update=sparse_item_update)
         self.comm = comm
         self.seed = seed
         self.sync_from_rank0()
@@ -262,6 +265,7 @@ class DistributedTrainer(Trainer):
             batch = batch.to(self.device)
             hr, mrr = (0.0, 0.0) if rehearsal else self.progressive_validation(batch)
             self.model.train()
+            self.model.use_sparse_tables(self.sparse_tables())
             parts = self.model.calculate_loss(batch, self.sampler, self.generator, step=self.steps)
             finite = bool(torch.isfinite(parts.total))
             stats += torch.tensor([0.0 if finite else 1.0, parts.total.item() * n_local if finite else 0.0,
@@ -278,8 +282,8 @@ class DistributedTrainer(Trainer):
                              float(stats[5] / weight), n_local, skipped=True)
         if parts is not None:
             (parts.total * (n_local / n_total)).backward()  # the all-reduced sum is the mean over the group
-        self._all_reduce_gradients(emb)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
+        self._all_reduce_gradients(emb, self.sparse_tables())
+        clip_grad_norm(self.model.parameters(), self.clip_norm)
         self.warm_up_lr()
         self.optimizer.step()
         self.steps += 1
@@ -328,8 +332,9 @@ class DistributedTrainer(Trainer):
                 p.data[index] = flat[offset: offset + n].view(index.numel(), p.shape[1]).to(p.device)
                 offset += n
 
-    def _all_reduce_gradients(self, emb: dict[str, nn.Parameter]) -> None:
-        """One all-reduce: dense gradients whole, embedding gradients at the union of touched rows."""
+    def _all_reduce_gradients(self, emb: dict[str, nn.Parameter], sparse: bool) -> None:
+        """One all-reduce: dense gradients whole, embedding gradients at the union of touched rows. Every
+        rank's tables get this step's layout back (sparse or dense), also where its batch was empty."""
         emb_ids = {id(p) for p in emb.values()}
         dense = [p for p in self.model.parameters() if id(p) not in emb_ids]
         tables = list(emb.values())
@@ -337,8 +342,10 @@ class DistributedTrainer(Trainer):
         local_rows = []
         for p in tables:  # one index space over all tables: row r of table t is offsets[t] + r
             offsets.append(total)
+            if p.grad is not None and p.grad.is_sparse:
+                p.grad = p.grad.coalesce()  # sorted unique rows, repeats summed
             if p.grad is not None:
-                local_rows.append(p.grad.abs().sum(dim=1).nonzero().flatten() + total)
+                local_rows.append(_touched_rows(p.grad) + total)
             total += p.shape[0]
         rows = torch.cat(local_rows) if local_rows else torch.zeros(0, dtype=torch.long, device=self.comm.device)
         union = self.comm.gather_rows(rows.to(self.comm.device))
@@ -347,21 +354,42 @@ class DistributedTrainer(Trainer):
             lo, hi = offsets[t], offsets[t] + p.shape[0]
             mine = (union[(union >= lo) & (union < hi)] - lo).to(p.device)
             table_rows.append(mine)
-            grad = p.grad if p.grad is not None else torch.zeros_like(p)
-            pieces.append(grad[mine].flatten())
+            pieces.append(_gradient_at(p, mine).flatten())
         for p in dense:
             pieces.append((p.grad if p.grad is not None else torch.zeros_like(p)).flatten())
         flat = self.comm.all_reduce(torch.cat(pieces).to(self.comm.device))
         offset = 0
         for p, mine in zip(tables, table_rows):
             n = mine.numel() * p.shape[1]
-            grad = torch.zeros_like(p)
-            grad[mine] = flat[offset: offset + n].view(mine.numel(), p.shape[1]).to(p.device)
-            p.grad = grad
+            values = flat[offset: offset + n].view(mine.numel(), p.shape[1]).to(p.device)
+            if sparse:
+                p.grad = torch.sparse_coo_tensor(mine.unsqueeze(0), values, p.shape, is_coalesced=True)
+            else:
+                p.grad = torch.zeros_like(p)
+                p.grad[mine] = values
             offset += n
         for p in dense:
             p.grad = flat[offset: offset + p.numel()].view_as(p).to(p.device).clone()
             offset += p.numel()
+
+
+def _touched_rows(grad: Tensor) -> Tensor:
+    """The rows a table's gradient has: a coalesced sparse one's indices, a dense one's nonzero rows."""
+    if grad.is_sparse:
+        return grad._indices()[0]
+    return grad.abs().sum(dim=1).nonzero().flatten()
+
+
+def _gradient_at(p: nn.Parameter, rows: Tensor) -> Tensor:
+    """A table's gradient at `rows` [len(rows), D]: sorted, a superset of the rows it touched."""
+    grad = p.grad
+    if grad is None:
+        return p.new_zeros(rows.numel(), p.shape[1])
+    if not grad.is_sparse:
+        return grad[rows]
+    out = p.new_zeros(rows.numel(), p.shape[1])
+    out[torch.searchsorted(rows, grad._indices()[0])] = grad._values()
+    return out
 
 
 # ---- the learner loop
@@ -386,7 +414,8 @@ class DistributedLearner(OnlineLearner):
         self.trainer = DistributedTrainer(config_for(self.variant, **model_overrides(cfg.model)), comm, lr=lc.lr,
                                           clip_norm=lc.clip_norm, seed=lc.seed, device=str(comm.device),
                                           threads=lc.torch_threads, adagrad_init=lc.adagrad_init,
-                                          lr_warmup_steps=lc.lr_warmup_steps, validation=validation_sampling(lc))
+                                          lr_warmup_steps=lc.lr_warmup_steps, validation=validation_sampling(lc),
+                                          sparse_item_update=lc.sparse_item_update)
         self.status = DistributedStatus(rank=comm.rank, world_size=comm.world_size)
         self.record_ids = record_ids
 

@@ -29,6 +29,7 @@ def sampled_softmax_loss(
     own_negatives: Tensor | None = None,
     own_negative_mask: Tensor | None = None,
     log_q_own: Tensor | None = None,
+    sparse_grad: bool = False,
 ) -> Tensor:
     """CrossEntropy(C_ut, SampledSoftmax(z, C_ut, C-)) of eq. 9, averaged over each user's labels.
 
@@ -46,11 +47,17 @@ def sampled_softmax_loss(
     own_negatives [B, U] (with own_negative_mask [B, U] and log_q_own [B, U]) are extra negatives of each
     user's own softmax, beyond the papers: the items it was shown and skipped. They take the same -log Q
     as a sampled item, so their logits are on the scale of the classes they compete with.
+
+    sparse_grad: the gradient of item_out_weight holds only the rows gathered here (a sparse tensor), so
+    its cost follows the batch and not the N rows of the table.
     """
+    def rows(ids: Tensor) -> Tensor:
+        return F.embedding(ids, item_out_weight, sparse=True) if sparse_grad else item_out_weight[ids]
+
     n_pos = positives.shape[1]
-    w_pos = item_out_weight[positives]  # [B, K, D]
+    w_pos = rows(positives)  # [B, K, D]
     pos_logits = (w_pos * z.unsqueeze(1)).sum(-1) - log_q_pos.to(z.dtype)
-    neg_logits = z @ item_out_weight[negatives].T - log_q_neg.to(z.dtype).unsqueeze(0)  # [B, j]
+    neg_logits = z @ rows(negatives).T - log_q_neg.to(z.dtype).unsqueeze(0)  # [B, j]
     if item_out_bias is not None:
         pos_logits = pos_logits + item_out_bias[positives]
         neg_logits = neg_logits + item_out_bias[negatives].unsqueeze(0)
@@ -60,7 +67,7 @@ def sampled_softmax_loss(
         neg_logits = neg_logits.masked_fill(hits.any(dim=1), float("-inf"))
     logits = [pos_logits, neg_logits]
     if own_negatives is not None:
-        own_logits = (item_out_weight[own_negatives] * z.unsqueeze(1)).sum(-1) - log_q_own.to(z.dtype)
+        own_logits = (rows(own_negatives) * z.unsqueeze(1)).sum(-1) - log_q_own.to(z.dtype)
         if item_out_bias is not None:
             own_logits = own_logits + item_out_bias[own_negatives]
         logits.append(own_logits.masked_fill(~own_negative_mask, float("-inf")))

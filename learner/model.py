@@ -295,6 +295,18 @@ class XDM(nn.Module):
         """Whether z depends on the unclicked window (eqs. 6-8), not only the metric loss (eq. 4, z = h)."""
         return self.cfg.fusion != "none" and self.unclicked is not None
 
+    def vocabulary_tables(self) -> list[nn.Embedding]:
+        """The tables whose rows follow the vocabulary (every input kind and the item output table):
+        the ones that grow with the catalogue, and of which a batch touches only a few rows."""
+        tables = list(self.embed.tables.values())
+        return tables if self.item_out is self.embed.tables["item"] else [*tables, self.item_out]
+
+    def use_sparse_tables(self, sparse: bool) -> None:
+        """Row-sparse gradients for the vocabulary tables (only the rows a batch touched), or dense ones
+        of the tables' full size. Switchable between steps: the optimiser state is the same either way."""
+        for table in self.vocabulary_tables():
+            table.sparse = sparse
+
     def item_vectors(self) -> Tensor:
         """Item output embeddings [n_items, D] (the live Parameter: detach to publish); row r is item
         vocabulary row r, row 0 (padding) is zero and must not be published."""
@@ -330,7 +342,7 @@ class XDM(nn.Module):
         ce = losses.sampled_softmax_loss(
             out.z, self.item_out.weight, None, positives, positive_mask, negatives,
             sampler.log_q(positives), log_q_neg, cfg.remove_accidental_hits,
-            own, own_mask, sampler.log_q(own) if own is not None else None,
+            own, own_mask, sampler.log_q(own) if own is not None else None, sparse_grad=self.item_out.sparse,
         )
         triplet = self._metric_loss(out, batch)
         return LossParts(total=ce + self.triplet_weight_at(step) * triplet, ce=ce, triplet=triplet)
@@ -486,6 +498,8 @@ def _grow_embedding(emb: nn.Embedding, new_rows: int, init_std: float) -> None:
     old = emb.weight
     fresh = torch.empty(new_rows, old.shape[1], dtype=old.dtype, device=old.device).normal_(0.0, init_std)
     old.data = torch.cat([old.data, fresh], dim=0)  # same Parameter object: the optimiser keeps it
-    if old.grad is not None:
+    if old.grad is not None and old.grad.is_sparse:  # the same rows, in a taller table
+        old.grad = torch.sparse_coo_tensor(old.grad._indices(), old.grad._values(), old.shape)
+    elif old.grad is not None:
         old.grad = torch.cat([old.grad, torch.zeros_like(fresh)], dim=0)
     emb.num_embeddings = old.shape[0]

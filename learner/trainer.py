@@ -15,22 +15,58 @@ scored (HR@50, MRR@50 against its own labels) BEFORE the model trains on it, so 
 honest out-of-sample estimates of a model that learns online; above a catalogue size it scores a sample of
 samples and items (learner/progressive.py). The sampler follows the vocabulary's counts row by row
 (only the rows counted since the last step move), so a step costs nothing per catalogue item there.
+
+The model update does not either, above a catalogue size: with `sparse_item_update` on, the tables whose
+rows follow the vocabulary (item input and output, side-info) get row-sparse gradients, holding only the
+rows the batch looked up (the sampled softmax's positives, negatives and skipped items included), and
+AdaGrad updates just those rows. Dense gradients of a 1 M-row table and a dense AdaGrad pass over it cost
+more than the rest of the step (bench/learner_scale.py). Both paths keep AdaGrad's accumulator as one
+dense tensor per table (a row without gradient keeps its sum and its weights, in either), so checkpoints
+are the same in both and the path may change between steps. "auto" is sparse above
+SPARSE_AUTO_MIN_ITEMS items: below it the dense path is as fast and keeps earlier results bit for bit
+(sparse summation order differs in the last float bits).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from learner.batch import Vocabulary, collate
-from learner.model import XDM, pick_device
+from learner.batch import Batch, Vocabulary, collate
+from learner.model import XDM, LossParts, pick_device
 from learner.progressive import ValidationSampling, validate_every_item, validate_sampled
 from learner.sampler import LogUniformSampler
 from xdm.model_config import ModelConfig
+
+
+SPARSE_ITEM_UPDATES = ("auto", "on", "off")
+SPARSE_AUTO_MIN_ITEMS = 100_000  # "auto": sparse table updates above this many items (as learner.validation_full_max_items)
+
+
+def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """torch.nn.utils.clip_grad_norm_ (L2) that also takes sparse gradients, which torch's refuses.
+
+    A sparse gradient is coalesced first (repeated rows summed), so the norm of its values is the norm of
+    the dense gradient it stands for; the total is the L2 norm of the per-tensor norms and every gradient
+    is scaled by min(1, max_norm / (total + 1e-6)), as torch does. With only dense gradients it is torch's
+    own. Returns the total norm before clipping.
+    """
+    params = [p for p in parameters if p.grad is not None]
+    if not any(p.grad.is_sparse for p in params):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    for p in params:
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+    grads = [p.grad._values() if p.grad.is_sparse else p.grad for p in params]
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for grad in grads:  # a coalesced gradient's values are a view: scaling them scales the gradient
+        grad.mul_(scale)
+    return total
 
 
 @dataclass(frozen=True)
@@ -48,7 +84,9 @@ class Trainer:
     def __init__(self, model_cfg: ModelConfig, lr: float = 0.1, clip_norm: float = 5.0, seed: int = 7,
                  device: str = "auto", vocab: Vocabulary | None = None, threads: int = 1,
                  adagrad_init: float = 0.0, lr_warmup_steps: int = 0,
-                 validation: ValidationSampling | None = None) -> None:
+                 validation: ValidationSampling | None = None, sparse_item_update: str = "auto") -> None:
+        if sparse_item_update not in SPARSE_ITEM_UPDATES:
+            raise ValueError(f"sparse_item_update must be one of {SPARSE_ITEM_UPDATES}, got {sparse_item_update!r}")
         # Measured here: a tiny model stepped 70x slower with 2 threads than with 1 while another process
         # used the second core (OpenMP workers spin-wait), so the thread count is explicit.
         torch.set_num_threads(max(1, threads))
@@ -61,6 +99,7 @@ class Trainer:
         self.lr_warmup_steps = lr_warmup_steps
         self.optimizer = self._adagrad(lr)
         self.clip_norm = clip_norm
+        self.sparse_item_update = sparse_item_update
         self.sampler: LogUniformSampler | None = None  # made at the first step: it needs one item
         self.generator = torch.Generator().manual_seed(seed)
         self.validation = validation or ValidationSampling()
@@ -78,19 +117,34 @@ class Trainer:
         self._touch(batch, max(s.ts_ms for s in samples))
         batch = batch.to(self.device)
         hr, mrr = (math.nan, math.nan) if rehearsal else self.progressive_validation(batch)
-        self.model.train()
-        parts = self.model.calculate_loss(batch, self.sampler, self.generator, step=self.steps)
+        parts = self.learn(batch)
         self.samples_seen += 0 if rehearsal else len(samples)
         if not torch.isfinite(parts.total):
             self.skipped_steps += 1
             return StepStats(math.nan, math.nan, math.nan, hr, mrr, len(samples), skipped=True)
+        return StepStats(parts.total.item(), parts.ce.item(), float(parts.triplet.detach()), hr, mrr, len(samples), False)
+
+    def learn(self, batch: Batch) -> LossParts:
+        """The model update of a step on a collated batch: the loss (eq. 9), backward, clipping, AdaGrad.
+        A non-finite loss changes nothing (the caller counts the skip)."""
+        self.model.train()
+        self.model.use_sparse_tables(self.sparse_tables())
+        parts = self.model.calculate_loss(batch, self.sampler, self.generator, step=self.steps)
+        if not torch.isfinite(parts.total):
+            return parts
         self.optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
+        clip_grad_norm(self.model.parameters(), self.clip_norm)
         self.warm_up_lr()
         self.optimizer.step()
         self.steps += 1
-        return StepStats(parts.total.item(), parts.ce.item(), float(parts.triplet.detach()), hr, mrr, len(samples), False)
+        return parts
+
+    def sparse_tables(self) -> bool:
+        """Whether this step's vocabulary tables get row-sparse gradients (learner.sparse_item_update)."""
+        if self.sparse_item_update == "auto":
+            return self.model.n_items - 1 > SPARSE_AUTO_MIN_ITEMS
+        return self.sparse_item_update == "on"
 
     def warm_up_lr(self) -> None:
         """Set the learning rate of the coming step: lr x (steps + 1) / lr_warmup_steps until it reaches lr."""

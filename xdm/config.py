@@ -115,9 +115,13 @@ class LearnerConfig:
     #                                           many items (exact); above, a sample of both (learner/progressive.py)
     validation_users: int = 16  # ... above it: samples of a batch scored
     validation_items: int = 400_000  # ... against this many items, each row with probability items / N (ranks scaled); all when fewer
+    sparse_item_update: str = "auto"  # on: the vocabulary tables get row-sparse gradients and AdaGrad updates only
+    #                                   the rows a batch touched; off: dense; auto: on above 100 k items (learner/trainer.py)
     metrics_port: int = 0  # Prometheus metrics port (0 = disabled)
 
     def __post_init__(self) -> None:
+        if self.sparse_item_update not in ("auto", "on", "off"):
+            raise ValueError(f"sparse_item_update must be auto, on or off, got {self.sparse_item_update!r}")
         if self.rehearsal_steps < 0:
             raise ValueError(f"rehearsal_steps must be >= 0, got {self.rehearsal_steps}")
         if self.rehearsal_window < 1:
