@@ -6,8 +6,9 @@ by user id (replay/producer.py, kafka-python), whose default partitioner puts a 
 does too. Faust writes a table row's changelog record to the partition of the event being processed
 (stream/updater.py makes each user's own record the current event), so the windows changelog is
 co-partitioned with the events: the user's changelog partition is that same hash of the user id's UTF-8
-bytes over the same partition count (kafka.partitions). tests/unit/test_shards.py checks the hash against
-kafka-python's own; tests/integration/test_sharded_serving.py checks it against where a real worker put users.
+bytes over the same partition count (kafka.partitions), computed with kafka-python's own murmur2.
+tests/unit/test_shards.py checks the formula against aiokafka's partitioner;
+tests/integration/test_sharded_serving.py checks it against where a real worker put users.
 
 Partitions are dealt to shards by a rule, partition p to shard p mod S (serving.shards), or by an explicit
 layout (serving.shard_partitions, "0,2;1,3": shard 0 holds partitions 0 and 2, shard 1 holds 1 and 3).
@@ -20,33 +21,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kafka.partitioner.default import murmur2  # the producers' own hash: a copy could drift from it
+
 from xdm.config import Config
 from xdm.errors import ConfigError
-
-_SEED = 0x9747B28C  # Kafka's murmur2 seed (org.apache.kafka.common.utils.Utils.murmur2)
-_M = 0x5BD1E995
-_MASK = 0xFFFFFFFF
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's 32-bit murmur2 of `data` (unsigned), as its Java client and kafka-python compute it."""
-    length = len(data)
-    h = (_SEED ^ length) & _MASK
-    whole = length - length % 4
-    for i in range(0, whole, 4):
-        k = int.from_bytes(data[i:i + 4], "little")
-        k = (k * _M) & _MASK
-        k ^= k >> 24
-        k = (k * _M) & _MASK
-        h = ((h * _M) & _MASK) ^ k
-    tail = data[whole:]
-    if tail:
-        h ^= int.from_bytes(tail, "little")  # the 1-3 trailing bytes, little-endian, as the switch in Java does
-        h = (h * _M) & _MASK
-    h ^= h >> 13
-    h = (h * _M) & _MASK
-    h ^= h >> 15
-    return h
 
 
 def user_partition(user_id: str, partitions: int) -> int:
