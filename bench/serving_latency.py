@@ -18,11 +18,20 @@ The published item vectors cluster by leaf category (a centre per leaf, items ar
 output embeddings do; isotropic random vectors, the worst case for IVF, are what `serving.local_index=auto`
 refuses (tests/unit/test_local_index.py). Last, in process, the full scans and the IVF index on clustered
 vectors of the largest size. Writes
-bench/results/serving_latency/serving_latency.json and prints a table with the ratio to echo.
+bench/results/serving_latency/serving_latency.json (a markdown table and a plot beside it) and prints a
+table with the ratio to echo.
+
+`--milvus standalone` starts a real Milvus standalone instead of Milvus Lite and publishes with an HNSW
+index (milvus.index_type=HNSW, searched with milvus.search_ef): the cluster path, where the `milvus`
+server's search runs in Milvus. Each row then also gives Milvus's own CPU per answer (the process's
+CPU over the row / answers), so the cost of an answer is the server's plus Milvus's. The figure of #26:
+
+    .venv/bin/python bench/serving_latency.py --milvus standalone --servers exact,local,milvus \
+        --sizes 100000,1000000 --concurrency 8 --out bench/results/serving_milvus/serving_milvus.json
 
     .venv/bin/python bench/serving_latency.py [--requests 2000] [--seconds 20] [--quick]
         [--servers exact,local,ivf,thread,runners2,switch1,nofreeze,eager,nobatch,milvus] [--sizes 10000,100000] [--concurrency 1,8,32]
-        [--repeats 1] [--out bench/results/serving_latency/serving_latency.json]
+        [--repeats 1] [--milvus lite|standalone] [--out bench/results/serving_latency/serving_latency.json]
 """
 
 from __future__ import annotations
@@ -66,7 +75,8 @@ SERVERS = {  # "exact" first: it is the reference the others' recall@50 is measu
     "nobatch": {"serving.batch_max": 1, "serving.batch_runners": 1},
     "milvus": {"serving.local_index_max_items": 0},
 }
-FULL_SWEEP = ("exact", "local", "ivf")  # the others run concurrency 8 only, except at the largest catalogue
+FULL_SWEEP = ("exact", "local", "ivf")
+MILVUS_INDEX = {"lite": {}, "standalone": {"milvus.index_type": "HNSW"}}  # per --milvus: how versions are indexed  # the others run concurrency 8 only, except at the largest catalogue
 
 
 def main() -> None:
@@ -76,10 +86,12 @@ def main() -> None:
         return
     sizes = (10_000,) if args.quick else args.sizes
     root = Path(tempfile.mkdtemp(prefix="xdm-bench-serving-"))
-    cfg = load_config("local", env={}, overrides={"model.embed_dim": 64})
-    stack = start_services(root / "stack", cfg, "local", arms=",".join(f"n{n}:1" for n in sizes))
+    cfg = load_config("local", env={}, overrides={"model.embed_dim": 64, **MILVUS_INDEX[args.milvus]})
+    stack = start_services(root / "stack", cfg, "local", arms=",".join(f"n{n}:1" for n in sizes), milvus=args.milvus)
+    milvus_pid = stack.by_name("milvus").pid
     results: dict = {"machine": platform.machine(), "cores": _cores(), "users": USERS, "out": str(args.out.resolve().relative_to(ROOT) if args.out.resolve().is_relative_to(ROOT) else args.out),
-                     "repeats": args.repeats, "rows": [], "publish_s": {},
+                     "repeats": args.repeats, "rows": [], "publish_s": {}, "milvus": args.milvus,
+                     "index_type": stack.cfg.milvus.index_type, "search_ef": stack.cfg.milvus.search_ef,
                      "recall_at_50": {}}
     answers: dict[tuple[str, int], list[list[str]]] = {}
     bar = progress_bar(total=_planned_rows(args, sizes), desc="serving bench", unit="row")
@@ -113,9 +125,12 @@ def main() -> None:
                     if name not in FULL_SWEEP and c != 8 and n != max(sizes):
                         continue
                     before, cpu_before = _server_metrics(metrics_port), _cpu_seconds(proc.pid)
+                    milvus_before = _cpu_seconds(milvus_pid)["process"]
                     stats = _repeated_load(f"127.0.0.1:{port}", f"n{n}", c, args)
                     stats.update(_batch_stats(before, _server_metrics(metrics_port)))
                     stats.update(_cpu_per_request(cpu_before, _cpu_seconds(proc.pid), stats["requests"]))
+                    stats["milvus_cpu_ms"] = ((_cpu_seconds(milvus_pid)["process"] - milvus_before) * 1000
+                                              / max(stats["requests"], 1))
                     results["rows"].append(_row(name, n, c, stats))
                     _progress(bar, results["rows"][-1])
             proc.stop()
@@ -390,13 +405,17 @@ def _report(results: dict) -> None:
     print(f"\nRecall latency on loopback ({results['cores']} cores, {USERS} users, k=50); per batch: mean size, "
           "ms queued / in tower / in search; per request: server CPU ms, of it on the event loop; "
           "full garbage collections during the row and their mean ms; load = 1-minute load average")
+    print(f"Milvus: {results.get('milvus', 'lite')}, index {results.get('index_type', 'FLAT')}; mcpu = Milvus's CPU ms "
+          "per answer")
     print(f"{'server':<8} {'items':>7} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'QPS':>8} {'p99/echo':>9} {'errors':>6}"
-          f" {'batch':>6} {'queue':>6} {'tower':>6} {'search':>6} {'cpu':>5} {'loop':>5} {'gc2':>3} {'gc2ms':>6} {'load':>5}")
+          f" {'batch':>6} {'queue':>6} {'tower':>6} {'search':>6} {'cpu':>5} {'loop':>5} {'mcpu':>5} {'gc2':>3} {'gc2ms':>6}"
+          f" {'load':>5}")
     for r in results["rows"]:
         ratio = r["p99_ms"] / echo[r["concurrency"]]["p99_ms"]
         r["p99_vs_echo"] = round(ratio, 1)
         server_view = " ".join(_cell(r.get(key)) for key in ("batch_mean", "queue_ms", "tower_ms", "search_ms"))
-        server_view += "".join(f" {r[key]:>5.2f}" if key in r else f" {'-':>5}" for key in ("cpu_ms", "loop_cpu_ms"))
+        server_view += "".join(f" {r[key]:>5.2f}" if key in r else f" {'-':>5}"
+                               for key in ("cpu_ms", "loop_cpu_ms", "milvus_cpu_ms"))
         server_view += f" {r['gc_full']:>3} {_cell(r.get('gc_full_ms'))}" if "gc_full" in r else f" {'-':>3} {_cell(None)}"
         print(f"{r['server']:<8} {r['items']!s:>7} {r['concurrency']:>4} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
               f"{r['qps']:>8.0f} {ratio:>9.1f} {r['errors']:>6} {server_view} {r['load_1m']:>5.1f}")
@@ -410,7 +429,58 @@ def _report(results: dict) -> None:
     out = ROOT / results["out"]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    out.with_suffix(".md").write_text(_markdown(results))
+    _plot(results, out.with_suffix(".png"))
+    print(f"wrote {out} and its .md and .png")
+
+
+def _markdown(results: dict) -> str:
+    """The rows as a markdown table: latency, throughput and CPU per answer (server, Milvus, both)."""
+    lines = [f"Recall on loopback, {results['cores']} cores, k=50, Milvus {results.get('milvus', 'lite')} "
+             f"(index {results.get('index_type', 'FLAT')}, ef {results.get('search_ef', '-')}); command in "
+             "bench/serving_latency.py's docstring.", "",
+             "| server | items | C | p50 ms | p99 ms | QPS | p99 / echo | server CPU ms/answer | Milvus CPU ms/answer "
+             "| recall@50 | load |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results["rows"]:
+        recall = results["recall_at_50"].get(f"{r['server']} {r['items']}", 1.0 if r["server"] == "exact" else None)
+        cells = [r["server"], r["items"], r["concurrency"], f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                 f"{r['qps']:.0f}", f"{r.get('p99_vs_echo', 0):.1f}", _md(r.get("cpu_ms")), _md(r.get("milvus_cpu_ms")),
+                 _md(recall, 3), f"{r['load_1m']:.1f}"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines += ["", f"publish (s): {results['publish_s']}"]
+    return "\n".join(lines) + "\n"
+
+
+def _md(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _plot(results: dict, path: Path) -> None:
+    """p99 and CPU per answer (server + Milvus) against catalogue size, a line per server variant."""
+    from xdm.plotting import pyplot
+
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    rows = [r for r in results["rows"] if r["server"] != "echo"]
+    for conc in sorted({r["concurrency"] for r in rows}):
+        for server in dict.fromkeys(r["server"] for r in rows):
+            mine = sorted((r for r in rows if r["server"] == server and r["concurrency"] == conc),
+                          key=lambda r: r["items"])
+            if not mine:
+                continue
+            items = [r["items"] for r in mine]
+            label = f"{server} C={conc}"
+            left.plot(items, [r["p99_ms"] for r in mine], marker="o", label=label)
+            right.plot(items, [r.get("cpu_ms", 0) + r.get("milvus_cpu_ms", 0) for r in mine], marker="o", label=label)
+    for axis, title in ((left, "p99 latency (ms)"), (right, "CPU per answer, server + Milvus (ms)")):
+        axis.set_xscale("log")
+        axis.set_xlabel("items")
+        axis.set_title(title)
+        axis.legend(fontsize=8)
+    fig.suptitle(f"Recall, Milvus {results.get('milvus', 'lite')} ({results.get('index_type', 'FLAT')})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _cell(value: float | None) -> str:
@@ -463,6 +533,8 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--sizes", type=_numbers, default=(10_000, 100_000), help="catalogue sizes, comma-separated")
     parser.add_argument("--concurrency", type=_numbers, default=(1, 8, 32), help="load levels, comma-separated")
     parser.add_argument("--repeats", type=int, default=1, help="loads per row; the row reports their medians")
+    parser.add_argument("--milvus", choices=tuple(MILVUS_INDEX), default="lite",
+                        help="Milvus Lite, or a real Milvus standalone with HNSW versions")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results file")
     parser.add_argument("--echo-port", type=int, default=0, help=argparse.SUPPRESS)
     return parser.parse_args()

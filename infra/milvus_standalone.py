@@ -8,6 +8,9 @@ seconds per data dir, and the embedded etcd listens on 2379 and 2380 whatever `-
 a server given --etcd-port 57133 listened on 2379/2380), so a second server collides with the first. So
 the stack runs the binary itself: unpacked once into a cache, etcd's listeners set by an etcd config file,
 every other port written into milvus.yaml, and the HTTP (health, metrics) port through METRICS_PORT.
+etcd listens on loopback; Milvus 2.3's gRPC and HTTP servers listen on every interface (no setting says
+otherwise), without authorization unless milvus.yaml's common.security.authorizationEnabled is set: on a
+machine reachable from a network, firewall these ports.
 """
 
 from __future__ import annotations
@@ -86,11 +89,16 @@ def binary_dir(cache_root: Path | None = None) -> Path:
 
 def write_config(data_dir: Path, ports: StandalonePorts) -> Path:
     """milvus.yaml and the embedded etcd's config under data_dir/configs; data and logs under data_dir."""
-    config = milvus.MilvusServerConfig(data_dir=str(data_dir), **_template_ports(ports))
+    config = milvus.MilvusServerConfig(data_dir=str(data_dir))
+    for name, port in _template_ports(ports).items():
+        config.set(name, port)
     for section in ADVERTISING_SECTIONS:
         config.set(f"{section}.ip", "127.0.0.1")
     config.set("common.gracefulStopTimeout", GRACEFUL_STOP_S)
-    config.resolve()  # writes data_dir/configs/milvus.yaml; raises if a port cannot be bound
+    # not config.resolve(): its trial bind without SO_REUSEADDR fails on a port a stopped server's
+    # connections still hold in TIME_WAIT (seen on a restart), where the server's own listeners succeed
+    config.resolve_storage()
+    config.write_config()
     etcd = f"http://127.0.0.1:{ports.etcd_port}"
     peer = f"http://127.0.0.1:{ports.etcd_peer_port}"
     etcd_config = data_dir / "configs" / "embed-etcd.yaml"

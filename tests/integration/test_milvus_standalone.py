@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import samples_from_log
+from infra.services import start_milvus_standalone
 from serving_stack import ARMS, answered_by_model, ask, clickers, start_serving_stack
 from learner import vector_store
 from replay.simulate import simulate
@@ -111,3 +112,26 @@ def test_recall_searches_a_real_milvus_per_request_across_a_version_swap(milvus_
         channel.close()
     finally:
         served.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_restarted_standalone_keeps_its_address_and_versions(tmp_path):
+    """What Stack.restart does after a crash (fault tests, bench/chaos.py): the same data dir and ports."""
+    server = start_milvus_standalone(tmp_path / "data", tmp_path / "logs")
+    try:
+        cfg = MilvusConfig(uri=server.address, collection_prefix="restart")
+        vectors = np.random.default_rng(2).standard_normal((100, 8)).astype(np.float32)
+        client = vector_store.connect(cfg)
+        name = vector_store.write_version(client, cfg, "xdm", 1, [f"i{j}" for j in range(100)], vectors)
+        client.close()
+        server.stop()
+        # its connections' ports are still in TIME_WAIT: a trial bind without SO_REUSEADDR fails on them
+        server = start_milvus_standalone(tmp_path / "data", tmp_path / "logs", ports=server.ports)
+        client = vector_store.connect(cfg)
+        try:
+            best = vector_store.search(client, name, vectors[:1], 1, timeout_s=60)
+        finally:
+            client.close()
+        assert best[0][0][0] == f"i{int(np.argmax(vectors @ vectors[0]))}"  # FLAT: exact
+    finally:
+        server.stop()
