@@ -259,13 +259,13 @@ class DistributedTrainer(Trainer):
         batch = collate(samples, self.vocab, grow=False) if samples else None
         self._touch_everywhere(batch, max((s.ts_ms for s in samples), default=0))
 
+        self.model.use_sparse_tables(self.sparse_min_rows())  # on every rank: the layout all-reduced gradients take
         stats = torch.zeros(6, dtype=torch.float64, device=comm.device)  # non-finite, loss, ce, triplet, hr, mrr
         parts = None
         if batch is not None:
             batch = batch.to(self.device)
             hr, mrr = (0.0, 0.0) if rehearsal else self.progressive_validation(batch)
             self.model.train()
-            self.model.use_sparse_tables(self.sparse_tables())
             parts = self.model.calculate_loss(batch, self.sampler, self.generator, step=self.steps)
             finite = bool(torch.isfinite(parts.total))
             stats += torch.tensor([0.0 if finite else 1.0, parts.total.item() * n_local if finite else 0.0,
@@ -282,7 +282,7 @@ class DistributedTrainer(Trainer):
                              float(stats[5] / weight), n_local, skipped=True)
         if parts is not None:
             (parts.total * (n_local / n_total)).backward()  # the all-reduced sum is the mean over the group
-        self._all_reduce_gradients(emb, self.sparse_tables())
+        self._all_reduce_gradients(emb)
         clip_grad_norm(self.model.parameters(), self.clip_norm)
         self.warm_up_lr()
         self.optimizer.step()
@@ -332,10 +332,11 @@ class DistributedTrainer(Trainer):
                 p.data[index] = flat[offset: offset + n].view(index.numel(), p.shape[1]).to(p.device)
                 offset += n
 
-    def _all_reduce_gradients(self, emb: dict[str, nn.Parameter], sparse: bool) -> None:
+    def _all_reduce_gradients(self, emb: dict[str, nn.Parameter]) -> None:
         """One all-reduce: dense gradients whole, embedding gradients at the union of touched rows. Every
         rank's tables get this step's layout back (sparse or dense), also where its batch was empty."""
         emb_ids = {id(p) for p in emb.values()}
+        sparse = {id(table.weight) for table in self.model.vocabulary_tables() if table.sparse}
         dense = [p for p in self.model.parameters() if id(p) not in emb_ids]
         tables = list(emb.values())
         offsets, total = [], 0
@@ -362,7 +363,7 @@ class DistributedTrainer(Trainer):
         for p, mine in zip(tables, table_rows):
             n = mine.numel() * p.shape[1]
             values = flat[offset: offset + n].view(mine.numel(), p.shape[1]).to(p.device)
-            if sparse:
+            if id(p) in sparse:
                 p.grad = torch.sparse_coo_tensor(mine.unsqueeze(0), values, p.shape, is_coalesced=True)
             else:
                 p.grad = torch.zeros_like(p)

@@ -301,11 +301,12 @@ class XDM(nn.Module):
         tables = list(self.embed.tables.values())
         return tables if self.item_out is self.embed.tables["item"] else [*tables, self.item_out]
 
-    def use_sparse_tables(self, sparse: bool) -> None:
-        """Row-sparse gradients for the vocabulary tables (only the rows a batch touched), or dense ones
-        of the tables' full size. Switchable between steps: the optimiser state is the same either way."""
+    def use_sparse_tables(self, min_rows: int | None) -> None:
+        """Row-sparse gradients (only the rows a batch touched) for the vocabulary tables of more than
+        `min_rows` rows, dense ones of the table's full size for the others (all of them when None).
+        Switchable between steps: the optimiser state is the same either way."""
         for table in self.vocabulary_tables():
-            table.sparse = sparse
+            table.sparse = min_rows is not None and table.num_embeddings > min_rows
 
     def item_vectors(self) -> Tensor:
         """Item output embeddings [n_items, D] (the live Parameter: detach to publish); row r is item

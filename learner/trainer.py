@@ -22,9 +22,10 @@ rows the batch looked up (the sampled softmax's positives, negatives and skipped
 AdaGrad updates just those rows. Dense gradients of a 1 M-row table and a dense AdaGrad pass over it cost
 more than the rest of the step (bench/learner_scale.py). Both paths keep AdaGrad's accumulator as one
 dense tensor per table (a row without gradient keeps its sum and its weights, in either), so checkpoints
-are the same in both and the path may change between steps. "auto" is sparse above
-SPARSE_AUTO_MIN_ITEMS items: below it the dense path is as fast and keeps earlier results bit for bit
-(sparse summation order differs in the last float bits).
+are the same in both and the path may change between steps. "auto" makes a table sparse once it has
+more than SPARSE_AUTO_MIN_ROWS rows: a smaller one updates faster dense (coalescing the ~30 k rows a
+batch looks up costs more than a pass over the table), and its results stay those of before bit for bit
+(sparse sums repeated rows in another order, which moves the last float bits).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from xdm.model_config import ModelConfig
 
 
 SPARSE_ITEM_UPDATES = ("auto", "on", "off")
-SPARSE_AUTO_MIN_ITEMS = 100_000  # "auto": sparse table updates above this many items (as learner.validation_full_max_items)
+SPARSE_AUTO_MIN_ROWS = 100_000  # "auto": a table of more rows gets sparse updates (as learner.validation_full_max_items)
 
 
 def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
@@ -128,7 +129,7 @@ class Trainer:
         """The model update of a step on a collated batch: the loss (eq. 9), backward, clipping, AdaGrad.
         A non-finite loss changes nothing (the caller counts the skip)."""
         self.model.train()
-        self.model.use_sparse_tables(self.sparse_tables())
+        self.model.use_sparse_tables(self.sparse_min_rows())
         parts = self.model.calculate_loss(batch, self.sampler, self.generator, step=self.steps)
         if not torch.isfinite(parts.total):
             return parts
@@ -140,11 +141,9 @@ class Trainer:
         self.steps += 1
         return parts
 
-    def sparse_tables(self) -> bool:
-        """Whether this step's vocabulary tables get row-sparse gradients (learner.sparse_item_update)."""
-        if self.sparse_item_update == "auto":
-            return self.model.n_items - 1 > SPARSE_AUTO_MIN_ITEMS
-        return self.sparse_item_update == "on"
+    def sparse_min_rows(self) -> int | None:
+        """Vocabulary tables of more rows get row-sparse gradients (learner.sparse_item_update); None: none."""
+        return {"auto": SPARSE_AUTO_MIN_ROWS, "on": 0, "off": None}[self.sparse_item_update]
 
     def warm_up_lr(self) -> None:
         """Set the learning rate of the coming step: lr x (steps + 1) / lr_warmup_steps until it reaches lr."""

@@ -115,8 +115,8 @@ class LearnerConfig:
     #                                           many items (exact); above, a sample of both (learner/progressive.py)
     validation_users: int = 16  # ... above it: samples of a batch scored
     validation_items: int = 400_000  # ... against this many items, each row with probability items / N (ranks scaled); all when fewer
-    sparse_item_update: str = "auto"  # on: the vocabulary tables get row-sparse gradients and AdaGrad updates only
-    #                                   the rows a batch touched; off: dense; auto: on above 100 k items (learner/trainer.py)
+    sparse_item_update: str = "auto"  # on: the vocabulary tables get row-sparse gradients, AdaGrad updates only
+    #                                   the rows a batch touched; off: dense; auto: tables of > 100 k rows (learner/trainer.py)
     metrics_port: int = 0  # Prometheus metrics port (0 = disabled)
 
     def __post_init__(self) -> None:
@@ -134,7 +134,7 @@ class LearnerConfig:
 class MilvusConfig:
     uri: str = "http://127.0.0.1:19530"  # Milvus (or Milvus Lite server) URI
     collection_prefix: str = "xdm"  # collections are <prefix>_<arm>_v<version>
-    index_type: str = "FLAT"  # FLAT is exact; HNSW / IVF_FLAT for large catalogues
+    index_type: str = "FLAT"  # FLAT is exact; HNSW for large catalogues (learner/vector_store.py INDEX_PARAMS)
     search_ef: int = 256  # HNSW: candidates a search examines (at least k); recall vs latency: bench/serving_latency.py
     lite_data: str = "var/milvus.db"  # Milvus Lite data file when the stack starts one
     # Client keepalive ping interval (s); 0 sends none. pymilvus pings every 10 s, idle or not, which Milvus
