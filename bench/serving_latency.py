@@ -75,8 +75,8 @@ SERVERS = {  # "exact" first: it is the reference the others' recall@50 is measu
     "nobatch": {"serving.batch_max": 1, "serving.batch_runners": 1},
     "milvus": {"serving.local_index_max_items": 0},
 }
-FULL_SWEEP = ("exact", "local", "ivf")
-MILVUS_INDEX = {"lite": {}, "standalone": {"milvus.index_type": "HNSW"}}  # per --milvus: how versions are indexed  # the others run concurrency 8 only, except at the largest catalogue
+FULL_SWEEP = ("exact", "local", "ivf")  # the others run concurrency 8 only, except at the largest catalogue
+MILVUS_INDEX = {"lite": {}, "standalone": {"milvus.index_type": "HNSW"}}  # per --milvus: how versions are indexed
 
 
 def main() -> None:

@@ -350,10 +350,14 @@ def _schema(dim: int, delta: bool = False):
     return schema
 
 
+# Build parameters per milvus.index_type (xdm/config.py INDEX_TYPES).
+INDEX_PARAMS = {"FLAT": {}, "HNSW": {"M": 16, "efConstruction": 200}}
+
+
 def _index(client: MilvusClient, cfg: MilvusConfig):
     params = client.prepare_index_params()
-    extra = {"M": 16, "efConstruction": 200} if cfg.index_type == "HNSW" else {}
-    params.add_index(field_name=VECTOR_FIELD, index_type=cfg.index_type, metric_type="IP", params=extra)
+    params.add_index(field_name=VECTOR_FIELD, index_type=cfg.index_type, metric_type="IP",
+                     params=INDEX_PARAMS[cfg.index_type])
     return params
 
 

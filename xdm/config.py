@@ -130,11 +130,16 @@ class LearnerConfig:
             raise ValueError("validation_full_max_items, validation_users and validation_items must be >= 1")
 
 
+# IVF_FLAT is not offered: built without nlist it fails (Milvus Lite and a real Milvus alike: "nlist out of
+# range"), and searched without nprobe it would find little.
+INDEX_TYPES = ("FLAT", "HNSW")
+
+
 @dataclass(frozen=True)
 class MilvusConfig:
     uri: str = "http://127.0.0.1:19530"  # Milvus (or Milvus Lite server) URI
     collection_prefix: str = "xdm"  # collections are <prefix>_<arm>_v<version>
-    index_type: str = "FLAT"  # FLAT is exact; HNSW for large catalogues (learner/vector_store.py INDEX_PARAMS)
+    index_type: str = "FLAT"  # one of INDEX_TYPES: FLAT is exact; HNSW for large catalogues
     search_ef: int = 256  # HNSW: candidates a search examines (at least k); recall vs latency: bench/serving_latency.py
     lite_data: str = "var/milvus.db"  # Milvus Lite data file when the stack starts one
     # Client keepalive ping interval (s); 0 sends none. pymilvus pings every 10 s, idle or not, which Milvus
@@ -146,6 +151,10 @@ class MilvusConfig:
     call_timeout_s: float = 120.0  # deadline of one Milvus call (s) in publishing and in reading a version's vectors
     token_file: str = ""  # file holding the Milvus token ("user:password" or an API key); "" = no login
     tls_ca: str = ""  # PEM CA that signed the Milvus server's certificate; set, clients speak TLS ("" = plaintext)
+
+    def __post_init__(self) -> None:
+        if self.index_type not in INDEX_TYPES:
+            raise ValueError(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {self.index_type!r}")
 
 
 @dataclass(frozen=True)
