@@ -172,7 +172,7 @@ class VectorSearch:
         self.timeout_s = timeout_s
         self._client: MilvusClient | None = None
         self._views: dict[str, vector_store.VersionView] = {}  # of the collections searched lately
-        self._views_lock = threading.Lock()  # searches run on several threads (serving.batch_runners)
+        self._views_lock = threading.Lock()  # loads a view; searches run on several threads (batch_runners)
 
     def _connect(self) -> MilvusClient:
         if self._client is None:
@@ -198,11 +198,13 @@ class VectorSearch:
         view = self._views.get(collection)
         if view is not None:
             return view
-        view = vector_store.version_view(self._connect(), collection, self.timeout_s)
-        with self._views_lock:
-            if len(self._views) >= VIEWS_KEPT:
-                self._views.pop(next(iter(self._views)))
-            self._views[collection] = view
+        with self._views_lock:  # one read of a new version's view, however many batches ask at once
+            view = self._views.get(collection)
+            if view is None:
+                view = vector_store.version_view(self._connect(), collection, self.timeout_s)
+                if len(self._views) >= VIEWS_KEPT:
+                    self._views.pop(next(iter(self._views)))
+                self._views[collection] = view
         return view
 
     def close(self) -> None:
