@@ -101,6 +101,7 @@ def _run_variant(name: str, base: Config, root: Path, limit: int, total: int, re
     proc = start_process(name, [sys.executable, "-m", "xdm", "worker"], root / "logs", env=config_env(cfg), cwd=ROOT)
     try:
         first_at, done_at, cpu_s, metrics = _watch(proc, port, limit, timeout_s)
+        rss_mb = _rss_mb(proc.pid)  # the worker's resident memory with everything it read still held
     finally:
         proc.stop()
     events = _processed(metrics)
@@ -109,6 +110,7 @@ def _run_variant(name: str, base: Config, root: Path, limit: int, total: int, re
         "variant": name, "overrides": VARIANTS[name], "events": events, "seconds": round(seconds, 2),
         "events_per_s": round(events / seconds) if seconds > 0 else None,
         "cpu_s": round(cpu_s, 2),
+        "rss_mb_at_end": rss_mb,
         "events_per_cpu_s": round(events / cpu_s) if cpu_s > 0 else None,  # insensitive to other load on the box
         "applied": int(metrics.get("xdm_stream_applied_total", 0)),
         "too_late": int(metrics.get("xdm_stream_too_late_total", 0)),
@@ -155,6 +157,16 @@ def _cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mb(pid: int) -> float | None:
+    """Resident memory of a process (Linux /proc; None elsewhere)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), None)
+    return None if kb is None else round(kb / 1024, 1)
 
 
 def _scrape(port: int) -> dict[str, float]:
