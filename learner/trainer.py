@@ -24,7 +24,8 @@ more than the rest of the step (bench/learner_scale.py). Both paths keep AdaGrad
 dense tensor per table (a row without gradient keeps its sum and its weights, in either), so checkpoints
 are the same in both and the path may change between steps. "auto" makes a table sparse once it has
 more than SPARSE_AUTO_MIN_ROWS rows: a smaller one updates faster dense (coalescing the ~30 k rows a
-batch looks up costs more than a pass over the table), and its results stay those of before bit for bit
+batch looks up costs more than a pass over the table: at 10 k items a step's update took 0.58 s with
+every table sparse, 0.35 s dense), and its results stay those of before bit for bit
 (sparse sums repeated rows in another order, which moves the last float bits).
 """
 
