@@ -1,7 +1,7 @@
 """The cluster path against a real Milvus (the PyPI `milvus` standalone, one server per test run): versions
 published with an HNSW index, the alias swap, retention, and Recall answered by a search in Milvus per
-request. Milvus Lite differs from it where these tests look: it takes any collection name, has no time
-tick (a Strong search costs nothing extra) and builds an index before it loads."""
+request, and a restart. A real Milvus differs from Milvus Lite where these tests look: it refuses a "-" in
+a collection name, and a search at Strong consistency waits for its next time tick (~200 ms)."""
 
 from __future__ import annotations
 
