@@ -229,26 +229,28 @@ def version_view(client: MilvusClient, collection: str, timeout_s: float, batch:
 
 
 def search(client: MilvusClient, collection: str, vectors: np.ndarray, limit: int, timeout_s: float,
-           view: VersionView | None = None, ef: int = 0) -> list[list[tuple[str, float]]]:
+           view: VersionView | None = None, ef: int = 0, nprobe: int = 0) -> list[list[tuple[str, float]]]:
     """Max inner product search of one version; one list of (item id, score) per query vector. A delta
     version searches its delta and its base and drops the base's hits the delta overrides. Pass the
     version's `view` when searching it often (it costs a describe, and for a delta a read of its ids).
-    ef: an HNSW index's candidates per query (milvus.search_ef; raised to the limit); 0 = Milvus's own."""
+    ef: an HNSW index's candidates per query (milvus.search_ef; raised to the limit); nprobe: the lists an
+    IVF_FLAT index scans (milvus.search_nprobe); 0 = Milvus's own. Each index type ignores the other's."""
+    knobs = {"ef": ef, "nprobe": nprobe}
     view = view or version_view(client, collection, timeout_s)
     if view.base is None:
-        return _search(client, collection, vectors, limit, timeout_s, ef=ef)
-    fresh = _search(client, collection, vectors, limit, timeout_s, f"{REMOVED_FIELD} == false", ef=ef)
-    old = _search_base(client, view, vectors, limit, timeout_s, ef)
+        return _search(client, collection, vectors, limit, timeout_s, knobs=knobs)
+    fresh = _search(client, collection, vectors, limit, timeout_s, f"{REMOVED_FIELD} == false", knobs=knobs)
+    old = _search_base(client, view, vectors, limit, timeout_s, knobs)
     return [merge_hits(f, o, view.overridden, limit) for f, o in zip(fresh, old)]
 
 
 def _search_base(client: MilvusClient, view: VersionView, vectors: np.ndarray, limit: int,
-                 timeout_s: float, ef: int) -> list[list[tuple[str, float]]]:
+                 timeout_s: float, knobs: dict[str, int]) -> list[list[tuple[str, float]]]:
     """The base's hits, enough of them that `limit` survive the overridden ones (or the base ran out): a
     base row past the ones returned scores no higher than any of them, so the merge stays exact."""
     ask = min(limit + min(len(view.overridden), limit), SEARCH_MAX_LIMIT)
     while True:
-        rows = _search(client, view.base, vectors, ask, timeout_s, ef=ef)
+        rows = _search(client, view.base, vectors, ask, timeout_s, knobs=knobs)
         short = any(len(row) == ask and sum(item not in view.overridden for item, _ in row) < limit for row in rows)
         if not short:
             return rows
@@ -260,11 +262,14 @@ def _search_base(client: MilvusClient, view: VersionView, vectors: np.ndarray, l
 
 
 def _search(client: MilvusClient, collection: str, vectors: np.ndarray, limit: int, timeout_s: float,
-            filter: str = "", ef: int = 0) -> list[list[tuple[str, float]]]:
-    # FLAT ignores ef. Eventual consistency: a version is never written after it was counted under Strong
-    # consistency, so nothing is missed; Strong (the collection's level) makes a real Milvus wait for its
-    # next time tick, ~200 ms a search (seen; 2 ms with Eventually).
-    params = {"metric_type": "IP", **({"params": {"ef": max(ef, limit)}} if ef else {})}
+            filter: str = "", knobs: dict[str, int] | None = None) -> list[list[tuple[str, float]]]:
+    # Eventual consistency: a version is never written after it was counted under Strong consistency, so
+    # nothing is missed; Strong (the collection's level) makes a real Milvus wait for its next time tick,
+    # ~200 ms a search (seen; 2 ms with Eventually).
+    knobs = {name: value for name, value in (knobs or {}).items() if value}
+    if "ef" in knobs:
+        knobs["ef"] = max(knobs["ef"], limit)  # HNSW refuses an ef below k
+    params = {"metric_type": "IP", **({"params": knobs} if knobs else {})}
 
     def run() -> list:
         return client.search(collection, data=[v.tolist() for v in vectors], limit=limit, filter=filter,
@@ -351,7 +356,7 @@ def _schema(dim: int, delta: bool = False):
 
 
 # Build parameters per milvus.index_type (xdm/config.py INDEX_TYPES).
-INDEX_PARAMS = {"FLAT": {}, "HNSW": {"M": 16, "efConstruction": 200}}
+INDEX_PARAMS = {"FLAT": {}, "HNSW": {"M": 16, "efConstruction": 200}, "IVF_FLAT": {"nlist": 1024}}
 
 
 def _index(client: MilvusClient, cfg: MilvusConfig):

@@ -182,7 +182,7 @@ class VectorSearch:
     async def top_k(self, collection: str, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         def run() -> list[list[tuple[str, float]]]:
             return vector_store.search(self._connect(), collection, vectors, k, self.timeout_s, self._view(collection),
-                                       ef=self.cfg.search_ef)
+                                       ef=self.cfg.search_ef, nprobe=self.cfg.search_nprobe)
 
         try:
             return await asyncio.wait_for(asyncio.to_thread(run), self.timeout_s)

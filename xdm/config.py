@@ -130,17 +130,16 @@ class LearnerConfig:
             raise ValueError("validation_full_max_items, validation_users and validation_items must be >= 1")
 
 
-# IVF_FLAT is not offered: built without nlist it fails (Milvus Lite and a real Milvus alike: "nlist out of
-# range"), and searched without nprobe it would find little.
-INDEX_TYPES = ("FLAT", "HNSW")
+INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT")  # build parameters: learner/vector_store.py INDEX_PARAMS
 
 
 @dataclass(frozen=True)
 class MilvusConfig:
     uri: str = "http://127.0.0.1:19530"  # Milvus (or Milvus Lite server) URI
     collection_prefix: str = "xdm"  # collections are <prefix>_<arm>_v<version>
-    index_type: str = "FLAT"  # one of INDEX_TYPES: FLAT is exact; HNSW for large catalogues
+    index_type: str = "FLAT"  # one of INDEX_TYPES: FLAT is exact; HNSW / IVF_FLAT for large catalogues
     search_ef: int = 256  # HNSW: candidates a search examines (at least k); recall vs latency: bench/serving_latency.py
+    search_nprobe: int = 64  # IVF_FLAT: of its 1024 lists, those a search scans
     lite_data: str = "var/milvus.db"  # Milvus Lite data file when the stack starts one
     # Client keepalive ping interval (s); 0 sends none. pymilvus pings every 10 s, idle or not, which Milvus
     # accepts; the Milvus Lite server allows one ping per 5 minutes and none on an idle connection, and
