@@ -22,12 +22,14 @@ bench/results/serving_latency/serving_latency.json (a markdown table and a plot 
 table with the ratio to echo.
 
 `--milvus standalone` starts a real Milvus standalone instead of Milvus Lite and publishes with an HNSW
-index (milvus.index_type=HNSW, searched with milvus.search_ef): the cluster path, where the `milvus`
-server's search runs in Milvus. Each row then also gives Milvus's own CPU per answer (the process's
+index (milvus.index_type=HNSW, searched with milvus.search_ef; `--index IVF_FLAT`: nlist 1024, searched
+with milvus.search_nprobe): the cluster path, where the `milvus` server's search runs in Milvus. Each row then also gives Milvus's own CPU per answer (the process's
 CPU over the row / answers), so the cost of an answer is the server's plus Milvus's. The figure of #26:
 
     .venv/bin/python bench/serving_latency.py --milvus standalone --servers exact,local,milvus \
         --sizes 100000,1000000 --concurrency 8 --out bench/results/serving_milvus/serving_milvus.json
+    .venv/bin/python bench/serving_latency.py --milvus standalone --index IVF_FLAT --servers exact,local,milvus \
+        --sizes 100000,1000000 --concurrency 8 --seconds 15 --out bench/results/serving_milvus/serving_milvus_ivf.json
 
     .venv/bin/python bench/serving_latency.py [--requests 2000] [--seconds 20] [--quick]
         [--servers exact,local,ivf,thread,runners2,switch1,nofreeze,eager,nobatch,milvus] [--sizes 10000,100000] [--concurrency 1,8,32]
@@ -54,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 from infra.processes import child_pids, free_port, port_open, start_process, wait_until  # noqa: E402
 from infra.stack import config_env, start_services  # noqa: E402
 from xdm.client_security import kafka_client_kwargs  # noqa: E402
-from xdm.config import apply_overrides, load_config  # noqa: E402
+from xdm.config import INDEX_TYPES, apply_overrides, load_config  # noqa: E402
 from xdm.model_config import model_overrides  # noqa: E402
 from xdm.progress import progress_bar  # noqa: E402
 
@@ -86,12 +88,14 @@ def main() -> None:
         return
     sizes = (10_000,) if args.quick else args.sizes
     root = Path(tempfile.mkdtemp(prefix="xdm-bench-serving-"))
-    cfg = load_config("local", env={}, overrides={"model.embed_dim": 64, **MILVUS_INDEX[args.milvus]})
+    index = {"milvus.index_type": args.index} if args.index else MILVUS_INDEX[args.milvus]
+    cfg = load_config("local", env={}, overrides={"model.embed_dim": 64, **index})
     stack = start_services(root / "stack", cfg, "local", arms=",".join(f"n{n}:1" for n in sizes), milvus=args.milvus)
     milvus_pid = stack.by_name("milvus").pid
     results: dict = {"machine": platform.machine(), "cores": _cores(), "users": USERS, "out": str(args.out.resolve().relative_to(ROOT) if args.out.resolve().is_relative_to(ROOT) else args.out),
                      "repeats": args.repeats, "rows": [], "publish_s": {}, "milvus": args.milvus,
                      "index_type": stack.cfg.milvus.index_type, "search_ef": stack.cfg.milvus.search_ef,
+                     "search_nprobe": stack.cfg.milvus.search_nprobe,
                      "recall_at_50": {}}
     answers: dict[tuple[str, int], list[list[str]]] = {}
     bar = progress_bar(total=_planned_rows(args, sizes), desc="serving bench", unit="row")
@@ -437,7 +441,8 @@ def _report(results: dict) -> None:
 def _markdown(results: dict) -> str:
     """The rows as a markdown table: latency, throughput and CPU per answer (server, Milvus, both)."""
     lines = [f"Recall on loopback, {results['cores']} cores, k=50, Milvus {results.get('milvus', 'lite')} "
-             f"(index {results.get('index_type', 'FLAT')}, ef {results.get('search_ef', '-')}); command in "
+             f"(index {results.get('index_type', 'FLAT')}, ef {results.get('search_ef', '-')}, nprobe "
+             f"{results.get('search_nprobe', '-')}); command in "
              "bench/serving_latency.py's docstring.", "",
              "| server | items | C | p50 ms | p99 ms | QPS | p99 / echo | server CPU ms/answer | Milvus CPU ms/answer "
              "| recall@50 | load |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -535,6 +540,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1, help="loads per row; the row reports their medians")
     parser.add_argument("--milvus", choices=tuple(MILVUS_INDEX), default="lite",
                         help="Milvus Lite, or a real Milvus standalone with HNSW versions")
+    parser.add_argument("--index", choices=INDEX_TYPES, default="", help="milvus.index_type (default: per --milvus)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results file")
     parser.add_argument("--echo-port", type=int, default=0, help=argparse.SUPPRESS)
     return parser.parse_args()
