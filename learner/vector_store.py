@@ -128,7 +128,9 @@ def write_delta(client: MilvusClient, cfg: MilvusConfig, arm: str, version: int,
     columns = {ID_FIELD: delta.ids + delta.removed,
                REMOVED_FIELD: [False] * len(delta.ids) + [True] * len(delta.removed)}
     _insert_bulk(client, name, columns, np.concatenate([delta.vectors, tombstones]), cfg.call_timeout_s)
-    _seal(client, cfg, name, delta.rows)
+    # no compaction: a delta is a few segments' worth, and waiting for a real Milvus to finish compacting
+    # took ~10 s a delta (bench/publish_cost.py --milvus standalone), more than writing it
+    _seal(client, cfg, name, delta.rows, compact=False)
     return name
 
 
@@ -152,12 +154,13 @@ def _insert_bulk(client: MilvusClient, name: str, columns: dict[str, list], vect
         client.insert(name, rows, timeout=timeout_s)
 
 
-def _seal(client: MilvusClient, cfg: MilvusConfig, name: str, rows: int) -> None:
+def _seal(client: MilvusClient, cfg: MilvusConfig, name: str, rows: int, compact: bool = True) -> None:
     """One flush, compaction, then the index over the whole collection (built once, after the rows are
     in, not segment by segment as they arrive), load, and a count that must match."""
     timeout = cfg.call_timeout_s
     client.flush(name, timeout=timeout)
-    _compact(client, name, timeout)
+    if compact:
+        _compact(client, name, timeout)
     client.create_index(name, _index(client, cfg), timeout=timeout)  # returns once built over every row
     client.load_collection(name, timeout=timeout)
     count = _count(client, name, timeout)
