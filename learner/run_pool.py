@@ -116,7 +116,7 @@ def row_record(job: Job, data: OfflineData, settings: TrainSettings, n_boot: int
     if job.kind == PEER:
         from learner.peers import recipe
 
-        model: dict[str, Any] = {"peer": job.model, "recipe": recipe()}
+        model: dict[str, Any] = {"peer": job.model, "recipe": recipe(job.model)}
     else:
         model = {"variant": job.model, "model_config": asdict(config_for(job.model, **job.model_overrides))}
     split = {k: v for k, v in data.summary().items() if k not in _TIMING_KEYS}
