@@ -1,6 +1,7 @@
 """Delta versions on the real broker and Milvus Lite (learner/vector_delta.py): along a chain of deltas on
 one base, every reader (read_all, the in-memory index a server loads, per-request search in Milvus) sees
-exactly each version's item vectors; retention keeps the base a kept delta needs and drops it after."""
+exactly each version's item vectors; retention keeps the base a kept delta needs and drops it after; and
+the layout holds on a real Milvus standalone."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from conftest import samples_from_log
 from learner import vector_store
 from learner.online import OnlineLearner
 from learner.publish import Snapshot, take_snapshot
+from learner.vector_delta import Base, diff
 from serving.search import VectorSearch, load_local_index
-from xdm.config import apply_overrides
+from xdm.config import MilvusConfig, apply_overrides
 
 K = 20
 
@@ -139,3 +141,32 @@ def test_retention_keeps_the_base_a_kept_delta_needs(stack, tiny_log):
     finally:
         client.close()
         learner.publisher.close()
+
+
+@pytest.mark.timeout(180)
+def test_a_delta_on_a_real_milvus_reads_and_searches_as_its_version(milvus_standalone):
+    """The same layout on a real Milvus (a collection property, a filtered search): what Milvus Lite
+    lets pass may not, e.g. an unknown property key or a filter on a bool field."""
+    cfg = MilvusConfig(uri=milvus_standalone.address, collection_prefix="delta")  # FLAT: exact, comparable
+    rng = np.random.default_rng(2)
+    ids = [f"i{j}" for j in range(3000)]
+    vectors = rng.standard_normal((3000, 32)).astype(np.float32)
+    now_ids = ids[:5] + ids[6:] + ["new"]  # i5 evicted, one item added, 50 rows moved
+    now = np.concatenate([np.delete(vectors, 5, axis=0), 4 * rng.standard_normal((1, 32)).astype(np.float32)])
+    now[:50] += 1.0
+    client = vector_store.connect(cfg)
+    try:
+        base = vector_store.write_version(client, cfg, "a", 1, ids, vectors)
+        delta = diff(Base(ids, vectors), now_ids, now)
+        name = vector_store.write_delta(client, cfg, "a", 2, base, delta)
+        assert vector_store.base_of(client, name, 10) == base and delta.rows == 52
+        got_ids, got = vector_store.read_all(client, name, timeout_s=30)
+        assert {i: got[r].tobytes() for r, i in enumerate(got_ids)} == {i: now[r].tobytes() for r, i in enumerate(now_ids)}
+        queries = np.concatenate([now[:10], 3 * vectors[5:6], now[-1:]])
+        snap = Snapshot(item_ids=now_ids, vectors=now, model=None, vocab=None, popular=[], trained_samples=0, steps=0)
+        _assert_same_hits(vector_store.search(client, name, queries, K, 10, ef=256), _exact_top_k(snap, queries, K))
+        vector_store.write_delta(client, cfg, "a", 3, base, delta)
+        assert vector_store.drop_versions_before(client, cfg, "a", 3) == [vector_store.collection_name(cfg, "a", 2)]
+        assert vector_store.versions(client, cfg, "a") == [1, 3]  # v1 stays: v3 applies to it
+    finally:
+        client.close()
