@@ -18,10 +18,15 @@ not by the catalogue; the larger catalogues' deltas are published at the measure
 share of the catalogue is printed. The extrapolation to 30 M items is linear in the rows written, from
 the 1 M run (µs per row). Where a full publish's time goes is recorded too: wall seconds per Milvus call
 (insert, flush, index, load, ...) and the CPU seconds this (client) process spent in it, the rest being
-the server's. Writes bench/results/publish_cost/publish_cost.{json,md,png}.
+the server's. Writes bench/results/publish_cost/publish_cost.{json,md,png} (--milvus standalone: its
+standalone/ folder).
 
     .venv/bin/python bench/publish_cost.py [--sizes 100000,1000000] [--world-items 100000] [--publishes 10]
-        [--milvus lite|standalone] [--changed-rows R1,R2 (skip the training measurement)]
+        [--milvus lite|standalone] [--changed-rows R1,R2 | --training-from RESULT.json (skip training)]
+
+The committed results: `--sizes 100000,1000000 --world-items 100000 --publishes 6` measured the training
+share (5 min), then the publishes were rerun with `--training-from` that JSON, for Milvus Lite and with
+`--milvus standalone`.
 """
 
 from __future__ import annotations
