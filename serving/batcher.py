@@ -4,11 +4,12 @@ No request waits for a batch to fill: a runner takes whatever is queued when it 
 load a batch is one request and at high load the queue itself forms the batches. Requests are grouped by
 the Tower they hold, so a batch never mixes versions.
 
-Each runner owns one compute thread and hands it the whole batch (tower, then the in-memory search) in
-one hop: the event loop keeps receiving and queueing meanwhile, and the next batch is formed only when
-that thread is free, so it holds everything that arrived during the previous one. With a compute process
-(serving.compute = "process", serving/compute_process.py) that thread only passes the batch to the child
-and waits; otherwise it computes the batch itself, sharing the GIL with the event loop.
+A runner hands the whole batch (tower, then the in-memory search) over in one hop: the event loop keeps
+receiving and queueing meanwhile, and the next batch is formed only when the batch in flight is done, so
+it holds everything that arrived during the previous one. With a compute process (serving.compute =
+"process", serving/compute_process.py) the runner sends the batch to the child from the event loop and
+awaits the answer; otherwise each runner owns a compute thread that computes the batch itself, sharing
+the GIL with the event loop.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class MicroBatcher:
         windows = [j.windows for j in jobs]
         try:
             if self.process is not None:
-                done: Computed = await loop.run_in_executor(self._pool, self.process.run, tower.info, windows, k)
+                done: Computed = await self.process.compute(tower.info, windows, k)
             else:
                 done = await loop.run_in_executor(self._pool, compute, tower, windows, k)
             STAGE.labels("tower").observe(done.tower_s)

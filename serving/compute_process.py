@@ -3,8 +3,13 @@
 Measured (bench/serving_latency.py, 100 k items, concurrency 8, 2 cores): with both on a thread of the
 server, the server process sat at 0.96 of a core (event loop thread 0.34, compute thread 0.55) while the
 other core was mostly idle: gRPC's Python and the tower's Python (collate, vocabulary lookups, the answer
-lists) took turns on one interpreter lock. The child has its own; the server's compute thread only sends
-a batch's windows down a pipe and waits for the answer with the lock released.
+lists) took turns on one interpreter lock. The child has its own; the server only sends a batch's windows
+down a pipe and reads the answer when it comes.
+
+The server's end of that pipe belongs to its event loop (an asyncio protocol on the socket), not to a
+thread blocked on it: the thread cost a hand-over of the interpreter lock each way and a wake-up of the
+loop per batch. The child's end is a plain multiprocessing Connection, so the framing is Connection's (a
+4-byte length, then one pickle: the server's own strings and numbers, the child's answer lists).
 
 The child builds each version itself (serving.compute.build_tower) and keeps the two latest of each arm,
 so a request that took the previous version just before a swap still finds it. If the child dies, or
@@ -16,10 +21,12 @@ arm before the next batch is answered.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import multiprocessing
 import os
+import pickle
 import socket
 import struct
 import threading
@@ -43,8 +50,8 @@ VERSIONS_KEPT = 2  # per arm: the current one and the one requests in flight may
 
 
 class ComputeProcess:
-    """The server's handle on its compute child. `run` is called by one thread at a time (the batcher's);
-    `load` by the registry, from another thread, while batches go on."""
+    """The server's handle on its compute child. `compute` is awaited on the server's event loop (one batch
+    at a time); `load` is called by the registry, from another thread, while batches go on."""
 
     def __init__(self, cfg: Config) -> None:
         for name in ("compute_timeout_s", "compute_load_timeout_s"):
@@ -53,12 +60,14 @@ class ComputeProcess:
         self.cfg = cfg
         self.on_lost: Callable[[VersionInfo], None] | None = None  # set by the registry
         self._context = multiprocessing.get_context("spawn")  # fork would copy gRPC's threads' state
-        self._run_lock = threading.Lock()
+        self._batch_lock: asyncio.Lock | None = None  # made on the event loop that awaits compute
         self._load_lock = threading.Lock()
         self._latest: dict[str, VersionInfo] = {}  # per arm: what a new child must load
         self._process: Any = None
-        self._run: Connection | None = None
+        self._run: Connection | None = None  # the batch pipe until the event loop takes it over
         self._load: Connection | None = None
+        self._pipe: _BatchPipe | None = None  # the batch pipe on the event loop (connected at the first batch)
+        self._pipe_socket: socket.socket | None = None  # its socket, which the pipe's transport owns
 
     def start(self) -> None:
         run_parent, run_child = self._context.Pipe()
@@ -68,12 +77,12 @@ class ComputeProcess:
         self._process.start()
         run_child.close()
         load_child.close()
-        _bound_waits(run_parent, self.cfg.serving.compute_timeout_s)
         _bound_waits(load_parent, self.cfg.serving.compute_load_timeout_s)
         self._run, self._load = run_parent, load_parent
         log.info("compute process started", extra={"pid": self._process.pid})
 
     def close(self) -> None:
+        self._drop_pipe()
         for conn in (self._run, self._load):
             if conn is not None:
                 conn.close()
@@ -100,24 +109,53 @@ class ComputeProcess:
             self._latest[info.arm] = info
         return payload
 
-    def run(self, info: VersionInfo, windows: list[WindowRows], k: int) -> Computed:
-        """One batch in the child (blocking). A child that dies or misses serving.compute_timeout_s fails
-        this batch and is replaced before the next; one found dead before the batch is replaced first."""
-        with self._run_lock:
-            assert self._run is not None
+    async def compute(self, info: VersionInfo, windows: list[WindowRows], k: int) -> Computed:
+        """One batch in the child. A child that dies or misses serving.compute_timeout_s fails this batch
+        and is replaced before the next; one found dead before the batch is replaced first. Replacing
+        blocks (a new child loads every served version), so it runs on a thread while batches wait."""
+        if self._batch_lock is None:
+            self._batch_lock = asyncio.Lock()
+        async with self._batch_lock:
             if not self._process.is_alive():
-                self._replace("died")
+                await asyncio.to_thread(self._replace, "died")
+            message = pickle.dumps((info.arm, info.version, windows, k), protocol=pickle.HIGHEST_PROTOCOL)
             try:
-                self._run.send((info.arm, info.version, windows, k))
-                status, payload = self._run.recv()
-            except (EOFError, OSError) as exc:
-                self._replace("hung" if isinstance(exc, BlockingIOError) else "died")
+                async with asyncio.timeout(self.cfg.serving.compute_timeout_s):
+                    status, payload = pickle.loads(await (await self._batch_pipe()).exchange(message))
+            except (TimeoutError, EOFError, OSError) as exc:
+                await asyncio.to_thread(self._replace, "hung" if isinstance(exc, TimeoutError) else "died")
                 raise SearchUnavailable(f"the compute process {_failure(exc)}; a new one was started") from exc
+            except BaseException:  # cancelled mid-batch: its answer would be read as the next batch's
+                self._drop_pipe()
+                self._process.kill()  # the next batch finds it dead and replaces it
+                raise
         if status == "unavailable":
             raise SearchUnavailable(payload)
         if status != "ok":
             raise RuntimeError(f"compute process: {payload}")
         return payload
+
+    async def _batch_pipe(self) -> _BatchPipe:
+        """The batch pipe as an asyncio protocol on the running loop; taken over from the Connection once
+        per child (a replaced child brings a new pipe)."""
+        if self._pipe is None:
+            assert self._run is not None
+            sock = socket.socket(fileno=os.dup(self._run.fileno()))  # a socketpair end (Linux Pipe)
+            self._run.close()
+            self._run = None
+            _, self._pipe = await asyncio.get_running_loop().create_unix_connection(_BatchPipe, sock=sock)
+            self._pipe_socket = sock
+        return self._pipe
+
+    def _drop_pipe(self) -> None:
+        """Shut the batch pipe down from any thread: the child reads its end of file, and the transport,
+        seeing its own, closes itself on the loop (a transport may only be closed there)."""
+        sock, self._pipe, self._pipe_socket = self._pipe_socket, None, None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by the transport
 
     def _kill(self) -> None:
         """SIGKILL: a hung child may never read the closed pipes, and a dead one takes no harm."""
@@ -158,8 +196,48 @@ def _bound_waits(conn: Connection, timeout_s: float) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
+class _BatchPipe(asyncio.Protocol):
+    """The server's end of the batch pipe: one message out, one answer back, in Connection's framing."""
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._answer: asyncio.Future[bytes] | None = None
+        self._lost: BaseException | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def exchange(self, message: bytes) -> asyncio.Future[bytes]:
+        """Send one message; the future gets the child's answer (bytes of one pickle), or EOFError."""
+        if self._lost is not None:
+            raise EOFError(f"the compute process closed its pipe ({self._lost!r})")
+        assert self._transport is not None and self._answer is None
+        self._answer = asyncio.get_running_loop().create_future()
+        self._transport.write(struct.pack("!i", len(message)) + message)
+        return self._answer
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) < 4:
+            return
+        size = struct.unpack_from("!i", self._buffer)[0]  # answers stay far below Connection's 2 GB framing
+        if len(self._buffer) < 4 + size:
+            return
+        answer, self._buffer = bytes(self._buffer[4:4 + size]), self._buffer[4 + size:]
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_result(answer)
+        self._answer = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._lost = exc or EOFError("end of file")
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_exception(EOFError(f"the compute process closed its pipe ({self._lost!r})"))
+        self._answer = None
+
+
 def _failure(exc: BaseException) -> str:
-    if isinstance(exc, BlockingIOError):
+    if isinstance(exc, (BlockingIOError, TimeoutError)):
         return "did not answer in time and was killed"
     return f"died ({exc!r})"
 
