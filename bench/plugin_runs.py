@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from learner.ablation import PEER_ROW_PREFIX, ablate  # noqa: E402
-from learner.offline import TrainSettings  # noqa: E402
+from learner.offline import train_settings  # noqa: E402
 from learner.peers import PEERS  # noqa: E402
 from learner.split import DEFAULT_TEST_DAYS, Split  # noqa: E402
 from replay.world_family import FAMILY  # noqa: E402
@@ -85,11 +85,8 @@ def peer_check(data: Path, out: Path, jobs: int) -> None:
     if _has_every_peer(out / "ablation.json"):
         return
     cfg = load_config()  # what `xdm ablate` reads: the config's window, sample and learner settings
-    lc = cfg.learner
     split = Split(data, cfg.windows, cfg.samples, DEFAULT_TEST_DAYS).validation()
-    settings = TrainSettings(epochs=3, batch_size=lc.batch_size, seed=lc.seed, lr=lc.lr, adagrad_init=lc.adagrad_init,
-                             lr_warmup_steps=lc.lr_warmup_steps, clip_norm=lc.clip_norm, device=lc.device,
-                             threads=lc.torch_threads)
+    settings = train_settings(cfg.learner)
     ablate(split, out, variants=("sdm",), settings=settings, model_overrides=model_overrides(cfg.model), peers=True,
            workers=jobs, resume=True, progress=False)
 

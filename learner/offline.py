@@ -34,6 +34,7 @@ from learner.metrics import metrics_at
 from learner.model import config_for
 from learner.split import Split
 from learner.trainer import Trainer
+from xdm.config import LearnerConfig
 from xdm.errors import XdmError
 from xdm.model_config import ModelConfig
 from xdm.progress import progress_bar
@@ -67,6 +68,14 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
+
+
+def train_settings(lc: LearnerConfig, epochs: int | None = None, batch_size: int | None = None,
+                   default_epochs: int = 3) -> TrainSettings:
+    """The offline training settings the learner section of the config gives (what every command trains with)."""
+    return TrainSettings(epochs=epochs or default_epochs, batch_size=batch_size or lc.batch_size, seed=lc.seed,
+                         lr=lc.lr, adagrad_init=lc.adagrad_init, lr_warmup_steps=lc.lr_warmup_steps,
+                         clip_norm=lc.clip_norm, device=lc.device, threads=lc.torch_threads)
 
 
 def metric_key(metric: str, n: int) -> str:

@@ -532,13 +532,9 @@ def _many_rows_options(fn):
 
 
 def _train_settings(cfg: Config, epochs: int | None, batch_size: int | None, default_epochs: int):
-    from learner.offline import TrainSettings
+    from learner.offline import train_settings
 
-    lc = cfg.learner
-    return TrainSettings(epochs=epochs or default_epochs, batch_size=batch_size or lc.batch_size, seed=lc.seed,
-                         lr=lc.lr, adagrad_init=lc.adagrad_init, lr_warmup_steps=lc.lr_warmup_steps,
-                         clip_norm=lc.clip_norm, device=lc.device,
-                         threads=lc.torch_threads)
+    return train_settings(cfg.learner, epochs, batch_size, default_epochs)
 
 
 def _split(cfg: Config, data_dir: Path, test_days: float, test_anchor: str, cache_dir: str) -> Split:
