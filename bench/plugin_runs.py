@@ -13,7 +13,7 @@ order and skipping whatever a previous call finished (a stopped run goes on wher
 4. `xdm ablate --variants sdm --peers --resume` into RUNS/W/peers (the peers and the popularity floor);
 5. bench/plugin_tables.py over every world so far.
 
-Each command's output goes to RUNS/W/logs/; one line per step is printed with its time.
+--peer-check-only stops after step 2. Each command's output goes to RUNS/W/logs/; one line per step is printed with its time.
 
     .venv/bin/python bench/plugin_runs.py --worlds exposure-follows-clicks,no-signal-window --jobs 1
 """
@@ -101,6 +101,8 @@ def run_world(name: str, args: argparse.Namespace) -> None:
         say(name, "simulated", started)
     peer_check(data, runs / "peer-check", args.jobs)
     say(name, "peer check on validation days", started)
+    if args.peer_check_only:
+        return
     for row in ROWS:
         out = runs / row
         if "choice" not in _run_record(out):  # written last by `xdm train`: the row finished
@@ -129,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=Path("var/plugin28"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/plugin28"))
     parser.add_argument("--jobs", type=int, default=1, help="models trained side by side")
+    parser.add_argument("--peer-check-only", action="store_true",
+                        help="steps 1-2 only (validation days: no test day is read), e.g. to check the peers "
+                             "on a large catalogue ahead of the world's turn; a later full run reuses it")
     args = parser.parse_args(argv)
     known = set(FAMILY) | {DEFAULT_WORLD}
     names = [n.strip() for n in args.names.split(",") if n.strip()]
