@@ -26,6 +26,7 @@ from learner.model_store import Tower
 from serving.compute import Computed, compute
 from serving.compute_process import ComputeProcess
 from serving.search import VectorSearch
+from serving.user_vectors import window_keys
 from stream.windows import WindowRows
 from xdm.supervision import SupervisedTask, Supervisor
 
@@ -33,6 +34,7 @@ BATCH_SIZE = Histogram("xdm_recall_batch_size", "Requests answered by one tower 
                        buckets=(1, 2, 4, 8, 16, 32, 64))
 STAGE = Histogram("xdm_recall_stage_seconds", "Time per batch in each stage of a Recall", ["stage"],
                   buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25))
+QUEUED, TOWER, SEARCH = (STAGE.labels(stage) for stage in ("queue", "tower", "search"))  # labelled once, not per batch
 
 
 @dataclass
@@ -97,24 +99,24 @@ class MicroBatcher:
         self.batches += 1
         self.requests += len(jobs)
         BATCH_SIZE.observe(len(jobs))
-        STAGE.labels("queue").observe(time.perf_counter() - min(j.queued for j in jobs))
+        QUEUED.observe(time.perf_counter() - min(j.queued for j in jobs))
         tower = jobs[0].tower
         k = max(j.k for j in jobs)
         loop = asyncio.get_running_loop()
-        windows = [j.windows for j in jobs]
+        keys = window_keys([j.windows for j in jobs])
         try:
             if self.process is not None:
-                done: Computed = await self.process.compute(tower.info, windows, k)
+                done: Computed = await self.process.compute(tower.info, keys, k)
             else:
-                done = await loop.run_in_executor(self._pool, compute, tower, windows, k)
-            STAGE.labels("tower").observe(done.tower_s)
-            hits = done.hits
-            if hits is None:  # the version's vectors are not in memory: search the vector store
+                done = await loop.run_in_executor(self._pool, compute, tower, keys, k)
+            TOWER.observe(done.tower_s)
+            if done.hits is None:  # the version's vectors are not in memory: search the vector store
                 started = time.perf_counter()
                 hits = await self.search.top_k(tower.info.collection, done.z, k)
-                STAGE.labels("search").observe(time.perf_counter() - started)
+                SEARCH.observe(time.perf_counter() - started)
             else:
-                STAGE.labels("search").observe(done.search_s)
+                hits = done.hits.unpack()
+                SEARCH.observe(done.search_s)
         except Exception as exc:  # every waiting request gets the failure, the runner goes on
             for job in jobs:
                 if not job.future.done():

@@ -9,7 +9,9 @@ down a pipe and reads the answer when it comes.
 The server's end of that pipe belongs to its event loop (an asyncio protocol on the socket), not to a
 thread blocked on it: the thread cost a hand-over of the interpreter lock each way and a wake-up of the
 loop per batch. The child's end is a plain multiprocessing Connection, so the framing is Connection's (a
-4-byte length, then one pickle: the server's own strings and numbers, the child's answer lists).
+4-byte length, then one pickle of the server's own strings and numbers): a batch goes down as its windows'
+item keys (serving.user_vectors.WindowKeys), all the tower reads of them, and its top k come back packed
+(serving.compute.PackedHits), not as a Python pair per hit.
 
 The child builds each version itself (serving.compute.build_tower) and keeps the two latest of each arm,
 so a request that took the previous version just before a swap still finds it. If the child dies, or
@@ -39,7 +41,7 @@ from prometheus_client import Counter
 from learner.model_store import Tower, VersionInfo
 from serving.compute import Computed, build_tower, compute
 from serving.search import SearchUnavailable
-from stream.windows import WindowRows
+from serving.user_vectors import WindowKeys
 from xdm.config import Config
 from xdm.errors import ConfigError
 
@@ -109,7 +111,7 @@ class ComputeProcess:
             self._latest[info.arm] = info
         return payload
 
-    async def compute(self, info: VersionInfo, windows: list[WindowRows], k: int) -> Computed:
+    async def compute(self, info: VersionInfo, keys: WindowKeys, k: int) -> Computed:
         """One batch in the child. A child that dies or misses serving.compute_timeout_s fails this batch
         and is replaced before the next; one found dead before the batch is replaced first. Replacing
         blocks (a new child loads every served version), so it runs on a thread while batches wait."""
@@ -118,7 +120,7 @@ class ComputeProcess:
         async with self._batch_lock:
             if not self._process.is_alive():
                 await asyncio.to_thread(self._replace, "died")
-            message = pickle.dumps((info.arm, info.version, windows, k), protocol=pickle.HIGHEST_PROTOCOL)
+            message = pickle.dumps((info.arm, info.version, keys, k), protocol=pickle.HIGHEST_PROTOCOL)
             try:
                 async with asyncio.timeout(self.cfg.serving.compute_timeout_s):
                     status, payload = pickle.loads(await (await self._batch_pipe()).exchange(message))
@@ -259,7 +261,7 @@ def _child_main(cfg: Config, run_conn: Connection, load_conn: Connection) -> Non
     threading.Thread(target=_load_loop, args=(cfg, load_conn, towers), name="loader", daemon=True).start()
     while True:
         try:
-            arm, version, windows, k = run_conn.recv()
+            arm, version, keys, k = run_conn.recv()
         except (EOFError, OSError):
             return  # the server closed the pipe or died: nothing left to answer
         tower = towers.get((arm, version))
@@ -267,7 +269,7 @@ def _child_main(cfg: Config, run_conn: Connection, load_conn: Connection) -> Non
             run_conn.send(("unavailable", f"version {version} of arm {arm} is not loaded in the compute process"))
             continue
         try:
-            reply: tuple[str, Any] = ("ok", compute(tower, windows, k))
+            reply: tuple[str, Any] = ("ok", compute(tower, keys, k))
         except Exception as exc:  # a bad batch fails its requests, not the child
             log.exception("batch failed in the compute process")
             reply = ("error", repr(exc))

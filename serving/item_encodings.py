@@ -43,43 +43,38 @@ class ItemEncodings:
     def __len__(self) -> int:
         return self._size - 1
 
-    def q_of(self, *groups: list[list[str]]) -> list[tuple[Tensor, Tensor]]:
-        """For each group (users' windows of item keys, e.g. the sessions, then the unclicked windows):
-        ([B, max(1, max L), D] q_i right-padded with zeros, [B] lengths). Keys new to any group cost one
-        tower call together. Locked: with serving.batch_runners > 1 two compute threads share a version,
-        and a table that starts over between one thread's rows and its gather would hand it other items'
-        q_i."""
+    def q_of(self, *groups: tuple[list[str], np.ndarray]) -> list[Tensor]:
+        """For each group (a window of every user of a batch: its keys flat, user after user, and [B] lengths;
+        e.g. the sessions, then the unclicked windows): [B, max(1, max L), D] q_i right-padded with zeros.
+        Keys new to any group cost one tower call together. Locked: with serving.batch_runners > 1 two
+        compute threads share a version, and a table that starts over between one thread's rows and its
+        gather would hand it other items' q_i."""
         with self._lock:
-            rows = self._rows([keys for windows in groups for keys in windows])
+            rows = self._rows([key for keys, _ in groups for key in keys])
             out, start = [], 0
-            for windows in groups:
-                out.append(self._gather(rows[start:start + len(windows)]))
-                start += len(windows)
+            for keys, lengths in groups:
+                out.append(self._gather(rows[start:start + len(keys)], lengths))
+                start += len(keys)
             return out
 
-    def _rows(self, windows: list[list[str]]) -> list[list[int]]:
+    def _rows(self, keys: list[str]) -> np.ndarray:
         """Each key's table row, computing q_i for keys not seen yet (one tower call for all of them)."""
         get = self._row.get
-        rows = [[get(key, 0) for key in keys] for keys in windows]  # 0, the pad row: not kept yet
-        if not any(0 in r for r in rows):
-            return rows
-        new = list(dict.fromkeys(key for keys in windows for key in keys if key not in self._row))
-        if self._size + len(new) > self.capacity + 1:
-            self._row.clear()
-            self._size = 1
-            new = list(dict.fromkeys(key for keys in windows for key in keys))
-        self._add(new)
-        row = self._row
-        return [[row[key] for key in keys] for keys in windows]
+        rows = [get(key, 0) for key in keys]  # 0, the pad row: not kept yet
+        if 0 in rows:
+            new = list(dict.fromkeys(key for key in keys if key not in self._row))
+            if self._size + len(new) > self.capacity + 1:
+                self._row.clear()
+                self._size = 1
+                new = list(dict.fromkeys(keys))
+            self._add(new)
+            row = self._row
+            rows = [row[key] for key in keys]
+        return np.array(rows, dtype=np.int64)
 
-    def _gather(self, rows: list[list[int]]) -> tuple[Tensor, Tensor]:
-        width = max(1, max(len(r) for r in rows))
-        index = np.zeros((len(rows), width), dtype=np.int64)
-        for i, r in enumerate(rows):
-            index[i, : len(r)] = r
-        flat = torch.from_numpy(index.reshape(-1)).to(self._table.device)
-        q = self._table.index_select(0, flat).view(len(rows), width, self._table.shape[1])
-        return q, torch.tensor([len(r) for r in rows], dtype=torch.long, device=self._table.device)
+    def _gather(self, rows: np.ndarray, lengths: np.ndarray) -> Tensor:
+        index = torch.from_numpy(right_padded(rows, lengths).reshape(-1)).to(self._table.device)
+        return self._table.index_select(0, index).view(len(lengths), -1, self._table.shape[1])
 
     def item_ids(self, key: str) -> tuple[int, ...]:
         """The vocabulary's five rows of a key (unknown values map to the vocabulary's unknown rows)."""
@@ -105,3 +100,12 @@ class ItemEncodings:
         for offset, key in enumerate(keys):
             self._row[key] = self._size + offset
         self._size = end
+
+
+def right_padded(flat: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Rows of B ragged sequences given flat (sequence after sequence) -> [B, max(1, max L), ...], zeros after
+    each sequence's own length; one masked assignment instead of a Python loop per sequence."""
+    width = max(1, int(lengths.max(initial=0)))
+    out = np.zeros((len(lengths), width, *flat.shape[1:]), dtype=flat.dtype)
+    out[np.arange(width) < lengths[:, None]] = flat  # the mask is True row by row, in the flat order
+    return out

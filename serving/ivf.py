@@ -51,16 +51,21 @@ class IVFIndex:
         return [self._index.invlists.list_size(i) for i in range(self.nlist)]
 
     def top_k(self, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        ids, scores = self.top_k_arrays(queries, k)
+        return [list(zip(i.tolist(), s.tolist())) for i, s in zip(ids, scores)]
+
+    def top_k_arrays(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """`top_k` as arrays, item ids (object) and float32 scores [B, min(k, items)]: no Python pair per hit."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
         k = min(k, len(self.ids))
         if k <= 0 or self._index is None:
-            return [[] for _ in range(len(q))]
+            return np.empty((len(q), 0), dtype=object), np.empty((len(q), 0), dtype=np.float32)
         scores, rows = self._index.search(q, k)
         short = np.flatnonzero((rows < 0).any(axis=1))
         if len(short):  # the probed lists held fewer than k items: those queries are answered from every list
             params = faiss.SearchParametersIVF(nprobe=self.nlist)
             scores[short], rows[short] = self._index.search(q[short], k, params=params)
-        return [list(zip(self._ids[r].tolist(), s.tolist())) for s, r in zip(scores, rows)]
+        return self._ids[rows], scores
 
 
 def _trained_ivf(vectors: np.ndarray, nlist: int, seed: int) -> faiss.IndexIVFFlat:

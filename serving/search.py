@@ -48,6 +48,7 @@ class LocalIndex:
 
     def __init__(self, ids: list[str], vectors: np.ndarray, scan: str = "float32") -> None:
         self.ids = ids
+        self._ids = np.array(ids, dtype=object)
         self.matrix = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
         self.scan = scan
         self.probe_recall: float | None = None  # set when "auto" compared it with an IVF index
@@ -57,9 +58,14 @@ class LocalIndex:
         return len(self.ids)
 
     def top_k(self, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        ids, scores = self.top_k_arrays(queries, k)
+        return [list(zip(i.tolist(), s.tolist())) for i, s in zip(ids, scores)]
+
+    def top_k_arrays(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """`top_k` as arrays, item ids (object) and float32 scores [B, min(k, items)]: no Python pair per hit."""
         k = min(k, len(self.ids))
         if k <= 0:
-            return [[] for _ in range(len(queries))]
+            return np.empty((len(queries), 0), dtype=object), np.empty((len(queries), 0), dtype=np.float32)
         q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
         if self._scan_matrix is None or SHORTLIST_FACTOR * k >= len(self.ids):
             values, rows = torch.topk(q @ self.matrix.T, k, dim=1)
@@ -68,8 +74,7 @@ class LocalIndex:
             exact = torch.bmm(self.matrix[shortlist], q.unsqueeze(2)).squeeze(2)
             values, picked = torch.topk(exact, k, dim=1)
             rows = torch.gather(shortlist, 1, picked)
-        return [[(self.ids[r], float(v)) for r, v in zip(row_ids, row_values)]
-                for row_ids, row_values in zip(rows.tolist(), values.tolist())]
+        return self._ids[rows.numpy()], values.numpy()
 
 
 def faster_scan(vectors: np.ndarray, queries: int = 8, repeats: int = 5) -> str:

@@ -1,4 +1,5 @@
 import asyncio
+import pickle
 import threading
 from dataclasses import replace
 from types import SimpleNamespace
@@ -151,21 +152,24 @@ def test_the_index_is_searched_off_the_event_loop_and_the_next_batch_holds_what_
     searching, release = threading.Event(), threading.Event()
 
     class SlowIndex:
-        def top_k(self, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        def top_k_arrays(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
             searching.set()
             if not release.wait(5):  # only the event loop sets it: a search on the loop would wait here forever
                 raise TimeoutError("the search blocked the event loop")
-            return [[("a", 1.0)] for _ in queries]
+            return np.full((len(queries), 1), "a", dtype=object), np.ones((len(queries), 1), dtype=np.float32)
 
-    monkeypatch.setattr(compute_module, "user_vectors", lambda tower, windows: np.zeros((len(windows), 2), dtype=np.float32))
+    users = lambda keys: len(keys.lengths) // 3  # noqa: E731
+    monkeypatch.setattr(compute_module, "user_vectors_of_keys",
+                        lambda tower, keys: np.zeros((users(keys), 2), dtype=np.float32))
+    no_windows = ((), (), ())
     tower = SimpleNamespace(index=SlowIndex(), info=None)
 
     async def scenario() -> tuple[int, int]:
         micro = batcher.MicroBatcher(search=None, max_batch=32, runners=1)
         micro.start()
-        first = asyncio.create_task(micro.recall(tower, None, 1))
+        first = asyncio.create_task(micro.recall(tower, no_windows, 1))
         assert await asyncio.to_thread(searching.wait, 5)
-        later = [asyncio.create_task(micro.recall(tower, None, 1)) for _ in range(3)]
+        later = [asyncio.create_task(micro.recall(tower, no_windows, 1)) for _ in range(3)]
         await asyncio.sleep(0)  # the loop runs while the search blocks its thread
         release.set()
         answers = await asyncio.wait_for(asyncio.gather(first, *later), 5)
@@ -174,3 +178,24 @@ def test_the_index_is_searched_off_the_event_loop_and_the_next_batch_holds_what_
         return micro.batches, micro.requests
 
     assert asyncio.run(scenario()) == (2, 4)
+
+
+@pytest.mark.parametrize("make", [lambda ids, v: LocalIndex(ids, v), lambda ids, v: LocalIndex(ids, v, "bfloat16"),
+                                  lambda ids, v: IVFIndex(ids, v, nlist=16, nprobe=4)])
+@pytest.mark.parametrize("k", [1, 50, 5000])
+def test_packed_hits_carry_exactly_the_pairs_top_k_gives(make, k):
+    """What crosses the compute process's pipe (PackedHits) unpacks to the same ids and the same float scores,
+    bit for bit, as the index's own pairs, k past the catalogue included."""
+    ids, vectors = _clustered(2000, dim=16)
+    index = make(ids, vectors)
+    queries = np.random.default_rng(1).normal(size=(3, 16)).astype(np.float32)
+    packed = compute_module.PackedHits.of(*index.top_k_arrays(queries, k))
+    assert pickle.loads(pickle.dumps(packed)).unpack() == index.top_k(queries, k)
+
+
+def test_packed_hits_of_an_empty_index_and_an_id_that_would_shift_the_split():
+    empty = compute_module.PackedHits.of(*LocalIndex([], np.zeros((0, 4), np.float32)).top_k_arrays(np.ones((2, 4)), 5))
+    assert empty.unpack() == [[], []]
+    ids = np.array([["a", "b\x1fc"]], dtype=object)
+    with pytest.raises(ValueError, match="item id"):
+        compute_module.PackedHits.of(ids, np.ones((1, 2), dtype=np.float32))

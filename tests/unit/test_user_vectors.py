@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import sys
 import threading
 from types import SimpleNamespace
@@ -9,11 +10,11 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from learner.batch import Vocabulary, collate
+from learner.batch import Vocabulary, collate, pad_ids
 from learner.model import XDM, config_for
 from learner.model_store import Tower, VersionInfo
-from serving.item_encodings import ItemEncodings
-from serving.user_vectors import clicked_items, has_clicks, user_vectors
+from serving.item_encodings import ItemEncodings, right_padded
+from serving.user_vectors import clicked_items, has_clicks, user_vectors, user_vectors_of_keys, window_keys
 from stream.windows import Behavior, Windows, rows_of, windows_of
 from xdm.records import Item
 
@@ -132,3 +133,41 @@ def test_clicked_items_and_has_clicks_read_short_and_long_only():
     assert clicked_items(rows) == {"i1", "i2", "i3", "i4", "i5"}
     assert has_clicks(rows) and has_clicks(rows_of(USERS[1]))
     assert not has_clicks(rows_of(windows(unclicked=[1, 2]))) and not has_clicks(None)
+
+
+def _z_padded_user_by_user(t: Tower, rows: list) -> np.ndarray:
+    """The collate before window keys crossed the pipe: each user's windows padded in a loop, the same kept
+    q_i table and vocabulary rows; the reference the batch's masked padding must equal bit for bit."""
+    enc = t.encodings
+
+    def q(kind: int) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(1, max(len(r[kind]) for r in rows))
+        index = np.zeros((len(rows), width), dtype=np.int64)
+        for i, r in enumerate(rows):
+            index[i, : len(r[kind])] = [enc._row[key] for _, key in r[kind]]
+        return enc._table[torch.from_numpy(index)], torch.tensor([len(r[kind]) for r in rows])
+
+    (q_short, short_len), (q_unclicked, unclicked_len) = q(0), q(2)
+    long, long_len = pad_ids([[enc.item_ids(key) for _, key in r[1]] for r in rows])
+    profile = torch.zeros(len(rows), len(t.vocab.profile_fields), dtype=torch.long)
+    with torch.inference_mode():
+        return t.model.user_vector_from_q(q_short, short_len, long, long_len, q_unclicked, unclicked_len, profile).numpy()
+
+
+def test_window_keys_sent_down_a_pipe_give_exactly_the_z_of_the_rows_padded_user_by_user():
+    t = tower("xdm")
+    for batch in ([rows_of(w) for w in USERS], [rows_of(w) for w in reversed(USERS)], [rows_of(USERS[1])]):
+        keys = pickle.loads(pickle.dumps(window_keys(batch)))  # what the compute process receives
+        served = user_vectors_of_keys(t, keys)
+        np.testing.assert_array_equal(served, _z_padded_user_by_user(t, batch))
+
+
+def test_right_padded_puts_each_sequence_in_its_own_row():
+    lengths = np.array([2, 0, 3])
+    flat = np.arange(1, 11).reshape(5, 2)
+    padded = right_padded(flat, lengths)
+    assert padded.shape == (3, 3, 2)
+    np.testing.assert_array_equal(padded[0, :2], flat[:2])
+    np.testing.assert_array_equal(padded[2], flat[2:5])
+    assert not padded[1].any() and not padded[0, 2].any()
+    assert right_padded(np.zeros((0, 5), np.int64), np.array([0, 0])).shape == (2, 1, 5)  # never zero-wide
