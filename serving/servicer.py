@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import NamedTuple
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
@@ -40,6 +41,20 @@ MAX_USER_ID = 256
 MAX_REQUEST_ID = 128
 
 
+class _ArmMetrics(NamedTuple):
+    """One arm's labelled metrics, looked up once: `labels()` hashes its values under a lock on every call,
+    which cost about half of the metrics' time per Recall."""
+
+    latency: Histogram
+    answers: Counter
+    fallbacks: Counter
+    version: Gauge
+
+    @classmethod
+    def of(cls, arm: str) -> _ArmMetrics:
+        return cls(LATENCY.labels(arm), ANSWERS.labels(arm, "false"), ANSWERS.labels(arm, "true"), VERSION.labels(arm))
+
+
 class RecallServicer(recall_pb2_grpc.RecallServicer):
     def __init__(self, arms: Arms, registry: TowerRegistry, reader: WindowsReader, batcher: MicroBatcher,
                  popular: PopularItems, max_k: int, search_timeout_s: float) -> None:
@@ -50,6 +65,7 @@ class RecallServicer(recall_pb2_grpc.RecallServicer):
         self.popular = popular
         self.max_k = max_k
         self.search_timeout_s = search_timeout_s
+        self._metrics: dict[str, _ArmMetrics] = {}  # per arm served (arms are validated or assigned: bounded)
 
     async def Recall(self, request: recall_pb2.RecallRequest, context: grpc.aio.ServicerContext) -> recall_pb2.RecallResponse:
         problem = request_problem(request, self.arms, self.max_k)
@@ -59,10 +75,11 @@ class RecallServicer(recall_pb2_grpc.RecallServicer):
         if owner is not None:
             await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, wrong_shard(request.user_id, owner, self.reader.shard))
         arm = request.arm or self.arms.assign(request.user_id)
-        with LATENCY.labels(arm).time():
+        metrics = self._metrics.get(arm) or self._metrics.setdefault(arm, _ArmMetrics.of(arm))
+        with metrics.latency.time():
             response = await self._answer(request, arm, context)
-        ANSWERS.labels(arm, str(response.fallback).lower()).inc()
-        VERSION.labels(arm).set(response.model_version)
+        (metrics.fallbacks if response.fallback else metrics.answers).inc()
+        metrics.version.set(response.model_version)
         return response
 
     async def _answer(self, request: recall_pb2.RecallRequest, arm: str, context) -> recall_pb2.RecallResponse:
@@ -85,8 +102,9 @@ class RecallServicer(recall_pb2_grpc.RecallServicer):
             await _abort(context, grpc.StatusCode.UNAVAILABLE, f"vector search took longer than {timeout} s")
         except SearchUnavailable as exc:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
-        items = [(item, score) for item, score in hits if item not in exclude][: request.k]
-        return _response(request, arm, items, version, fallback=False)
+        if exclude:  # hits holds request.k + len(exclude) items, already cut per request by the batcher
+            hits = [(item, score) for item, score in hits if item not in exclude][: request.k]
+        return _response(request, arm, hits, version, fallback=False)
 
     def _popular(self, k: int, exclude: set[str], tower) -> list[tuple[str, float]]:
         live = self.popular.top(k, exclude)
