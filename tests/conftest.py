@@ -47,7 +47,8 @@ def milvus_standalone(tmp_path_factory) -> ManagedProcess:
     try:
         yield server
     finally:
-        server.stop()
+        server.kill()  # its data is thrown away: a SIGTERM would wait out Milvus's slow graceful stop
+        server.stop()  # reaps it and waits until its ports are released
 
 
 def pytest_collection_modifyitems(items):
@@ -74,6 +75,16 @@ def tiny_log(tmp_path_factory) -> Path:
     """A small simulated world shared by the tests that only read it."""
     out = tmp_path_factory.mktemp("tiny-log")
     simulate(100, 300, 6, 11, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_log(tmp_path_factory) -> Path:
+    """A world of a sixth of tiny_log's events (a worker reads it in seconds, not tens of seconds) with
+    581 samples and 12 users with clicks, in both of the test profile's partitions: for tests that need a
+    worker to have read a log, not a large one."""
+    out = tmp_path_factory.mktemp("small-log")
+    simulate(30, 300, 3, 11, out, progress=False)
     return out
 
 

@@ -11,7 +11,7 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -43,15 +43,18 @@ class ServingStack:
         self.stack.stop()
 
 
-def start_serving_stack(root: Path, log: Path, cfg: Config, milvus: str = "lite") -> ServingStack:
+def start_serving_stack(root: Path, log: Path, cfg: Config, milvus: str = "lite",
+                        arms: Sequence[str] = ARMS) -> ServingStack:
     """Services (Milvus as infra.stack.start_services' `milvus` says), a worker that has read `log` to the
-    end, version 1 of each arm published; stop with close()."""
-    stack = start_services(root, cfg, "test", arms=",".join(f"{arm}:50" for arm in ARMS), milvus=milvus)
+    end, version 1 of each of `arms` published (a test that asks one arm trains and publishes that one
+    only: each arm costs a training, a publish and a load in every server); stop with close()."""
+    stack = start_services(root, cfg, "test", arms=",".join(f"{arm}:{100 // len(arms)}" for arm in arms),
+                           milvus=milvus)
     served = ServingStack(stack, {}, {})
     try:
         stack.start_worker()
         samples = samples_from_log(log, stack.cfg)
-        for arm in ARMS:
+        for arm in arms:
             learner = OnlineLearner(stack.cfg, arm, arm)
             for i in range(0, 320, 32):
                 learner.trainer.step(samples[i:i + 32])

@@ -86,21 +86,22 @@ def _served_version(stub, user: str) -> int:
 
 
 @pytest.mark.timeout(240)
-def test_forged_announcements_run_nothing_are_dead_lettered_and_a_later_version_serves(stack, tiny_log, tmp_path):
+def test_forged_announcements_run_nothing_are_dead_lettered_and_a_later_version_serves(stack, small_log, tmp_path):
+    # small_log: one user's windows are all the model's answer needs, and a worker reads it in seconds
     metrics_port = free_port()
     stack.cfg = cfg = apply_overrides(stack.cfg, {"serving.metrics_port": metrics_port})
     store = cfg.learner.model_store
     learner = OnlineLearner(cfg, ARM, ARM)
-    samples = samples_from_log(tiny_log, cfg)
+    samples = samples_from_log(small_log, cfg)
     learner.trainer.step(samples[:64])
     publisher = Publisher(cfg, ARM, ARM)
     try:
         good = publisher.publish(learner.trainer, 1)
         stack.start_worker()
-        produce_log(cfg.kafka, tiny_log, progress=False)
+        produce_log(cfg.kafka, small_log, progress=False)
         wait_for_quiet_topics(cfg, [changelog_topic(cfg), cfg.kafka.samples_topic])
         stack.start_server()
-        user = next(e.user_id for e in read_events(tiny_log) if e.kind == "click")
+        user = next(e.user_id for e in read_events(small_log) if e.kind == "click")
         channel = grpc.insecure_channel(f"127.0.0.1:{cfg.serving.port}")
         stub = recall_pb2_grpc.RecallStub(channel)
         wait_until(lambda: _served_version(stub, user) == 1, 60, "version 1 served by the model")

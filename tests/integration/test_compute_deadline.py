@@ -33,7 +33,8 @@ SEARCH_TIMEOUT_S = 1.0
 
 
 @pytest.mark.timeout(300)
-def test_a_hung_compute_child_is_killed_and_replaced_and_towers_answer_again(tmp_path, tiny_log):
+def test_a_hung_compute_child_is_killed_and_replaced_and_towers_answer_again(tmp_path, small_log):
+    # small_log: one user's windows are all a tower's answer needs, and a worker reads it in seconds
     metrics_port = free_port()
     cfg = load_config("test", env={}, overrides={"serving.compute_timeout_s": str(COMPUTE_TIMEOUT_S),
                                                  "serving.search_timeout_s": str(SEARCH_TIMEOUT_S),
@@ -41,12 +42,12 @@ def test_a_hung_compute_child_is_killed_and_replaced_and_towers_answer_again(tmp
     stack = start_services(tmp_path / "stack", cfg, "test")
     stopped = None
     try:
-        _publish_a_version(stack.cfg, tiny_log)
+        _publish_a_version(stack.cfg, small_log)
         stack.start_worker()
         server = stack.start_server()
-        produce_log(stack.cfg.kafka, tiny_log, progress=False)
+        produce_log(stack.cfg.kafka, small_log, progress=False)
         wait_for_quiet_topics(stack.cfg, [changelog_topic(stack.cfg)])
-        user = _most_clicking_user(tiny_log)
+        user = _most_clicking_user(small_log)
         with grpc.insecure_channel(f"127.0.0.1:{stack.cfg.serving.port}") as channel:
             stub = recall_pb2_grpc.RecallStub(channel)
             before = _answered_by_a_tower(stub, user)

@@ -32,10 +32,11 @@ from xdm.v1 import recall_pb2, recall_pb2_grpc
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, tiny_log):
+def served(tmp_path_factory, small_log):
     # The Milvus path (what large catalogues use); test_serving_faults.py covers the in-memory index.
     cfg = load_config("test", env={}, overrides={"serving.search_timeout_s": "1.0", "serving.local_index_max_items": "0"})
-    base = start_serving_stack(tmp_path_factory.mktemp("serving") / "stack", tiny_log, cfg)
+    # small_log: each test asks a few users (its own, by clicks), and a worker reads it in seconds
+    base = start_serving_stack(tmp_path_factory.mktemp("serving") / "stack", small_log, cfg)
     try:
         base.stack.start_server()
         channel = grpc.insecure_channel(f"127.0.0.1:{base.stack.cfg.serving.port}")
@@ -62,13 +63,13 @@ def _send(cfg, events: list[Event]) -> None:
 
 
 @pytest.mark.timeout(180)
-def test_a_click_moves_the_fused_vector_and_the_answer(served, tiny_log):
+def test_a_click_moves_the_fused_vector_and_the_answer(served, small_log):
     stack, stub, _, _ = served
-    user = clickers(tiny_log)[0]
+    user = clickers(small_log)[0]
     before = answered_by_model(stub, user, "xdm")
     assert not before.fallback and before.model_version >= 1 and len(before.items) == 20
-    catalogue = sorted(read_items(tiny_log))
-    t = _last_event_ms(tiny_log)[user] + 1000
+    catalogue = sorted(read_items(small_log))
+    t = _last_event_ms(small_log)[user] + 1000
     clicks = [Event(f"test-click-{n}", t + n * 1000, user, catalogue[(7 * n) % len(catalogue)], "click")
               for n in range(3)]
     _send(stack.cfg, clicks)
@@ -76,13 +77,13 @@ def test_a_click_moves_the_fused_vector_and_the_answer(served, tiny_log):
 
 
 @pytest.mark.timeout(180)
-def test_unclicked_items_change_the_xdm_answer_but_not_the_sdm_answer(served, tiny_log):
+def test_unclicked_items_change_the_xdm_answer_but_not_the_sdm_answer(served, small_log):
     stack, stub, _, _ = served
-    user = clickers(tiny_log)[1]
+    user = clickers(small_log)[1]
     xdm_before = answered_by_model(stub, user, "xdm")
     sdm_before = answered_by_model(stub, user, "sdm")
-    t = _last_event_ms(tiny_log)[user] + 1000
-    shown = sorted(read_items(tiny_log))[:12]
+    t = _last_event_ms(small_log)[user] + 1000
+    shown = sorted(read_items(small_log))[:12]
     impressions = [Event(f"test-imp-{n}-{rep}", t + 100 * n + rep, user, item, "impression")
                    for n, item in enumerate(shown) for rep in range(3)]  # exposed more than k=1 times
     _send(stack.cfg, impressions)
@@ -123,21 +124,21 @@ def test_random_requests_never_break_the_server(served, user, k, arm, exclude):
 
 
 @pytest.mark.timeout(60)
-def test_unknown_user_gets_popular_items_flagged_as_fallback(served, tiny_log):
+def test_unknown_user_gets_popular_items_flagged_as_fallback(served, small_log):
     _, stub, _, _ = served
     answer = ask(stub, "nobody-has-seen-me", k=5)
     assert answer.fallback and len(answer.items) == 5
-    catalogue = read_items(tiny_log)
+    catalogue = read_items(small_log)
     assert all(i.item_id in catalogue for i in answer.items)
 
 
 @pytest.mark.timeout(60)
-def test_exclude_clicked_drops_exactly_the_clicks_in_the_users_windows(served, tiny_log):
+def test_exclude_clicked_drops_exactly_the_clicks_in_the_users_windows(served, small_log):
     """k as large as the server allows, so the answer is the arm's whole collection: with exclude_clicked it
     is that collection less every item the user's windows hold as clicked, and none of those comes back."""
     stack, stub, _, _ = served
-    user = clickers(tiny_log)[2]  # no other test of this module writes events of this user
-    in_windows = _clicked_in_windows(tiny_log, user, stack.cfg)
+    user = clickers(small_log)[2]  # no other test of this module writes events of this user
+    in_windows = _clicked_in_windows(small_log, user, stack.cfg)
     answered_by_model(stub, user, "xdm")
 
     def ask(exclude: bool) -> tuple[int, list[str]]:
@@ -180,9 +181,9 @@ def test_health_and_reflection(served):
 
 
 @pytest.mark.timeout(180)
-def test_hot_reload_under_load_fails_no_request(served, tiny_log):
+def test_hot_reload_under_load_fails_no_request(served, small_log):
     stack, stub, learners, publishers = served
-    users = clickers(tiny_log)[:20]
+    users = clickers(small_log)[:20]
     failures, versions, stop = [], Counter(), threading.Event()
 
     def load(worker: int) -> None:
@@ -201,7 +202,7 @@ def test_hot_reload_under_load_fails_no_request(served, tiny_log):
     served_before = read_latest(stack.cfg.learner.model_store, "xdm").version
     last = served_before + 3
     try:
-        samples = samples_from_log(tiny_log, stack.cfg)
+        samples = samples_from_log(small_log, stack.cfg)
         for n, version in enumerate(range(served_before + 1, last + 1), start=1):
             learners["xdm"].trainer.step(samples[(10 + n) * 32:(11 + n) * 32])
             publishers["xdm"].publish(learners["xdm"].trainer, version)
@@ -215,11 +216,11 @@ def test_hot_reload_under_load_fails_no_request(served, tiny_log):
 
 
 @pytest.mark.timeout(120)
-def test_a_burst_of_concurrent_calls_is_queued_not_cancelled(served, tiny_log):
+def test_a_burst_of_concurrent_calls_is_queued_not_cancelled(served, small_log):
     # A backend fanning out a page of users at once: gRPC's default queue of 1,000 calls not yet taken
     # answered the overflow CANCELLED (a quarter of 3,000 in the closed loop's first default-world run).
     stack, _, _, _ = served
-    users = sorted({e.user_id for e in read_events(tiny_log)})
+    users = sorted({e.user_id for e in read_events(small_log)})
 
     async def burst(n: int) -> Counter:
         codes: Counter = Counter()
