@@ -31,9 +31,11 @@ MILVUS_PATH = {"serving.search_timeout_s": "1.0", "serving.local_index_max_items
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory, tiny_log) -> ServingStack:
-    served = start_serving_stack(tmp_path_factory.mktemp("serving-faults") / "stack", tiny_log,
-                                 load_config("test", env={}))
+def base(tmp_path_factory, small_log) -> ServingStack:
+    # small_log and one arm: each fault is one arm's users on one server, whatever the world's size; a
+    # worker reads small_log in seconds, and every server of this module loads one arm, not two
+    served = start_serving_stack(tmp_path_factory.mktemp("serving-faults") / "stack", small_log,
+                                 load_config("test", env={}), arms=("xdm",))
     try:
         yield served
     finally:
@@ -64,19 +66,27 @@ def start_server(base) -> Callable[[dict[str, str]], recall_pb2_grpc.RecallStub]
 
 
 @pytest.mark.timeout(120)
-def test_a_killed_compute_process_is_replaced_and_answers_resume(base, start_server, tiny_log):
+def test_a_killed_compute_process_is_replaced_and_the_new_one_ends_with_a_killed_server(base, start_server,
+                                                                                        small_log):
     """SIGKILL the server's compute child: at most the batches in flight fail, UNAVAILABLE; a new child
-    loads the served versions and the same user gets a model's answer again."""
+    loads the served versions and the same user gets a model's answer again. Then SIGKILL the server: the
+    child is outside the server's process group (a group SIGTERM must not cut in-flight batches), so only
+    its pipes tie it to the server, and it ends. One test, one server: both kill what the server started."""
     stub = start_server(MILVUS_PATH)
-    user = clickers(tiny_log)[0]
+    user = clickers(small_log)[0]
     before = answered_by_model(stub, user, "xdm")
     assert not before.fallback
-    server_pid = base.stack.by_name("server").pid
-    killed = compute_child(server_pid)
+    server = base.stack.by_name("server")
+    killed = compute_child(server.pid)
     os.kill(killed, signal.SIGKILL)
     answer = _answered_after_a_kill(stub, user)
     assert scored_items(answer) == scored_items(before) and answer.model_version == before.model_version
-    assert compute_child(server_pid) != killed
+    child = compute_child(server.pid)
+    assert child != killed
+
+    assert os.getpgid(child) != os.getpgid(server.pid)
+    server.kill()
+    wait_until(lambda: not Path(f"/proc/{child}").exists() or _zombie(child), 10, "compute process exit")
 
 
 def _answered_after_a_kill(stub, user: str, within_s: float = 60) -> recall_pb2.RecallResponse:
@@ -100,12 +110,12 @@ def _answered_after_a_kill(stub, user: str, within_s: float = 60) -> recall_pb2.
 
 @pytest.mark.timeout(120)
 def test_a_version_the_new_compute_process_cannot_load_falls_back_until_the_store_is_read_again(base, start_server,
-                                                                                             tiny_log):
+                                                                                             small_log):
     """The model store unreadable when the compute child is replaced: the arm's users get the popular
     fallback (not errors) and the model's answers come back once the store is readable again."""
     stub = start_server(MILVUS_PATH)
     stack = base.stack
-    user = clickers(tiny_log)[0]
+    user = clickers(small_log)[0]
     before = answered_by_model(stub, user, "xdm")
     tower = tower_path(stack.cfg.learner.model_store, "xdm", read_latest(stack.cfg.learner.model_store, "xdm").version)
     hidden = tower.with_suffix(".hidden")
@@ -129,12 +139,12 @@ def _fallback_or_unavailable(stub, user: str) -> bool:
 
 
 @pytest.mark.timeout(120)
-def test_vector_store_down_gives_unavailable_quickly_and_a_restart_is_survived(base, start_server, tiny_log):
+def test_vector_store_down_gives_unavailable_quickly_and_a_restart_is_survived(base, start_server, small_log):
     """On the Milvus path every answer needs Milvus: with it stopped, calls end UNAVAILABLE within the
     search deadline, and what needs no vector store is still answered; once Milvus is back on its data
     (Milvus Lite restarts with every collection released), the same answers come back."""
     stub = start_server(MILVUS_PATH)
-    user = clickers(tiny_log)[0]
+    user = clickers(small_log)[0]
     before = answered_by_model(stub, user, "xdm")
     base.stack.by_name("milvus").stop()
     started = time.monotonic()
@@ -152,7 +162,7 @@ def test_vector_store_down_gives_unavailable_quickly_and_a_restart_is_survived(b
 
 @pytest.mark.timeout(180)
 def test_milvus_down_with_the_default_in_memory_index_keeps_answering_and_a_restart_is_survived(base, start_server,
-                                                                                                tiny_log):
+                                                                                                small_log):
     """With the default serving.local_index a server copies each version's vectors into memory when it loads
     the version, so a stopped Milvus changes no answer (and health stays SERVING); once Milvus is back on
     its data, a new compute process reads the served versions again, and the next version is served."""
@@ -160,7 +170,7 @@ def test_milvus_down_with_the_default_in_memory_index_keeps_answering_and_a_rest
     defaults = load_config("test", env={}).serving
     assert defaults.local_index_max_items >= 1000 and defaults.local_index == "auto"  # in memory, by default
     stub = start_server({})
-    user = clickers(tiny_log)[3]
+    user = clickers(small_log)[3]
     before = answered_by_model(stub, user, "xdm")
     assert not before.fallback
 
@@ -181,23 +191,11 @@ def test_milvus_down_with_the_default_in_memory_index_keeps_answering_and_a_rest
     assert scored_items(again) == scored_items(before)
     publisher, learner = base.publishers["xdm"], base.learners["xdm"]
     version = publisher.next_version(before.model_version + 1)
-    learner.trainer.step(samples_from_log(tiny_log, stack.cfg)[640:672])
+    learner.trainer.step(samples_from_log(small_log, stack.cfg)[320:352])
     publisher.publish(learner.trainer, version)
     wait_until(lambda: ask(stub, user, arm="xdm").model_version == version, 60,
                f"version {version}, published after the Milvus restart, served")
     assert not ask(stub, user, arm="xdm").fallback
-
-
-@pytest.mark.timeout(90)
-def test_the_compute_process_ends_with_a_killed_server(base, start_server):
-    """The child is outside the server's process group (a group SIGTERM must not cut in-flight batches),
-    so only its pipes tie it to the server."""
-    start_server(MILVUS_PATH)
-    server = base.stack.by_name("server")
-    child = compute_child(server.pid)
-    assert os.getpgid(child) != os.getpgid(server.pid)
-    server.kill()
-    wait_until(lambda: not Path(f"/proc/{child}").exists() or _zombie(child), 10, "compute process exit")
 
 
 def _zombie(pid: int) -> bool:
