@@ -36,10 +36,12 @@ def _index(shard: int, replica: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def sharded(tmp_path_factory, tiny_log):
-    # compute on a thread: four servers, one process each on two shared cores
+def sharded(tmp_path_factory, small_log):
+    # compute on a thread: four servers, one process each on two shared cores. small_log: what is proved
+    # (where users go, who answers them) holds for any number of users, and a worker reads it in seconds
     cfg = load_config("test", env={}, overrides={"serving.compute": "thread"})
-    base = start_serving_stack(tmp_path_factory.mktemp("sharded") / "stack", tiny_log, cfg)
+    # one arm: sharding routes users, whatever arm answers them; each arm more is a load in all four servers
+    base = start_serving_stack(tmp_path_factory.mktemp("sharded") / "stack", small_log, cfg, arms=("xdm",))
     try:
         servers = Servers(base.stack, SHARDS * REPLICAS,
                           lambda i: {"serving.shards": SHARDS, "serving.shard": i // REPLICAS})
@@ -75,7 +77,7 @@ def _keys_by_partition(cfg: Config, topic: str) -> dict[int, set[str]]:
 
 
 @pytest.mark.timeout(300)
-def test_the_stack_puts_each_user_where_the_shared_hash_says(sharded, tiny_log):
+def test_the_stack_puts_each_user_where_the_shared_hash_says(sharded, small_log):
     stack, _, _ = sharded
     partitions = stack.cfg.kafka.partitions
     for topic in (stack.cfg.kafka.clicks_topic, changelog_topic(stack.cfg)):  # the producer's, then Faust's
@@ -86,7 +88,7 @@ def test_the_stack_puts_each_user_where_the_shared_hash_says(sharded, tiny_log):
 
 
 @pytest.mark.timeout(300)
-def test_each_replica_holds_only_its_partitions_users(sharded, tiny_log):
+def test_each_replica_holds_only_its_partitions_users(sharded, small_log):
     stack, servers, _ = sharded
 
     async def keys(cfg: Config) -> set[str]:
@@ -110,9 +112,9 @@ def test_each_replica_holds_only_its_partitions_users(sharded, tiny_log):
 
 
 @pytest.mark.timeout(300)
-def test_every_user_is_answered_by_its_shard_and_refused_by_the_other(sharded, tiny_log):
+def test_every_user_is_answered_by_its_shard_and_refused_by_the_other(sharded, small_log):
     stack, servers, client_cfg = sharded
-    users = clickers(tiny_log)
+    users = clickers(small_log)
     stubs = [recall_pb2_grpc.RecallStub(grpc.insecure_channel(servers.procs[_index(s, 1)].address))
              for s in range(SHARDS)]
     owner = {u: user_partition(u, stack.cfg.kafka.partitions) % SHARDS for u in users}
@@ -128,9 +130,9 @@ def test_every_user_is_answered_by_its_shard_and_refused_by_the_other(sharded, t
 
 
 @pytest.mark.timeout(300)
-def test_a_replica_killed_or_hung_under_load_fails_no_call(sharded, tiny_log):
+def test_a_replica_killed_or_hung_under_load_fails_no_call(sharded, small_log):
     _, servers, client_cfg = sharded
-    users = clickers(tiny_log)
+    users = clickers(small_log)
     with BlockingRecallClient(client_cfg) as client, RequestStream(client, users) as stream:
         wait_until(lambda: len(stream.ok_at) > 100, 60, "calls answered before the faults")
         killed_at = time.monotonic()
