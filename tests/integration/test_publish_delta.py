@@ -15,11 +15,23 @@ from conftest import samples_from_log
 from learner import vector_store
 from learner.online import OnlineLearner
 from learner.publish import Snapshot, take_snapshot
+from infra.stack import start_services
 from learner.vector_delta import Base, diff
 from serving.search import VectorSearch, load_local_index
-from xdm.config import MilvusConfig, apply_overrides
+from xdm.config import MilvusConfig, apply_overrides, load_config
 
 K = 20
+
+
+@pytest.fixture(scope="module")
+def lite_stack(tmp_path_factory):
+    """Broker and Milvus Lite shared by this module's tests: each publishes an arm of its own (its own
+    collections, checkpoints and announcements), so they pass in any order or alone."""
+    started = start_services(tmp_path_factory.mktemp("publish-delta") / "stack", load_config("test", env={}), "test")
+    try:
+        yield started
+    finally:
+        started.stop()
 
 
 def _cfg(stack, arm: str, **extra):
@@ -59,9 +71,9 @@ def _assert_same_hits(got, want) -> None:
 
 
 @pytest.mark.timeout(240)
-def test_every_reader_sees_each_delta_version_exactly(stack, tiny_log):
+def test_every_reader_sees_each_delta_version_exactly(lite_stack, tiny_log):
     arm = "delta"
-    cfg = _cfg(stack, arm, **{"learner.publish_delta_max_share": 1.0})
+    cfg = _cfg(lite_stack, arm, **{"learner.publish_delta_max_share": 1.0})
     learner = OnlineLearner(cfg, arm, "xdm")
     learner.trainer.step(samples_from_log(tiny_log, cfg)[:32])
     first = take_snapshot(learner.trainer)
@@ -99,9 +111,9 @@ def test_every_reader_sees_each_delta_version_exactly(stack, tiny_log):
 
 
 @pytest.mark.timeout(240)
-def test_retention_keeps_the_base_a_kept_delta_needs(stack, tiny_log):
+def test_retention_keeps_the_base_a_kept_delta_needs(lite_stack, tiny_log):
     arm = "keep"
-    cfg = _cfg(stack, arm, **{"learner.keep_versions": 2, "learner.publish_full_every": 3,
+    cfg = _cfg(lite_stack, arm, **{"learner.keep_versions": 2, "learner.publish_full_every": 3,
                               "learner.publish_delta_max_share": 0.5})
     learner = OnlineLearner(cfg, arm, "xdm")
     learner.trainer.step(samples_from_log(tiny_log, cfg)[:32])
