@@ -59,7 +59,9 @@ def test_a_broker_restart_is_reported_by_server_worker_and_learner_and_no_call_h
     try:
         stack.start_worker()
         stack.start_learner("xdm", "xdm")
-        produce_log(stack.cfg.kafka, tiny_log, progress=False)
+        # a day and a half of the log: every topic the readers watch has data (samples included) to lose,
+        # and the worker has read it in a fraction of the whole log's time
+        produce_log(stack.cfg.kafka, tiny_log, progress=False, limit=15_000)
         wait_for_quiet_topics(stack.cfg, [changelog, stack.cfg.kafka.samples_topic])
         stack.start_server()
         channel = grpc.insecure_channel(f"127.0.0.1:{stack.cfg.serving.port}")

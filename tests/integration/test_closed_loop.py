@@ -12,12 +12,16 @@ import pytest
 from learner.model_store import read_latest
 from replay.bring_up import bring_up
 from serving.client import recall
+from xdm.config import apply_overrides
 from xdm.log_format import read_items
 
 
 @pytest.mark.timeout(300)
 def test_recall_answers_with_catalogue_items_of_the_current_version(tmp_path: Path, test_config):
-    result = bring_up(test_config, "test", tmp_path / "stack", progress=False, model_timeout_s=240)
+    # two simulated days instead of the profile's six: a version and the busiest user's windows are all the
+    # answer needs, and the worker reads the log in a third of the time
+    cfg = apply_overrides(test_config, {"sim.days": 2})
+    result = bring_up(cfg, "test", tmp_path / "stack", progress=False, model_timeout_s=240)
     try:
         answer = result.answer
         catalogue = read_items(result.stack.root / "log")

@@ -31,8 +31,10 @@ def test_two_round_robin_servers_fail_no_request_while_each_is_restarted(stack, 
     users = sorted({s.user_id for s in samples})
 
     servers = Servers(stack, 2)
+    for i in range(2):  # launched together, they load together; each restart below stays one at a time
+        servers.launch(i)
     for i in range(2):
-        servers.start(i)
+        servers.wait_serving(i)
     client = BlockingRecallClient(stack.cfg, servers.target())
     with RequestStream(client, users) as stream:
         wait_until(lambda: servers.answers(0) > 0 and servers.answers(1) > 0, 30, "both servers answering")
