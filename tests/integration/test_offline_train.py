@@ -25,15 +25,21 @@ from replay.simulate import simulate
 from xdm.cli import cli
 
 SMALL_MODEL = {"embed_dim": 16, "n_negatives": 100}
+# ~80 steps an epoch here: a warm-up of the default 100 steps would not reach the full learning rate in an epoch
+SETTINGS = TrainSettings(epochs=3, batch_size=64, device="cpu", lr_warmup_steps=10)
+
+
+def split(root: Path, **settings) -> Split:
+    """The module's world split, built once and read back from its cache by every later test and CLI call:
+    these tests are about rows and runs, not about building splits (tests/unit/test_offline_data.py)."""
+    return Split(root / "world", test_days=1.0, cache_dir=root / "splits", **settings)
 
 
 @pytest.fixture(scope="module")
 def ablation(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("offline")
-    # ~60 steps in all here: a warm-up of the default 100 steps would never reach the full learning rate
     simulate(300, 800, 6, 3, root / "world")
-    report = ablate(Split(root / "world", test_days=1.0), root / "ablation", ("sdm", "xdm"),
-                    TrainSettings(epochs=3, batch_size=64, device="cpu", lr_warmup_steps=10), SMALL_MODEL,
+    report = ablate(split(root), root / "ablation", ("sdm", "xdm"), SETTINGS, SMALL_MODEL,
                     n_boot=300, progress=False)
     return root, report
 
@@ -98,8 +104,7 @@ def test_cli_compare_prints_the_lift_and_rejects_a_missing_evaluation(ablation, 
 @pytest.mark.timeout(180)
 def test_rows_trained_in_two_processes_score_exactly_as_one_by_one(ablation, tmp_path):
     root, report = ablation
-    again = ablate(Split(root / "world", test_days=1.0), tmp_path / "parallel", ("sdm", "xdm"),
-                   TrainSettings(epochs=3, batch_size=64, device="cpu", lr_warmup_steps=10), SMALL_MODEL,
+    again = ablate(split(root), tmp_path / "parallel", ("sdm", "xdm"), SETTINGS, SMALL_MODEL,
                    n_boot=300, progress=False, workers=2)
     assert again["workers"] == 2
     for row in ("sdm", "xdm"):
@@ -114,8 +119,8 @@ def test_cli_tune_scores_the_days_before_the_test_period_and_picks_a_value(ablat
     out = tmp_path / "tune"
     args = ["--set", "model.embed_dim=16", "--set", "model.n_negatives=100", "--set", "learner.lr_warmup_steps=10",
             "tune", "--data", str(root / "world"), "--param", "model.triplet_weight", "--values", "1,0.1",
-            "--epochs", "1", "--batch-size", "64", "--test-days", "1", "--cache", "", "--boot", "200", "--jobs", "2",
-            "--out", str(out)]
+            "--epochs", "1", "--batch-size", "64", "--test-days", "1", "--cache", str(root / "splits"), "--boot", "200",
+            "--jobs", "2", "--out", str(out)]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     tuned = json.loads((out / "tune.json").read_text())
@@ -143,19 +148,6 @@ def test_cli_tune_rejects_an_unknown_setting_in_one_line(tmp_path):
     assert bad.exit_code != 0 and "'ten' is not a valid float" in bad.output
 
 
-@pytest.mark.timeout(120)
-def test_a_failing_row_in_a_worker_fails_the_run_and_leaves_no_split_behind(ablation, tmp_path):
-    from learner.data import build_offline_data
-    from learner.run_pool import Job, run_jobs
-
-    root, _ = ablation
-    data = build_offline_data(Split(root / "world", test_days=1.0), progress=False)
-    jobs = [Job("broken", "no_such_variant", tmp_path / "broken"), Job("other", "no_such_either", tmp_path / "other")]
-    with pytest.raises(ValueError, match="unknown model variant 'no_such"):
-        run_jobs(jobs, data, TrainSettings(epochs=1, device="cpu"), n_boot=100, seed=0, workers=2, progress=False)
-    assert not list(tmp_path.glob(".split-*"))
-
-
 @pytest.mark.timeout(180)
 def test_resume_reads_back_finished_rows_and_trains_the_stopped_one_again(ablation, tmp_path):
     root, report = ablation
@@ -164,8 +156,7 @@ def test_resume_reads_back_finished_rows_and_trains_the_stopped_one_again(ablati
     checkpoint = next((out / "sdm").rglob("checkpoint.pt"))
     before = checkpoint.stat().st_mtime_ns
     (out / "xdm" / "row.json").unlink()  # xdm was stopped before it finished
-    again = ablate(Split(root / "world", test_days=1.0), out, ("sdm", "xdm"),
-                   TrainSettings(epochs=3, batch_size=64, device="cpu", lr_warmup_steps=10), SMALL_MODEL,
+    again = ablate(split(root), out, ("sdm", "xdm"), SETTINGS, SMALL_MODEL,
                    n_boot=300, progress=False, resume=True)
     assert again["reused"] == ["sdm"]
     assert checkpoint.stat().st_mtime_ns == before  # read back, not trained again
@@ -179,8 +170,7 @@ def test_resume_trains_again_when_an_input_changed(ablation, tmp_path):
     root, _ = ablation
     out = tmp_path / "ablation"
     shutil.copytree(root / "ablation", out)
-    again = ablate(Split(root / "world", test_days=1.0), out, ("sdm",),
-                   TrainSettings(epochs=3, batch_size=64, device="cpu", lr_warmup_steps=10),
+    again = ablate(split(root), out, ("sdm",), SETTINGS,
                    {**SMALL_MODEL, "dropout": 0.2}, n_boot=300, progress=False, resume=True)
     assert again["reused"] == []
     record = json.loads((out / "sdm" / "row.json").read_text())
@@ -196,22 +186,20 @@ def test_resume_scores_rows_again_on_another_test_anchor_without_training_them(a
     out = tmp_path / "ablation"
     shutil.copytree(root / "ablation", out)
     checkpoints = {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")}
-    again = ablate(Split(root / "world", test_days=1.0, test_anchor="cut"), out, ("sdm", "xdm"),
-                   TrainSettings(epochs=3, batch_size=64, device="cpu", lr_warmup_steps=10), SMALL_MODEL,
+    again = ablate(split(root, test_anchor="cut"), out, ("sdm", "xdm"), SETTINGS, SMALL_MODEL,
                    n_boot=300, progress=False, resume=True)
     assert report["data"]["test_anchor"] == "first_click"  # the default
     assert again["rescored"] == ["sdm", "xdm"] and again["reused"] == []
     assert {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")} == checkpoints  # not trained again
     assert "test_anchor" not in again["data"] and again["summary"] != report["summary"]  # cut: as recorded before
-    data = build_offline_data(Split(root / "world", test_days=1.0, test_anchor="cut"), progress=False)
+    data = build_offline_data(split(root, test_anchor="cut"), progress=False)
     # the row's figures are its saved model's on the new test samples, and `xdm evaluate` on it agrees
-    fresh = evaluate(out / "xdm", n_boot=300)
+    fresh = evaluate(out / "xdm", n_boot=300, cache_dir=root / "splits")
     assert fresh["users"] == list(data.test.user_ids) == load_evaluation(out / "xdm")["users"]
     assert fresh["per_user"] == load_evaluation(out / "xdm")["per_user"]
     assert "were scored on these test samples" in (out / "ablation.md").read_text()
     assert "each test user's windows at the cut" in (out / "ablation.md").read_text()
-    back = ablate(Split(root / "world", test_days=1.0), out, ("sdm",),
-                  TrainSettings(epochs=3, batch_size=64, device="cpu", lr_warmup_steps=10), SMALL_MODEL,
+    back = ablate(split(root), out, ("sdm",), SETTINGS, SMALL_MODEL,
                   n_boot=300, progress=False, resume=True)  # and back to the default, by scoring
     assert back["rescored"] == ["sdm"] and back["summary"]["sdm"] == report["summary"]["sdm"]
 
@@ -221,7 +209,7 @@ def test_cli_ablate_resume_skips_a_finished_row(ablation, tmp_path):
     root, _ = ablation
     args = ["--set", "model.embed_dim=16", "--set", "model.n_negatives=100", "--set", "learner.lr_warmup_steps=10",
             "ablate", "--data", str(root / "world"), "--variants", "sdm", "--epochs", "1", "--batch-size", "64",
-            "--test-days", "1", "--cache", "", "--boot", "200", "--out", str(tmp_path / "cli")]
+            "--test-days", "1", "--cache", str(root / "splits"), "--boot", "200", "--out", str(tmp_path / "cli")]
     first = CliRunner().invoke(cli, args)
     assert first.exit_code == 0, first.output
     second = CliRunner().invoke(cli, [*args, "--resume"])
@@ -231,7 +219,9 @@ def test_cli_ablate_resume_skips_a_finished_row(ablation, tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_a_split_handoff_left_by_a_killed_run_is_removed_and_a_live_runs_is_kept(ablation, tmp_path):
+def test_a_failing_row_in_a_worker_fails_the_run_and_a_killed_runs_split_goes_with_its_own(ablation, tmp_path):
+    """A row that fails in a worker fails the run, which leaves no split hand-off of its own behind and
+    removes one left by a killed run, but not one of a live run (one pool start checks all three)."""
     from learner.data import build_offline_data
     from learner.run_pool import Job, run_jobs
 
@@ -242,9 +232,9 @@ def test_a_split_handoff_left_by_a_killed_run_is_removed_and_a_live_runs_is_kept
     live = tmp_path / f".split-{os.getpid()}-7f01.pkl"
     for path in (left_behind, live):
         path.write_bytes(b"a split")
-    data = build_offline_data(Split(root / "world", test_days=1.0), progress=False)
+    data = build_offline_data(split(root), progress=False)
     jobs = [Job("broken", "no_such_variant", tmp_path / "broken"), Job("other", "no_such_either", tmp_path / "other")]
-    with pytest.raises(ValueError, match="unknown model variant"):
+    with pytest.raises(ValueError, match="unknown model variant 'no_such"):
         run_jobs(jobs, data, TrainSettings(epochs=1, device="cpu"), n_boot=100, seed=0, workers=2, progress=False)
     assert not left_behind.exists() and live.exists()
     assert [p.name for p in tmp_path.glob(".split-*")] == [live.name]  # this run's own hand-off is gone too
