@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from learner.ablation import PEER_ROW_PREFIX, ablate  # noqa: E402
 from learner.offline import train_settings  # noqa: E402
-from learner.peers import PEERS  # noqa: E402
+from learner.peers import PEERS, recipe  # noqa: E402
 from learner.split import DEFAULT_TEST_DAYS, Split  # noqa: E402
 from replay.world_family import FAMILY  # noqa: E402
 from xdm.config import load_config  # noqa: E402
@@ -64,11 +64,18 @@ def _run_record(out: Path) -> dict:
 
 
 def _has_every_peer(report: Path) -> bool:
-    """Whether an ablation report holds a row for each peer learner/peers.py has now (resume trains the rest)."""
+    """Whether an ablation report holds a row for each peer learner/peers.py has now, trained with the
+    peer's recipe of now (resume trains the rest, and retrains a peer whose recipe changed)."""
     if not report.exists():
         return False
     rows = json.loads(report.read_text())["summary"]
-    return all(PEER_ROW_PREFIX + peer in rows for peer in PEERS)
+    return all(PEER_ROW_PREFIX + peer in rows and _row_recipe(report.parent / (PEER_ROW_PREFIX + peer)) == recipe(peer)
+               for peer in PEERS)
+
+
+def _row_recipe(row: Path) -> dict | None:
+    path = row / "row.json"
+    return json.loads(path.read_text()).get("recipe") if path.exists() else None
 
 
 def world_data(name: str, worlds: Path) -> tuple[Path, list[str]]:
