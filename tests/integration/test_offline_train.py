@@ -1,6 +1,6 @@
 """Offline training end to end on a tiny simulated world: ablate -> runs, evaluations, table, chart.
 
-No services: this only needs the CPU (about 30 s on 2 cores).
+No services: this only needs the CPU (about 2 minutes on 2 cores, most of it the module fixture's ablation).
 """
 
 from __future__ import annotations
