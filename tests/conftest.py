@@ -11,7 +11,7 @@ import torch
 
 from infra.processes import ManagedProcess
 from infra.services import start_milvus_standalone
-from infra.stack import Stack, start_services
+from infra.stack import start_services
 from replay.simulate import simulate
 from stream.samples import Sample, flush, step
 from stream.windows import UserState
