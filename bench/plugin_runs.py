@@ -58,8 +58,8 @@ def run(cmd: list[str], log: Path) -> None:
         raise SystemExit(f"{' '.join(cmd[1:3])} failed (exit {done.returncode}); see {log}")
 
 
-def _run_record(out: Path) -> dict:
-    path = out / "run.json"
+def _stored(path: Path) -> dict:
+    """A JSON record a run left (run.json, row.json), or {} where it left none."""
     return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -69,13 +69,9 @@ def _has_every_peer(report: Path) -> bool:
     if not report.exists():
         return False
     rows = json.loads(report.read_text())["summary"]
-    return all(PEER_ROW_PREFIX + peer in rows and _row_recipe(report.parent / (PEER_ROW_PREFIX + peer)) == recipe(peer)
+    return all(PEER_ROW_PREFIX + peer in rows
+               and _stored(report.parent / (PEER_ROW_PREFIX + peer) / "row.json").get("recipe") == recipe(peer)
                for peer in PEERS)
-
-
-def _row_recipe(row: Path) -> dict | None:
-    path = row / "row.json"
-    return json.loads(path.read_text()).get("recipe") if path.exists() else None
 
 
 def world_data(name: str, worlds: Path) -> tuple[Path, list[str]]:
@@ -112,7 +108,7 @@ def run_world(name: str, args: argparse.Namespace) -> None:
         return
     for row in ROWS:
         out = runs / row
-        if "choice" not in _run_record(out):  # written last by `xdm train`: the row finished
+        if "choice" not in _stored(out / "run.json"):  # written last by `xdm train`: the row finished
             run([XDM, "train", "--data", str(data), "--model", row, "--out", str(out), "--jobs", str(args.jobs)],
                 logs / f"train-{row}.log")
         if not (out / "eval.json").exists():

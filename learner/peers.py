@@ -57,7 +57,7 @@ EMBED_DIM = 64  # same Le as the XDM rows' default
 # the 50,000-item world's validation days (HR@50 4.0, 3.2, 4.0 % vs the floor's 4.3 %; loss still 8.3-9.0
 # after 3 epochs of 142 steps: a softmax over 50 k items barely moved); at 1e-2 they reach 20.8, 18.0 and
 # 21.3 % (SDM 15.4 %). GRU4Rec's cosine logits / temperature learn at 1e-3 (18.7 %). Fixed for every world,
-# as docs/experiments/plugin-protocol.md's amendment of 2026-12-07 19:00 UTC records.
+# as docs/experiments/plugin-protocol.md's amendment of 2026-12-07 19:40 UTC records.
 PEER_LR = {"gru4rec": 1e-3, "narm": 1e-2, "sasrec": 1e-2, "hstu": 1e-2}
 CLIP_NORM = 5.0
 GRU4REC_TEMPERATURE = 0.05  # cosine logits / temperature

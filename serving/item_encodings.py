@@ -61,16 +61,16 @@ class ItemEncodings:
         """Each key's table row, computing q_i for keys not seen yet (one tower call for all of them)."""
         get = self._row.get
         rows = [get(key, 0) for key in keys]  # 0, the pad row: not kept yet
-        if 0 in rows:
-            new = list(dict.fromkeys(key for key in keys if key not in self._row))
-            if self._size + len(new) > self.capacity + 1:
-                self._row.clear()
-                self._size = 1
-                new = list(dict.fromkeys(keys))
-            self._add(new)
-            row = self._row
-            rows = [row[key] for key in keys]
-        return np.array(rows, dtype=np.int64)
+        if 0 not in rows:
+            return np.array(rows, dtype=np.int64)
+        new = list(dict.fromkeys(key for key in keys if key not in self._row))
+        if self._size + len(new) > self.capacity + 1:
+            self._row.clear()
+            self._size = 1
+            new = list(dict.fromkeys(keys))
+        self._add(new)
+        row = self._row
+        return np.array([row[key] for key in keys], dtype=np.int64)
 
     def _gather(self, rows: np.ndarray, lengths: np.ndarray) -> Tensor:
         index = torch.from_numpy(right_padded(rows, lengths).reshape(-1)).to(self._table.device)
