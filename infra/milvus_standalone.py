@@ -24,7 +24,7 @@ from pathlib import Path
 
 import milvus
 
-from infra.processes import free_port
+from infra.processes import free_ports
 
 # Milvus's graceful stop waits on components that retry each other for minutes (seen: > 30 s after
 # SIGTERM with nothing to flush); past this many seconds it quits by itself.
@@ -53,8 +53,8 @@ class StandalonePorts:
 
     @classmethod
     def free(cls) -> "StandalonePorts":
-        """Ports the kernel finds free now."""
-        return cls(**{name: free_port() for name in cls.__dataclass_fields__})
+        """Distinct ports the kernel finds free now."""
+        return cls(*free_ports(len(cls.__dataclass_fields__)))
 
     def all(self) -> tuple[int, ...]:
         """In field order, proxy_port first: StandalonePorts(*ports.all()) is ports again."""

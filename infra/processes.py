@@ -6,6 +6,7 @@ stop waits until the child's port is released, so the next start on that port ca
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -37,9 +38,17 @@ _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xdm-spawner")
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that is free now on host (the kernel's choice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """n distinct ports free now on host. Each is held bound until all are chosen: a port released before
+    the next is asked for can be handed out again (a Milvus standalone given one port twice aborts)."""
+    with contextlib.ExitStack() as held:
+        socks = [held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(n)]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in socks]
 
 
 def child_pids(pid: int) -> list[int]:

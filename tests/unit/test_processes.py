@@ -9,7 +9,8 @@ import threading
 import time
 from pathlib import Path
 
-from infra.processes import child_pids, start_process
+from infra.milvus_standalone import StandalonePorts
+from infra.processes import child_pids, free_ports, start_process
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
@@ -76,3 +77,12 @@ def test_child_pids_lists_a_started_child(tmp_path):
     finally:
         proc.stop()
     assert proc.pid not in child_pids(os.getpid())
+
+
+def test_ports_drawn_together_are_distinct():
+    """A Milvus standalone takes 12 ports; drawn one at a time, a released port could come back twice (a CI
+    run's second standalone was given one port twice and aborted)."""
+    for _ in range(50):
+        ports = StandalonePorts.free().all()
+        assert len(set(ports)) == len(ports) == 12, ports
+    assert len(set(free_ports(64))) == 64
