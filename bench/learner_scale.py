@@ -28,6 +28,12 @@ What could not run on this 24 GB machine, and what was done instead (the report 
         [--dense-max 1000000]
 
 Writes bench/results/learner_scale/learner_scale.json, .md and .png; prints the markdown.
+
+`--update-dim D` measures only the new model update, at every size, with a model of embed_dim D: its tables
+take D/64 of the memory (dim 16: 7.7 GB at 30 M items), so the update's growth from 10 k to 30 M items is
+measured on this machine rather than carried from 10 M. The update's cost per step comes from the rows a
+batch touches, not from N, at any width; the default-width run above gives its absolute time. Writes
+learner_scale_update_dimD.json and .md beside the others.
 """
 
 from __future__ import annotations
@@ -63,7 +69,11 @@ OUT = ROOT / "bench" / "results" / "learner_scale"
 BATCH = 256
 SHORT, LONG, UNCLICKED, LABELS = 13, 21, 71, 5  # Table 1 (avg_short, avg_long, avg_unclicked), k = 5 labels
 POOL = 5_000  # items the synthetic samples use (below the smallest table measured)
-TABLE_BYTES_PER_ITEM = 2 * 2 * 64 * 4  # two item tables (input, output) and their AdaGrad sums, float32 x 64
+def table_bytes_per_item(dim: int) -> int:
+    """Two item tables (input, output) and their AdaGrad sums, float32 x dim."""
+    return 2 * 2 * dim * 4
+
+
 DENSE_GRAD_BYTES_PER_ITEM = 2 * 64 * 4  # the old update's dense gradients of both tables
 MEMORY_MARGIN = 1.3  # growing a table copies it once; other processes share this machine
 OLD_VALIDATION_MAX = 1_000_000  # above, the old validation's B x N scores do not fit in memory
@@ -209,12 +219,12 @@ def available_bytes() -> int:
 def model_parts(n: int, warm: Trainer, batch, steps: int, old_steps: int, dense_max: int) -> dict:
     """Seconds of Trainer.learn (forward, loss, backward, clipping, AdaGrad) with item tables of N rows:
     new (sparse_item_update=auto) where the tables fit in memory, old (off) up to dense_max items."""
-    sparse_bytes = TABLE_BYTES_PER_ITEM * (n + 1)
+    sparse_bytes = table_bytes_per_item(warm.model.cfg.embed_dim) * (n + 1)
     out = {"new_s": None, "old_s": None, "memory_gb": sparse_bytes / 1e9,
            "old_memory_gb": (sparse_bytes + DENSE_GRAD_BYTES_PER_ITEM * (n + 1)) / 1e9}
     if sparse_bytes * MEMORY_MARGIN > available_bytes():
         return out
-    trainer = Trainer(config_for("xdm"), device="cpu", vocab=warm.vocab, sparse_item_update="auto")
+    trainer = Trainer(warm.model.cfg, device="cpu", vocab=warm.vocab, sparse_item_update="auto")
     trainer.model.load_state_dict(warm.model.state_dict())
     trainer.model.grow_to({"item": n + 1})
     trainer.optimizer = trainer._adagrad(trainer.lr)  # AdaGrad's sums, one per row of the grown tables
@@ -232,13 +242,19 @@ def model_parts(n: int, warm: Trainer, batch, steps: int, old_steps: int, dense_
 
 # ---- the run
 
-def run(sizes: list[int], steps: int, old_steps: int, dense_max: int) -> dict:
+def warm_trainer(dim: int = 64) -> tuple[Trainer, object]:
+    """The default model (1000 negatives) at embed_dim `dim`, its vocabulary filled with the pool's items,
+    and one collated batch."""
     torch.manual_seed(0)
-    trainer = Trainer(config_for("xdm"), device="cpu")  # the default model: embed_dim 64, 1000 negatives
+    trainer = Trainer(config_for("xdm", embed_dim=dim), device="cpu")
     rng = random.Random(0)
-    for serial in range(2):  # fill the vocabulary with the pool's items
+    for serial in range(2):
         trainer.step(synthetic_batch(rng, serial))
-    batch = collate(synthetic_batch(rng, 99), trainer.vocab, grow=False)
+    return trainer, collate(synthetic_batch(rng, 99), trainer.vocab, grow=False)
+
+
+def run(sizes: list[int], steps: int, old_steps: int, dense_max: int) -> dict:
+    trainer, batch = warm_trainer()
 
     rows_out = []
     for n in sizes:
@@ -282,6 +298,39 @@ def run(sizes: list[int], steps: int, old_steps: int, dense_max: int) -> dict:
         "old_catalogue_parts_growth": (max(_catalogue_parts(r, "old_s") for r in rows_out)
                                        / _catalogue_parts(first, "old_s")),
     }
+
+
+def run_update_only(sizes: list[int], steps: int, dim: int) -> dict:
+    """The new model update alone at each size, tables of width `dim` (see --update-dim)."""
+    trainer, batch = warm_trainer(dim)
+    rows_out = []
+    for n in sizes:
+        model = model_parts(n, trainer, batch, max(3, steps // 3), 0, dense_max=0)
+        rows_out.append({"items": n, "update_s": model["new_s"], "memory_gb": model["memory_gb"]})
+        shown = "does not fit" if model["new_s"] is None else f"{model['new_s'] * 1e3:.0f} ms"
+        print(f"{n:,} items, dim {dim}: update {shown} ({model['memory_gb']:.1f} GB of tables)", flush=True)
+    measured = [r for r in rows_out if r["update_s"] is not None]
+    return {"machine": {"python": platform.python_version(), "torch": torch.__version__,
+                        "cpu_threads": torch.get_num_threads()},
+            "batch": BATCH, "embed_dim": dim, "negatives": trainer.model.cfg.n_negatives,
+            "steps": max(3, steps // 3), "sizes": rows_out,
+            "update_growth": max(r["update_s"] for r in measured) / measured[0]["update_s"],
+            "update_growth_to": measured[-1]["items"]}
+
+
+def markdown_update_only(result: dict) -> str:
+    lines = [f"# Learner model update vs catalogue size at embed_dim {result['embed_dim']} (CPU)", "",
+             f"Batch {result['batch']}, dim {result['embed_dim']}, {result['negatives']} negatives; median of "
+             f"{result['steps']} steps of Trainer.learn (forward, backward, clipping, AdaGrad; "
+             "learner.sparse_item_update=auto) with item tables of N rows, in one run. Narrow tables so that "
+             "the largest catalogue fits in this machine's memory; the default-width figures are in "
+             "learner_scale.md.", "", "| items | update | tables + AdaGrad sums |", "|---:|---:|---:|"]
+    for r in result["sizes"]:
+        shown = "does not fit" if r["update_s"] is None else _ms(r["update_s"])
+        lines.append(f"| {r['items']:,} | {shown} | {r['memory_gb']:.1f} GB |")
+    lines += ["", f"Largest measured ({result['update_growth_to']:,} items) / smallest: "
+              f"**{result['update_growth']:.2f}x**."]
+    return "\n".join(lines) + "\n"
 
 
 def _extrapolate(parts: list[dict], items: list[int]) -> float:
@@ -381,11 +430,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--old-steps", type=int, default=2)
     parser.add_argument("--dense-max", type=int, default=1_000_000, help="largest catalogue of the old dense update")
+    parser.add_argument("--update-dim", type=int, default=0,
+                        help="measure only the new model update, tables of this width (see the docstring)")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
-    result = run([int(s) for s in args.sizes.split(",")], args.steps, args.old_steps, args.dense_max)
+    sizes = [int(s) for s in args.sizes.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.update_dim:
+        narrow = run_update_only(sizes, args.steps, args.update_dim)
+        stem = out / f"learner_scale_update_dim{args.update_dim}"
+        stem.with_suffix(".json").write_text(json.dumps(narrow, indent=2) + "\n")
+        stem.with_suffix(".md").write_text(markdown_update_only(narrow))
+        print(markdown_update_only(narrow))
+        return
+    result = run(sizes, args.steps, args.old_steps, args.dense_max)
     (out / "learner_scale.json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)
     (out / "learner_scale.md").write_text(text)
