@@ -267,6 +267,8 @@ class XDM(nn.Module):
         self.label_encoder = UnclickedEncoder(d, cfg.unclicked_pool) if needs_c and not shared else None
         self._needs_c = needs_c
         self.confidence = ConfidenceFusion(d, cfg.gate_bias_shift) if cfg.fusion == "confidence" else None
+        gain = cfg.learned_fusion_gain if cfg.fusion != "none" else 0.0
+        self.fusion_gain = nn.Parameter(torch.tensor(float(gain))) if gain > 0 else None  # beyond the papers
 
     # --- towers
 
@@ -464,11 +466,12 @@ class XDM(nn.Module):
         return encoder(self.q(self.embed, batch.labels), mask, h)  # c, embedded the same way as n (§3.3)
 
     def _fuse(self, h: Tensor, n: Tensor | None) -> Tensor:
-        if self.cfg.fusion == "simple":
-            return h - n  # eq. 6
-        if self.cfg.fusion == "confidence":
-            return self.confidence(h, n)  # eqs. 7-8
-        return h
+        if self.cfg.fusion == "none":
+            return h
+        z = h - n if self.cfg.fusion == "simple" else self.confidence(h, n)  # eq. 6, or eqs. 7-8
+        if self.fusion_gain is None:
+            return z
+        return h + self.fusion_gain * (z - h)  # model.learned_fusion_gain: h - a · G ⊙ n
 
 
 def attention_pool(values: Tensor, query: Tensor, mask: Tensor) -> Tensor:

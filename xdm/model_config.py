@@ -41,6 +41,11 @@ class ModelConfig:
     # Added to the confidence gate's initial bias b (eq. 7). At 0 (PyTorch's init) G starts near 0.5, so z
     # starts as h minus half of an untrained n; a negative shift starts z near h, SDM's user vector.
     gate_bias_shift: float = 0.0
+    # Beyond the papers. 0: eq. 8 as written. > 0: a learned scalar a, starting at this value, scales the
+    # unclicked term, z = h - a · G ⊙ n (eq. 6: h - a · n): on bases whose h is tanh-bounded, eq. 8 moved h
+    # by ~2/3 of its length (bench/fusion_scale.py), so the plug-in can start as a small correction of h and
+    # grow only as far as the cross-entropy pays for it.
+    learned_fusion_gain: float = 0.0
     tie_item_embeddings: bool = False  # v_i (eq. 2) IS the item-id input embedding: n, c and z share one space
     n_negatives: int = 1000  # j, log-uniform negatives per batch for the sampled softmax (papers: 20000)
     remove_accidental_hits: bool = True  # drop sampled negatives equal to one of the user's labels
@@ -67,6 +72,8 @@ class ModelConfig:
             raise ValueError(
                 f"fusion={self.fusion!r} / triplet={self.triplet!r} need n: set use_unclicked=True"
             )
+        if self.learned_fusion_gain < 0:
+            raise ValueError(f"model.learned_fusion_gain must be >= 0 (0 = off); got {self.learned_fusion_gain}")
         if self.triplet_warmup_steps < 0:
             raise ValueError(f"model.triplet_warmup_steps must be >= 0; got {self.triplet_warmup_steps}")
         if self.embed_dim < 1 or self.embed_dim % self.n_heads:

@@ -145,6 +145,28 @@ def test_gate_bias_shift_moves_only_the_initial_gate_bias():
     assert (shifted(h, n) - h).abs().max() < 0.2 * (plain(h, n) - h).abs().max()
 
 
+@pytest.mark.parametrize("base", ["sdm", "sasrec", "gru4rec", "hstu"])
+def test_a_learned_fusion_gain_scales_the_unclicked_term_and_learns(base):
+    variant = "xdm" if base == "sdm" else f"xdm-{base}"
+    torch.manual_seed(0)
+    plain, _, batch = build(variant)
+    gained, _, _ = build(variant, learned_fusion_gain=0.1)
+    assert plain.fusion_gain is None
+    assert set(gained.state_dict()) - set(plain.state_dict()) == {"fusion_gain"}
+    gained.load_state_dict({**plain.state_dict(), "fusion_gain": torch.tensor(0.1)})
+    out, ref = gained(batch), plain(batch)
+    assert torch.allclose(out.z, ref.h + 0.1 * (ref.z - ref.h), atol=1e-6)  # h - a · G ⊙ n, a = 0.1
+    out.z.pow(2).sum().backward()
+    assert gained.fusion_gain.grad is not None and gained.fusion_gain.grad.abs() > 0
+
+
+def test_a_learned_fusion_gain_is_off_without_fusion_and_refuses_negatives():
+    model, _, _ = build("xdm_wo_fusion_sym", learned_fusion_gain=0.1)
+    assert model.fusion_gain is None
+    with pytest.raises(ValueError, match="learned_fusion_gain"):
+        config_for("xdm", learned_fusion_gain=-0.1)
+
+
 def test_without_fusion_the_user_vector_is_h():
     model, _, batch = build("xdm_wo_fusion_sym")
     out = model(batch)
