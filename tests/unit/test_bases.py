@@ -361,10 +361,11 @@ def test_each_base_learns_a_tiny_world_with_and_without_the_plug_in(variant):
 # --- the served tower
 
 
-@pytest.mark.parametrize("variant", ["sasrec", "xdm-sasrec", "xdm-gru4rec", "xdm-hstu", "hstu"])
-def test_a_published_tower_of_each_base_is_traced_and_answers_as_the_model(tmp_path, variant):
+@pytest.mark.parametrize("variant, switches", [*((v, {}) for v in ("sasrec", "xdm-sasrec", "xdm-gru4rec", "xdm-hstu", "hstu")),
+                                               ("xdm-hstu", {"learned_fusion_gain": 0.1})])
+def test_a_published_tower_of_each_base_is_traced_and_answers_as_the_model(tmp_path, variant, switches):
     samples = _successor_world(random.Random(3), 12)
-    trainer = Trainer(config_for(variant, embed_dim=16, n_heads=2, n_negatives=20), seed=1, device="cpu")
+    trainer = Trainer(config_for(variant, embed_dim=16, n_heads=2, n_negatives=20, **switches), seed=1, device="cpu")
     trainer.step(samples)
     info = VersionInfo(arm="a", version=1, collection="xdm_a_v1", tower_uri="", published_ms=1,
                        trained_samples=12, items=trainer.vocab.size("item") - 1)
