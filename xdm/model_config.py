@@ -44,7 +44,8 @@ class ModelConfig:
     # Beyond the papers. 0: eq. 8 as written. > 0: a learned scalar a, starting at this value, scales the
     # unclicked term, z = h - a · G ⊙ n (eq. 6: h - a · n): on bases whose h is tanh-bounded, eq. 8 moved h
     # by ~2/3 of its length (bench/fusion_scale.py), so the plug-in can start as a small correction of h and
-    # grow only as far as the cross-entropy pays for it.
+    # grow only as far as the cross-entropy pays for it. Measured on one world's validation days, it did not
+    # rescue HSTU (bench/results/plugin28/switches/exposure-follows-clicks/fusion-gain/): off by default.
     learned_fusion_gain: float = 0.0
     tie_item_embeddings: bool = False  # v_i (eq. 2) IS the item-id input embedding: n, c and z share one space
     n_negatives: int = 1000  # j, log-uniform negatives per batch for the sampled softmax (papers: 20000)
