@@ -26,17 +26,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from learner.batch import collate  # noqa: E402
-from learner.data import build_offline_data  # noqa: E402
+from learner.data import OfflineData, build_offline_data  # noqa: E402
 from learner.offline import load_run  # noqa: E402
 from learner.split import Split  # noqa: E402
 
 BATCH = 256
 
 
-def measure_run(run_dir: Path, data_dir: Path | None, cache: str | None) -> dict[str, Any]:
+def measure_run(run_dir: Path, data_dir: Path | None, cache: str | None,
+                splits: dict[Split, OfflineData]) -> dict[str, Any]:
     run, trainer = load_run(run_dir)
     split = Split.of_run(run, data_dir, cache or None).validation()
-    data = build_offline_data(split, progress=False)
+    if split not in splits:  # rows trained on the same log share one built split, as in bench/responsiveness.py
+        splits[split] = build_offline_data(split, progress=False)
+    data = splits[split]
     model = trainer.model.eval()
     sums: dict[str, float] = {}
     users = 0
@@ -92,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", default=str(ROOT / "var" / "offline-cache"), help="Built splits ('' = none).")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    rows = [measure_run(run_dir, args.data, args.cache) for run_dir in args.runs]
+    splits: dict[Split, OfflineData] = {}
+    rows = [measure_run(run_dir, args.data, args.cache, splits) for run_dir in args.runs]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fusion_scale.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                             "rows": rows}, indent=2) + "\n")
