@@ -1,7 +1,7 @@
 """#28: a torch-rechub peer trained at other Adam learning rates on a world's validation days (the peer
 check's split: the test days held out unread), to find a peer recipe that fails at a large catalogue.
 
-Each (peer, lr) row is `learner.peers.train_and_evaluate_peer` with only PEER_LR[peer] replaced; its
+Each (peer, lr) row is `learner.peers.train_and_evaluate_peer` with only the peer's lr replaced; its
 run.json and eval.json go to OUT/<world>-<peer>-<lr>/ and one line per row to OUT/peer_lr.md.
 
     .venv/bin/python bench/peer_lr.py --data var/family/catalogue-50k --peers sasrec,hstu,narm --lrs 0.01
@@ -39,10 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = train_settings(cfg.learner)
     for name in args.peers.split(","):
         for lr in (float(x) for x in args.lrs.split(",")):
-            peers.PEER_LR = {**peers.PEER_LR, name: lr}
             out = args.out / f"{args.data.name}-{name}-{lr}"
             started = time.monotonic()
-            result = peers.train_and_evaluate_peer(name, data, out, settings, N_BOOT, SEED, progress=False)
+            result = peers.train_and_evaluate_peer(name, data, out, settings, N_BOOT, SEED, progress=False, lr=lr)
             losses = [round(e["loss"], 2) for e in json.loads((out / "run.json").read_text())["loss_curve"]]
             line = (f"| {args.data.name} | {name} | {lr} | {result['summary']['hr@50']['mean']:.2%} | "
                     f"{result['summary']['mrr@50']['mean']:.2%} | {losses} | {time.monotonic() - started:.0f} s |")

@@ -64,11 +64,11 @@ GRU4REC_TEMPERATURE = 0.05  # cosine logits / temperature
 HSTU_SHAPE = {"n_heads": 2, "n_layers": 2, "dqk": 32, "dv": 32}  # two layers as our own HSTU base; heads of 32
 
 
-def recipe(name: str) -> dict[str, Any]:
+def recipe(name: str, lr: float | None = None) -> dict[str, Any]:
     """What peer `name` is trained with besides the shared TrainSettings (recorded in run.json; a resumed
-    ablation retrains a peer row whose recipe changed, and only that peer's)."""
+    ablation retrains a peer row whose recipe changed, and only that peer's). `lr` replaces PEER_LR[name]."""
     common = {"library": "torch-rechub 0.9.0", "embed_dim": EMBED_DIM, "max_len": MAX_LEN,
-              "optimizer": f"Adam lr {PEER_LR[name]}, clip {CLIP_NORM}"}
+              "optimizer": f"Adam lr {PEER_LR[name] if lr is None else lr}, clip {CLIP_NORM}"}
     own = {"gru4rec": {"gru4rec_temperature": GRU4REC_TEMPERATURE},
            "hstu": {"hstu": {**HSTU_SHAPE, "time_embedding": False}},
            "narm": {"narm_init": "Xavier-uniform A1, A2, v, B; items N(0, 0.01) (_scaled_narm_init)"}}
@@ -243,15 +243,16 @@ def full_softmax_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def train_and_evaluate_peer(name: str, data: OfflineData, out_dir: Path, settings: TrainSettings,
-                            n_boot: int, seed: int, progress: bool = True) -> dict[str, Any]:
-    """Train one peer on data.train and return its evaluation (the same shape as offline.evaluate's)."""
+                            n_boot: int, seed: int, progress: bool = True, lr: float | None = None) -> dict[str, Any]:
+    """Train one peer on data.train and return its evaluation (the same shape as offline.evaluate's).
+    `lr` replaces the peer's Adam rate PEER_LR[name] (bench/peer_lr.py's search; run.json records it)."""
     _rechub()
     torch.set_num_threads(max(1, settings.threads))  # as the Trainer does for the XDM rows
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
     inputs = PeerInputs(data.train)
     peer = Peer(name, inputs)
-    optimizer = torch.optim.Adam(peer.parameters(), lr=PEER_LR[name])
+    optimizer = torch.optim.Adam(peer.parameters(), lr=PEER_LR[name] if lr is None else lr)
     lengths = data.train.lengths_view()
     started = time.monotonic()
     epochs = []
@@ -278,7 +279,7 @@ def train_and_evaluate_peer(name: str, data: OfflineData, out_dir: Path, setting
     result["n_items_ranked"] = inputs.n_items - 2
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "run.json").write_text(json.dumps({
-        "peer": name, **recipe(name), "train_settings": asdict(settings),
+        "peer": name, **recipe(name, lr), "train_settings": asdict(settings),
         "train_s": round(train_s, 1), "loss_curve": epochs}, indent=2))
     (out_dir / "eval.json").write_text(json.dumps(result))
     return result

@@ -48,3 +48,18 @@ def test_hstu_peer_scores_are_hstu_models_own_logits_at_the_newest_click(tmp_pat
         newest = x.ne(0).sum(1) - 1
         theirs = full[torch.arange(len(samples)), newest][:, 2:]
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.timeout(120)
+def test_a_peer_trained_at_another_rate_records_it_and_leaves_the_fixed_recipe_alone(tmp_path):
+    import json
+
+    from learner.peers import PEER_LR, recipe
+
+    simulate(60, 200, 4, 5, tmp_path / "world", progress=False)
+    data = build_offline_data(Split(tmp_path / "world"), progress=False)
+    train_and_evaluate_peer("narm", data, tmp_path / "narm", TrainSettings(epochs=1, batch_size=64),
+                            n_boot=100, seed=0, progress=False, lr=0.05)
+    run = json.loads((tmp_path / "narm" / "run.json").read_text())
+    assert run["optimizer"].startswith("Adam lr 0.05,")
+    assert recipe("narm")["optimizer"].startswith(f"Adam lr {PEER_LR['narm']},")
