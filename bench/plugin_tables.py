@@ -73,6 +73,12 @@ def _choice(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(run.read_text()).get("choice") if run.exists() else None
 
 
+def _dense_optimizer(run_dir: Path) -> str:
+    """What trained the row's layers besides the tables; runs from before learner.dense_optimizer: AdaGrad."""
+    run = run_dir / "run.json"
+    return json.loads(run.read_text()).get("dense_optimizer", "adagrad") if run.exists() else "adagrad"
+
+
 def world_evaluations(folder: Path) -> dict[str, dict[str, Any]]:
     """Row name -> evaluation for one seed's folder: our rows, then the peers of peers/."""
     evals = {}
@@ -122,6 +128,8 @@ def assemble_world(world: Path, signal: str, n_boot: int) -> dict[str, Any]:
         "floor": floor_summary(folders[0]),
         "peer_check": peer_check(world),
         "choices": {r: _choice(folders[0] / r) for r in (plugin_row(b) for b in BASES) if r in rows},
+        "adam_rows": [r for r in (*BASES, *(plugin_row(b) for b in BASES))
+                      if r in rows and _dense_optimizer(folders[0] / r) == "adam"],
         "lift_vs_own_base": {},
     }
     for base in BASES:
@@ -198,7 +206,8 @@ def _cell(interval: dict[str, Any] | None, key: str) -> str:
 
 def format_world(t: dict[str, Any]) -> str:
     lines = [f"# {t['world']}: the plug-in vs its own base", "",
-             f"Window: **{t['signal']}** (bench/window_signal.py, validation days). Seeds: {', '.join(t['seeds'])}."]
+             f"Window: **{t['signal']}** (bench/window_signal.py, validation days). Seeds: {', '.join(t['seeds'])}.",
+             f"Dense layers: {_optimisers(t)}."]
     if t["missing"]:
         lines += ["", f"**Incomplete**: no evaluation yet for {', '.join(t['missing'])}."]
     lines += ["", "| row | λ | " + " | ".join(k.upper() for k in SHOWN_KEYS) + " |", "|---|---|" + "---|" * len(SHOWN_KEYS)]
@@ -225,6 +234,12 @@ def format_world(t: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _optimisers(t: dict[str, Any]) -> str:
+    """Which of our rows trained their dense layers with Adam (learner.dense_optimizer), the rest AdaGrad."""
+    adam = t.get("adam_rows") or []
+    return f"Adam on {', '.join(adam)}, AdaGrad on the other rows" if adam else "AdaGrad on every row"
+
+
 def plot_world(t: dict[str, Any], path: Path) -> None:
     """Lift of each plug-in over its own base, HR@50 and MRR@50, with 95 % intervals."""
     plt = pyplot()
@@ -249,15 +264,15 @@ def plot_world(t: dict[str, Any], path: Path) -> None:
 def format_summary(tables: list[dict[str, Any]], g: dict[str, Any]) -> str:
     lines = ["# #28: the plug-in vs its own base, every world tabled so far", "",
              "Protocol: docs/experiments/plugin-protocol.md. Lifts of HR@50 / MRR@50, 95 % paired intervals.", "",
-             "| world | window | " + " | ".join(f"{plugin_row(b)} vs {b}" for b in BASES) + " | complete |",
-             "|---|---|" + "---|" * len(BASES) + "---|"]
+             "| world | window | " + " | ".join(f"{plugin_row(b)} vs {b}" for b in BASES) + " | dense layers | complete |",
+             "|---|---|" + "---|" * len(BASES) + "---|---|"]
     for t in tables:
         cells = []
         for b in BASES:
             lift = t["lift_vs_own_base"].get(b)
             cells.append(f"{format_lift(lift['hr@50'])} / {format_lift(lift['mrr@50'])}" if lift else "–")
         lines.append(f"| [{t['world']}]({t['world']}/table.md) | {t['signal']} | " + " | ".join(cells)
-                     + f" | {'yes' if not t['missing'] else 'no'} |")
+                     + f" | {_optimisers(t)} | {'yes' if not t['missing'] else 'no'} |")
     g1, g2, g3 = g["goal1"], g["goal2"], g["goal3"]
     lines += ["", f"- Goal 1 (never significantly below its base): {g1['below_zero']} of {g1['intervals']} intervals "
               f"lie below 0{': ' + '; '.join(g1['which']) if g1['which'] else ''}.",

@@ -274,7 +274,7 @@ class DistributedTrainer(Trainer):
                                    hr * n_local, mrr * n_local], dtype=torch.float64, device=comm.device)
         comm.all_reduce(stats)
         self.samples_seen += 0 if rehearsal else n_total
-        self.optimizer.zero_grad(set_to_none=True)
+        self.zero_grad()
         weight = n_total or 1
         if stats[0] > 0:  # some rank's loss is not finite: every rank skips this update
             self.skipped_steps += 1
@@ -285,7 +285,7 @@ class DistributedTrainer(Trainer):
         self._all_reduce_gradients(emb)
         clip_grad_norm(self.model.parameters(), self.clip_norm)
         self.warm_up_lr()
-        self.optimizer.step()
+        self.optimizer_step()
         self.steps += 1
         s = (stats[1:] / weight).tolist()
         if rehearsal:
@@ -416,7 +416,8 @@ class DistributedLearner(OnlineLearner):
                                           clip_norm=lc.clip_norm, seed=lc.seed, device=str(comm.device),
                                           threads=lc.torch_threads, adagrad_init=lc.adagrad_init,
                                           lr_warmup_steps=lc.lr_warmup_steps, validation=validation_sampling(lc),
-                                          sparse_item_update=lc.sparse_item_update)
+                                          sparse_item_update=lc.sparse_item_update,
+                                          dense_optimizer=lc.dense_optimizer, adam_lr=lc.adam_lr)
         self.status = DistributedStatus(rank=comm.rank, world_size=comm.world_size)
         self.record_ids = record_ids
 

@@ -62,6 +62,8 @@ class TrainSettings:
     adagrad_init: float = 0.0  # AdaGrad's initial accumulator (learner/trainer.py: why torch's 0, not TF's 0.1)
     lr_warmup_steps: int = 100  # learning rate ramps in linearly over this many steps (learner/trainer.py: why)
     clip_norm: float = 5.0  # gradient clipping (papers §4.3)
+    dense_optimizer: str = "auto"  # of the layers besides the tables (learner/trainer.py: auto = the base's paper's)
+    adam_lr: float = 1e-3
     device: str = "auto"
     threads: int = 1  # torch CPU threads (Trainer's default: 1 beats 2 on a shared 2-core machine)
 
@@ -75,7 +77,8 @@ def train_settings(lc: LearnerConfig, epochs: int | None = None, batch_size: int
     """The offline training settings the learner section of the config gives (what every command trains with)."""
     return TrainSettings(epochs=epochs or default_epochs, batch_size=batch_size or lc.batch_size, seed=lc.seed,
                          lr=lc.lr, adagrad_init=lc.adagrad_init, lr_warmup_steps=lc.lr_warmup_steps,
-                         clip_norm=lc.clip_norm, device=lc.device, threads=lc.torch_threads)
+                         clip_norm=lc.clip_norm, dense_optimizer=lc.dense_optimizer, adam_lr=lc.adam_lr,
+                         device=lc.device, threads=lc.torch_threads)
 
 
 def metric_key(metric: str, n: int) -> str:
@@ -108,7 +111,8 @@ def train_offline(
     trainer = Trainer(model_cfg, lr=settings.lr, clip_norm=settings.clip_norm, seed=settings.seed,
                       device=settings.device, vocab=Vocabulary(model_cfg.profile_field_names),
                       threads=settings.threads, adagrad_init=settings.adagrad_init,
-                      lr_warmup_steps=settings.lr_warmup_steps)
+                      lr_warmup_steps=settings.lr_warmup_steps, dense_optimizer=settings.dense_optimizer,
+                      adam_lr=settings.adam_lr)
     rng = random.Random(settings.seed)
     lengths = data.train.lengths_view()
     epochs: list[dict[str, float]] = []
@@ -143,6 +147,7 @@ def train_offline(
         "model_config": asdict(model_cfg),
         "train_settings": asdict(settings),
         "device": str(trainer.device),
+        "dense_optimizer": trainer.dense_optimizer_kind,
         "data": data.summary(),
         "window_rules": asdict(data.split.windows),
         "sample_rules": asdict(data.split.samples),

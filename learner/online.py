@@ -100,7 +100,8 @@ class OnlineLearner:
         self.trainer = Trainer(config_for(self.variant, **model_overrides(cfg.model)), lr=lc.lr, clip_norm=lc.clip_norm,
                                seed=lc.seed, device=lc.device, threads=lc.torch_threads,
                                adagrad_init=lc.adagrad_init, lr_warmup_steps=lc.lr_warmup_steps,
-                               validation=validation_sampling(lc), sparse_item_update=lc.sparse_item_update)
+                               validation=validation_sampling(lc), sparse_item_update=lc.sparse_item_update,
+                               dense_optimizer=lc.dense_optimizer, adam_lr=lc.adam_lr)
         self.publisher = Publisher(cfg, self.arm, self.variant)
         self.publishing = BackgroundPublisher(self.publisher, lc.publish_deadline_s)
         self.schedule = PublishSchedule(lc.publish_every_steps, lc.publish_every_s)

@@ -39,6 +39,7 @@ from typing import Any
 from learner.data import OfflineData
 from learner.model import config_for
 from learner.offline import TrainSettings, evaluate, train_offline
+from learner.trainer import dense_optimizer_for
 from xdm.progress import progress_bar
 
 VARIANT = "variant"  # an XDM/SDM variant of learner/model.py, trained by learner/offline.py
@@ -120,10 +121,21 @@ def row_record(job: Job, data: OfflineData, settings: TrainSettings, n_boot: int
     else:
         model = {"variant": job.model, "model_config": asdict(config_for(job.model, **job.model_overrides))}
     split = {k: v for k, v in data.summary().items() if k not in _TIMING_KEYS}
-    record = {"kind": job.kind, **model, "train_settings": asdict(settings),
+    record = {"kind": job.kind, **model, "train_settings": _settings_record(job, settings),
               "window_rules": asdict(data.split.windows), "sample_rules": asdict(data.split.samples),
               "split": split, "bootstrap": {"n_boot": n_boot, "seed": seed}}
     return json.loads(json.dumps(record))  # tuples as lists, as they read back
+
+
+def _settings_record(job: Job, settings: TrainSettings) -> dict[str, Any]:
+    """The train settings that decide the row: the dense optimiser as resolved for the row's base, and only
+    where it is Adam. AdaGrad on every parameter is what every row had before the setting existed, so their
+    row.json stays valid; a peer trains with its own recipe's optimiser (learner/peers.py)."""
+    record = asdict(settings)
+    choice, adam_lr = record.pop("dense_optimizer"), record.pop("adam_lr")
+    if job.kind != PEER and dense_optimizer_for(choice, config_for(job.model, **job.model_overrides).base) == "adam":
+        record.update(dense_optimizer="adam", adam_lr=adam_lr)
+    return record
 
 
 def _stored(path: Path) -> dict[str, Any] | None:

@@ -89,6 +89,9 @@ class LearnerConfig:
     batch_size: int = 256  # samples per optimiser step (papers §4.3)
     max_wait_ms: int = 2000  # train on a partial batch after waiting this long
     lr: float = 0.1  # AdaGrad learning rate (papers §4.3)
+    dense_optimizer: str = "auto"  # the layers besides the item/feature tables: adagrad, adam, or auto = each
+    #                                base's own paper's (Adam for sasrec and hstu, AdaGrad for sdm and gru4rec; learner/trainer.py)
+    adam_lr: float = 1e-3  # Adam's learning rate where the dense layers take Adam
     adagrad_init: float = 0.0  # AdaGrad's initial accumulator: torch's 0; TF's 0.1 learns far slower here (trainer.py)
     lr_warmup_steps: int = 100  # the learning rate ramps in linearly over this many steps (trainer.py: the metric loss collapsed without)
     clip_norm: float = 5.0  # gradient clipping norm (papers §4.3)
@@ -122,6 +125,8 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         if self.sparse_item_update not in ("auto", "on", "off"):
             raise ValueError(f"sparse_item_update must be auto, on or off, got {self.sparse_item_update!r}")
+        if self.dense_optimizer not in ("auto", "adagrad", "adam"):
+            raise ValueError(f"dense_optimizer must be auto, adagrad or adam, got {self.dense_optimizer!r}")
         if self.rehearsal_steps < 0:
             raise ValueError(f"rehearsal_steps must be >= 0, got {self.rehearsal_steps}")
         if self.rehearsal_window < 1:

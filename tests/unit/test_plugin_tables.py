@@ -83,3 +83,15 @@ def test_main_writes_every_world_and_the_summary(tmp_path: Path) -> None:
     assert (out / "reference" / "table.md").exists() and (out / "reference" / "lifts.png").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["worlds"] == ["reference"] and summary["goal1"]["intervals"] == 2
+
+
+def test_a_table_says_which_rows_trained_their_dense_layers_with_adam(tmp_path: Path) -> None:
+    rates = {"sdm": 0.4, "xdm": 0.5, "hstu": 0.5, "xdm-hstu": 0.5}
+    world = _write_world(tmp_path, "reference", rates, {})
+    for row in ("hstu", "xdm-hstu"):  # run.json as train_offline writes it now; the others as before the setting
+        (world / row / "run.json").write_text(json.dumps({"dense_optimizer": "adam"}))
+    table = plugin_tables.assemble_world(world, plugin_tables.SIGNAL, n_boot=200)
+    assert table["adam_rows"] == ["hstu", "xdm-hstu"]
+    assert "Dense layers: Adam on hstu, xdm-hstu, AdaGrad on the other rows." in plugin_tables.format_world(table)
+    old = plugin_tables.assemble_world(_write_world(tmp_path / "old", "reference", rates, {}), plugin_tables.SIGNAL, 200)
+    assert "Dense layers: AdaGrad on every row." in plugin_tables.format_world(old)
