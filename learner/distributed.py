@@ -45,7 +45,7 @@ from learner.batch import ITEM_KINDS, Vocabulary, collate, profile_kind
 from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.model import config_for, pick_device
 from learner.online import POLL_MS, LearnerStatus, OnlineLearner, Taken
-from learner.progressive import ValidationSampling, validation_sampling
+from learner.progressive import validation_sampling
 from learner.trainer import StepStats, Trainer, clip_grad_norm
 from xdm.config import Config
 from xdm.model_config import ModelConfig, model_overrides
@@ -217,13 +217,9 @@ def embedding_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 class DistributedTrainer(Trainer):
     """A Trainer whose step is one synchronous data-parallel step of the whole group."""
 
-    def __init__(self, model_cfg: ModelConfig, comm: Comm, lr: float = 0.1, clip_norm: float = 5.0, seed: int = 7,
-                 device: str = "auto", threads: int = 1, adagrad_init: float = 0.0,
-                 lr_warmup_steps: int = 0, validation: ValidationSampling | None = None,
-                 sparse_item_update: str = "auto") -> None:
-        super().__init__(model_cfg, lr=lr, clip_norm=clip_norm, seed=seed, device=device, threads=threads,
-                         adagrad_init=adagrad_init, lr_warmup_steps=lr_warmup_steps, validation=validation,
-                         sparse_item_update=sparse_item_update)
+    def __init__(self, model_cfg: ModelConfig, comm: Comm, seed: int = 7, **trainer_settings: Any) -> None:
+        """`trainer_settings`: the Trainer's own keyword arguments (lr, device, dense_optimizer, ...)."""
+        super().__init__(model_cfg, seed=seed, **trainer_settings)
         self.comm = comm
         self.seed = seed
         self.sync_from_rank0()

@@ -584,7 +584,7 @@ def train(ctx: click.Context, data_dir: Path, variant: str, out: Path, triplet_w
     info = json.loads((run / "run.json").read_text())
     click.echo(format_choice(choice))
     click.echo(f"trained {variant} on {info['data']['train_samples']:,} samples x {info['train_settings']['epochs']} "
-               f"epoch(s) in {info['timings']['train_s']:.0f} s; final loss "
+               f"epoch(s) in {info['timings']['train_s']:.0f} s (dense layers: {info['dense_optimizer']}); final loss "
                f"{info['loss_curve']['epochs'][-1]['loss']:.4f}; run in {run} (warm-start with "
                f"`xdm learn --warm-start {run}`)")
 
