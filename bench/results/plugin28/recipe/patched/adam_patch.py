@@ -4,7 +4,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, "/work/main")
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[5]))  # the repository root
 import learner.trainer as T
 from learner.trainer import clip_grad_norm
 

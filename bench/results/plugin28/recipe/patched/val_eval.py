@@ -1,6 +1,6 @@
 """Diagnosis only: score a tune run's checkpoint on the world's validation split (test days unread)."""
 import sys
-sys.path.insert(0, "/work/main")
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[5]))  # the repository root
 import learner.trainer as T
 from learner.data import build_offline_data
 from learner.offline import evaluate
