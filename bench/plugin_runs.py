@@ -118,14 +118,14 @@ def run_world(name: str, args: argparse.Namespace) -> None:
     for row in ROWS:
         out = runs / row
         if "choice" not in _stored(out / "run.json"):  # written last by `xdm train`: the row finished
-            run([XDM, *recipe_sets(name), "train", "--data", str(data), "--model", row, "--out", str(out), "--jobs", str(args.jobs)],
-                logs / f"train-{row}.log")
+            run([XDM, *recipe_sets(name), "train", "--data", str(data), "--model", row, "--out", str(out),
+                 "--jobs", str(args.jobs)], logs / f"train-{row}.log")
         if not (out / "eval.json").exists():
             run([XDM, "evaluate", str(out)], logs / f"evaluate-{row}.log")
         say(name, f"{row} trained and evaluated", started)
     if not _has_every_peer(runs / "peers" / "ablation.json"):
-        run([XDM, *recipe_sets(name), "ablate", "--data", str(data), "--variants", "sdm", "--peers", "--out", str(runs / "peers"),
-             "--jobs", str(args.jobs), "--resume"], logs / "ablate-peers.log")
+        run([XDM, *recipe_sets(name), "ablate", "--data", str(data), "--variants", "sdm", "--peers",
+             "--out", str(runs / "peers"), "--jobs", str(args.jobs), "--resume"], logs / "ablate-peers.log")
     say(name, "peers and floor", started)
     tables(args)
 

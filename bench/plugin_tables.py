@@ -68,15 +68,19 @@ def _evaluation(run_dir: Path) -> dict[str, Any] | None:
     return load_evaluation(run_dir) if (run_dir / "eval.json").exists() else None
 
 
-def _choice(run_dir: Path) -> dict[str, Any] | None:
+def _run(run_dir: Path) -> dict[str, Any]:
+    """The row's run.json, or {} where it has none."""
     run = run_dir / "run.json"
-    return json.loads(run.read_text()).get("choice") if run.exists() else None
+    return json.loads(run.read_text()) if run.exists() else {}
+
+
+def _choice(run_dir: Path) -> dict[str, Any] | None:
+    return _run(run_dir).get("choice")
 
 
 def _dense_optimizer(run_dir: Path) -> str:
     """What trained the row's layers besides the tables; runs from before learner.dense_optimizer: AdaGrad."""
-    run = run_dir / "run.json"
-    return json.loads(run.read_text()).get("dense_optimizer", "adagrad") if run.exists() else "adagrad"
+    return _run(run_dir).get("dense_optimizer", "adagrad")
 
 
 def world_evaluations(folder: Path) -> dict[str, dict[str, Any]]:

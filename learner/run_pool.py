@@ -118,22 +118,25 @@ def row_record(job: Job, data: OfflineData, settings: TrainSettings, n_boot: int
         from learner.peers import recipe
 
         model: dict[str, Any] = {"peer": job.model, "recipe": recipe(job.model)}
+        base = None
     else:
-        model = {"variant": job.model, "model_config": asdict(config_for(job.model, **job.model_overrides))}
+        model_cfg = config_for(job.model, **job.model_overrides)
+        model = {"variant": job.model, "model_config": asdict(model_cfg)}
+        base = model_cfg.base
     split = {k: v for k, v in data.summary().items() if k not in _TIMING_KEYS}
-    record = {"kind": job.kind, **model, "train_settings": _settings_record(job, settings),
+    record = {"kind": job.kind, **model, "train_settings": _settings_record(settings, base),
               "window_rules": asdict(data.split.windows), "sample_rules": asdict(data.split.samples),
               "split": split, "bootstrap": {"n_boot": n_boot, "seed": seed}}
     return json.loads(json.dumps(record))  # tuples as lists, as they read back
 
 
-def _settings_record(job: Job, settings: TrainSettings) -> dict[str, Any]:
-    """The train settings that decide the row: the dense optimiser as resolved for the row's base, and only
-    where it is Adam. AdaGrad on every parameter is what every row had before the setting existed, so their
-    row.json stays valid; a peer trains with its own recipe's optimiser (learner/peers.py)."""
+def _settings_record(settings: TrainSettings, base: str | None) -> dict[str, Any]:
+    """The train settings that decide a row of this base (None: a peer): the dense optimiser as resolved for
+    the base, and only where it is Adam. AdaGrad on every parameter is what every row had before the setting
+    existed, so their row.json stays valid; a peer trains with its own recipe's optimiser (learner/peers.py)."""
     record = asdict(settings)
     choice, adam_lr = record.pop("dense_optimizer"), record.pop("adam_lr")
-    if job.kind != PEER and dense_optimizer_for(choice, config_for(job.model, **job.model_overrides).base) == "adam":
+    if base is not None and dense_optimizer_for(choice, base) == "adam":
         record.update(dense_optimizer="adam", adam_lr=adam_lr)
     return record
 

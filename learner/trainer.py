@@ -253,16 +253,18 @@ class Trainer:
 
     def _adagrad(self, lr: float) -> torch.optim.Adagrad:
         """AdaGrad over the vocabulary tables, and over every other parameter too unless Adam has them."""
-        if self.dense_optimizer_kind == "adagrad":
-            return torch.optim.Adagrad(self.model.parameters(), lr=lr, initial_accumulator_value=self.adagrad_init)
-        tables = [table.weight for table in self.model.vocabulary_tables()]
-        return torch.optim.Adagrad(tables, lr=lr, initial_accumulator_value=self.adagrad_init)
+        params = self.model.parameters() if self.dense_optimizer_kind == "adagrad" else self._parameters(tables=True)
+        return torch.optim.Adagrad(params, lr=lr, initial_accumulator_value=self.adagrad_init)
 
     def _adam(self) -> torch.optim.Adam | None:
         if self.dense_optimizer_kind == "adagrad":
             return None
-        tables = {id(table.weight) for table in self.model.vocabulary_tables()}
-        return torch.optim.Adam([p for p in self.model.parameters() if id(p) not in tables], lr=self.adam_lr)
+        return torch.optim.Adam(self._parameters(tables=False), lr=self.adam_lr)
+
+    def _parameters(self, tables: bool) -> list[torch.nn.Parameter]:
+        """The model's parameters that are (tables=True) or are not its vocabulary tables, in model order."""
+        table_ids = {id(table.weight) for table in self.model.vocabulary_tables()}
+        return [p for p in self.model.parameters() if (id(p) in table_ids) == tables]
 
     def item_vectors(self) -> tuple[list[str], "torch.Tensor"]:
         """(item ids, output vectors) for every item row except padding."""

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from learner.model import config_for
 from learner.offline import TrainSettings
-from learner.run_pool import PEER, VARIANT, Job, _settings_record
+from learner.run_pool import _settings_record
 from learner.trainer import Trainer, dense_optimizer_for
 from tests.unit.test_trainer import MODEL, _batches, _stream
 from xdm.config import load_config
@@ -93,11 +91,9 @@ def test_a_checkpoint_from_before_the_setting_loads_as_adagrad_everywhere():
 
 def test_a_rows_record_names_adam_only_where_the_row_trains_with_it():
     settings = TrainSettings()
-    sdm = _settings_record(Job("sdm", "sdm", Path("out/sdm"), VARIANT), settings)
-    hstu = _settings_record(Job("hstu", "hstu", Path("out/hstu"), VARIANT), settings)
-    peer = _settings_record(Job("rechub-hstu", "hstu", Path("out/p"), PEER), settings)
+    sdm = _settings_record(settings, "sdm")
+    hstu = _settings_record(settings, "hstu")
+    peer = _settings_record(settings, None)
     assert "dense_optimizer" not in sdm and "dense_optimizer" not in peer  # as rows recorded before the setting
     assert hstu["dense_optimizer"] == "adam" and hstu["adam_lr"] == settings.adam_lr
-    forced = _settings_record(Job("hstu", "hstu", Path("out/hstu"), VARIANT), TrainSettings(dense_optimizer="adagrad"))
-    assert "dense_optimizer" not in forced
-
+    assert "dense_optimizer" not in _settings_record(TrainSettings(dense_optimizer="adagrad"), "hstu")
